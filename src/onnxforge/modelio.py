@@ -1,0 +1,138 @@
+"""Loading and saving ONNX models with clear errors and atomic writes.
+
+Contract:
+- `load_model` raises ModelLoadError (one line naming the file) for a missing, empty, truncated or
+  non-ONNX file, for external data that cannot be found, and for models over the 2 GiB protobuf limit.
+- `save_model` writes to a temporary file next to the target and renames it into place, so a failure
+  never leaves a half-written file and never touches an existing file until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from onnxforge.errors import ModelLoadError, OutputPathError
+
+#: protobuf cannot serialise a message of 2 GiB or more.
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    """Reads an ONNX model (with its external data, if any) and checks it is a usable graph."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: not a file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelLoadError(f"{path}: empty file, not an ONNX model")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path}: not a readable ONNX model (truncated or not ONNX: {_short(exc)})") from None
+    if not model.graph.node and not model.graph.output:
+        raise ModelLoadError(f"{path}: not an ONNX model (no graph found)")
+    if not model.opset_import:
+        raise ModelLoadError(f"{path}: not an ONNX model (no opset_import)")
+    if _uses_external_data(model):
+        total = size + _external_bytes(model, path.parent)
+        if total >= PROTOBUF_LIMIT:
+            raise ModelLoadError(
+                f"{path}: model with external data is {total / 2**30:.1f} GiB; models over 2 GiB are not "
+                "supported (onnxsim and in-memory verification need a single protobuf)"
+            )
+        try:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except (FileNotFoundError, OSError) as exc:
+            raise ModelLoadError(f"{path}: external data missing: {_short(exc)}") from None
+    return model
+
+
+def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
+    """Writes `model` atomically to `path` (temporary file + rename). Returns the path."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputPathError(f"{path}: output directory {parent} does not exist")
+    if path.is_dir():
+        raise OutputPathError(f"{path}: is a directory")
+    if model.ByteSize() >= PROTOBUF_LIMIT:
+        raise OutputPathError(f"{path}: model is over 2 GiB; saving with external data is not supported")
+    data = model.SerializeToString()
+    write_bytes_atomic(path, data)
+    return path
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Writes bytes to `path` through a temporary file in the same directory and an atomic rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def check_output_path(input_path: str | Path, output_path: str | Path) -> Path:
+    """Refuses an output path that is the input file (or a link to it) or whose directory is missing."""
+    inp, out = Path(input_path), Path(output_path)
+    if out.exists() and inp.exists() and os.path.samefile(inp, out):
+        raise OutputPathError(f"{out}: output path is the input model; choose another path (the input is never overwritten)")
+    if out.resolve() == inp.resolve():
+        raise OutputPathError(f"{out}: output path is the input model; choose another path (the input is never overwritten)")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputPathError(f"{out}: output directory {parent} does not exist")
+    if out.is_dir():
+        raise OutputPathError(f"{out}: is a directory, expected a file path")
+    return out
+
+
+def _uses_external_data(model: onnx.ModelProto) -> bool:
+    return any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in _all_initializers(model)
+    )
+
+
+def _external_bytes(model: onnx.ModelProto, base: Path) -> int:
+    seen: set[str] = set()
+    total = 0
+    for t in _all_initializers(model):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        if "length" in info:
+            total += int(info["length"])
+        elif loc and loc not in seen and (base / loc).exists():
+            total += (base / loc).stat().st_size
+        seen.add(loc)
+    return total
+
+
+def _all_initializers(model: onnx.ModelProto):
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__

@@ -1,0 +1,195 @@
+"""Seeded inputs, onnxruntime sessions and output comparison with per-dtype tolerances.
+
+Shared by the pass manager's verifier, the benchmarks and the evaluator's agreement metrics. Inputs are
+drawn from a fixed seed (Polygraphy's DEFAULT_SEED idea) so every comparison is reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from onnxforge.errors import ForgeError
+
+DEFAULT_SEED = 1
+
+#: (rtol, atol) used when comparing outputs of an exact pass, by output dtype.
+TOLERANCES: dict[np.dtype, tuple[float, float]] = {
+    np.dtype(np.float64): (1e-7, 1e-9),
+    np.dtype(np.float32): (1e-4, 1e-4),
+    np.dtype(np.float16): (1e-2, 1e-2),
+}
+
+_ONNX_TO_NP = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.INT8: np.int8,
+    onnx.TensorProto.UINT8: np.uint8,
+    onnx.TensorProto.BOOL: np.bool_,
+}
+
+
+def np_dtype(elem_type: int) -> np.dtype:
+    """numpy dtype of an ONNX tensor element type."""
+    if elem_type not in _ONNX_TO_NP:
+        raise ForgeError(f"unsupported tensor element type {onnx.TensorProto.DataType.Name(elem_type)}")
+    return np.dtype(_ONNX_TO_NP[elem_type])
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple[int | str | None, ...]
+    dtype: np.dtype
+
+    @property
+    def is_static(self) -> bool:
+        return all(isinstance(d, int) and d > 0 for d in self.shape)
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The graph inputs that are not initializers, with their declared shapes."""
+    inits = {t.name for t in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dims: list[int | str | None] = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        specs.append(InputSpec(vi.name, tuple(dims), np_dtype(tt.elem_type)))
+    return specs
+
+
+def concrete_shape(spec: InputSpec, overrides: Mapping[str, int] | None = None) -> tuple[int, ...]:
+    """Resolves symbolic dims: named ones from `overrides`, a leading batch dim to 1; others are an error."""
+    overrides = dict(overrides or {})
+    out = []
+    for i, d in enumerate(spec.shape):
+        if isinstance(d, int) and d > 0:
+            out.append(d)
+        elif isinstance(d, str) and d in overrides:
+            out.append(int(overrides[d]))
+        elif i == 0:
+            out.append(int(overrides.get("batch", 1)))
+        else:
+            raise ForgeError(
+                f"input '{spec.name}' has a dynamic dimension {i} ({d!r}); fix it first, e.g. "
+                f"--passes 'static-shape{{shape={spec.name}:1x3x224x224}}'"
+            )
+    return tuple(out)
+
+
+def seeded_inputs(
+    model: onnx.ModelProto, seed: int = DEFAULT_SEED, overrides: Mapping[str, int] | None = None
+) -> dict[str, np.ndarray]:
+    """Deterministic inputs for every graph input: standard normal floats, small non-negative ints."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in input_specs(model):
+        shape = concrete_shape(spec, overrides)
+        if spec.dtype.kind == "f":
+            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        elif spec.dtype.kind == "b":
+            feeds[spec.name] = rng.integers(0, 2, shape).astype(np.bool_)
+        else:
+            feeds[spec.name] = rng.integers(0, 4, shape).astype(spec.dtype)
+    return feeds
+
+
+def cast_feeds(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Casts reference inputs to the dtypes a (possibly rewritten) model declares, e.g. after fp16-input."""
+    dtypes = {s.name: s.dtype for s in input_specs(model)}
+    return {k: (v.astype(dtypes[k]) if k in dtypes and v.dtype != dtypes[k] else v) for k, v in feeds.items() if k in dtypes}
+
+
+def make_session(model: onnx.ModelProto | bytes, threads: int = 0, optimize: bool = True, providers: Sequence[str] | None = None):
+    """An onnxruntime InferenceSession on the CPU (or the given providers)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    try:
+        return ort.InferenceSession(data, opts, providers=list(providers or ["CPUExecutionProvider"]))
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise ForgeError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0][:300]}") from None
+
+
+def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], threads: int = 0) -> dict[str, np.ndarray]:
+    """Runs a model once in onnxruntime and returns its outputs by name."""
+    sess = make_session(model, threads=threads)
+    names = [o.name for o in sess.get_outputs()]
+    try:
+        values = sess.run(names, dict(cast_feeds(model, feeds)))
+    except Exception as exc:
+        raise ForgeError(f"onnxruntime failed to run the model: {str(exc).splitlines()[0][:300]}") from None
+    return dict(zip(names, values))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Result of comparing one output against its reference."""
+
+    name: str
+    ok: bool
+    max_abs: float
+    max_rel: float
+    mismatch: float  # fraction of elements outside tolerance
+    detail: str = ""
+
+    def __str__(self) -> str:
+        state = "ok" if self.ok else "MISMATCH"
+        return f"{self.name}: {state} (max abs {self.max_abs:.3g}, max rel {self.max_rel:.3g}{', ' + self.detail if self.detail else ''})"
+
+
+def compare_arrays(name: str, ref: np.ndarray, got: np.ndarray, rtol: float | None = None, atol: float | None = None) -> Comparison:
+    """Compares two arrays: exact for integers/bools, `|got-ref| <= atol + rtol*|ref|` for floats.
+
+    The float tolerance is taken from the looser of the two dtypes (an fp16 output is compared at fp16
+    tolerance) unless given.
+    """
+    if ref.shape != got.shape:
+        return Comparison(name, False, float("inf"), float("inf"), 1.0, f"shape {got.shape} != reference {ref.shape}")
+    if ref.size == 0:
+        return Comparison(name, True, 0.0, 0.0, 0.0)
+    if ref.dtype.kind in "iub" and got.dtype.kind in "iub":
+        diff = ref.astype(np.int64) != got.astype(np.int64)
+        frac = float(diff.mean())
+        max_abs = float(np.abs(ref.astype(np.int64) - got.astype(np.int64)).max())
+        return Comparison(name, frac == 0.0, max_abs, max_abs, frac)
+    looser = max((np.dtype(ref.dtype), np.dtype(got.dtype)), key=lambda d: TOLERANCES.get(d, (0.0, 0.0))[1])
+    d_rtol, d_atol = TOLERANCES.get(looser, TOLERANCES[np.dtype(np.float32)])
+    rtol = d_rtol if rtol is None else rtol
+    atol = d_atol if atol is None else atol
+    r = ref.astype(np.float64)
+    g = got.astype(np.float64)
+    if not (np.isfinite(r).all() and np.isfinite(g).all()):
+        same_nonfinite = np.array_equal(~np.isfinite(r), ~np.isfinite(g))
+        if not same_nonfinite:
+            return Comparison(name, False, float("inf"), float("inf"), 1.0, "non-finite values differ")
+        mask = np.isfinite(r)
+        r, g = r[mask], g[mask]
+        if r.size == 0:
+            return Comparison(name, True, 0.0, 0.0, 0.0)
+    err = np.abs(g - r)
+    bad = err > atol + rtol * np.abs(r)
+    max_rel = float((err / np.maximum(np.abs(r), 1e-12)).max())
+    return Comparison(name, not bool(bad.any()), float(err.max()), max_rel, float(bad.mean()))
