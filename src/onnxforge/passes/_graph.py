@@ -1,0 +1,84 @@
+"""Small graph helpers shared by passes (onnx-graphsurgeon based)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Iterable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+
+def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
+    """The value of a tensor known at compile time (initializer or Constant output), else None."""
+    if tensor is None:
+        return None
+    if isinstance(tensor, gs.Constant):
+        return tensor.values
+    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
+        node = tensor.inputs[0]
+        value = node.attrs.get("value")
+        if isinstance(value, gs.Constant):
+            return value.values
+        if isinstance(value, np.ndarray):
+            return value
+        for key in ("value_float", "value_int"):
+            if key in node.attrs:
+                return np.array(node.attrs[key])
+        for key in ("value_floats", "value_ints"):
+            if key in node.attrs:
+                return np.array(node.attrs[key])
+    return None
+
+
+def node_label(node: gs.Node) -> str:
+    """How a node is named in messages: its name, else op and first output."""
+    if node.name:
+        return node.name
+    out = node.outputs[0].name if node.outputs else "?"
+    return f"{node.op}({out})"
+
+
+def static_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
+    """The tensor's shape if fully known and static, else None."""
+    shape = getattr(tensor, "shape", None)
+    if shape is None or any(not isinstance(d, (int, np.integer)) or d < 0 for d in shape):
+        return None
+    return tuple(int(d) for d in shape)
+
+
+class Namer:
+    """Unique tensor/node names derived from a prefix, avoiding every name in the graph."""
+
+    def __init__(self, graph: gs.Graph, prefix: str) -> None:
+        self.used = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
+        self.prefix = prefix
+        self.counter = itertools.count()
+
+    def __call__(self, hint: str = "") -> str:
+        while True:
+            name = f"{self.prefix}/{hint}_{next(self.counter)}" if hint else f"{self.prefix}_{next(self.counter)}"
+            if name not in self.used:
+                self.used.add(name)
+                return name
+
+
+def consumers(tensor: gs.Tensor) -> list[gs.Node]:
+    return list(tensor.outputs)
+
+
+def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    return any(t is tensor for t in graph.outputs)
+
+
+def infer_shapes(graph: gs.Graph) -> gs.Graph:
+    """Re-runs ONNX shape inference on the graph and returns a fresh graph with shapes filled in."""
+    import onnx
+
+    model = gs.export_onnx(graph, do_type_check=False)
+    model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    return gs.import_onnx(model)
+
+
+def all_nodes(graph: gs.Graph) -> Iterable[gs.Node]:
+    return list(graph.nodes)

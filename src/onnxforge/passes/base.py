@@ -1,0 +1,187 @@
+"""The pass contract: a small class the manager checks from the outside.
+
+A pass has a kebab-case `name`, a one-line `summary`, a `kind` (exact or approximate) and a frozen
+`Options` dataclass whose fields are at once the Python keyword arguments, the `{key=value}` options of
+a pipeline string, the CLI help and the docs. `run(state)` rewrites the model in place and returns a
+`PassResult` saying whether anything changed, with statistics and a reason for every candidate it
+skipped. Passes hold no state between runs: one pass object can be applied to many models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxforge.errors import PipelineError
+
+
+class PassKind(str, enum.Enum):
+    EXACT = "exact"  # outputs equal within float tolerance; the manager checks this
+    APPROXIMATE = "approximate"  # outputs change by design; the evaluator measures the cost
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """Options of a pass that takes none."""
+
+
+def option(default: Any, help: str) -> Any:
+    """A pass option: a dataclass field with a default and a help line (shown by `onnxforge passes`)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A candidate the pass looked at and left alone, with the reason (a failed match is a value)."""
+
+    target: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.target} skipped: {self.reason}"
+
+
+@dataclass
+class PassResult:
+    """What a pass did. `modified` is False exactly when the model is unchanged."""
+
+    modified: bool
+    stats: dict[str, int | float | str] = field(default_factory=dict)
+    skipped: list[Skip] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def why_nothing(self) -> str:
+        """One line explaining an unmodified result (the notes, else the skip reasons)."""
+        if self.notes:
+            return "; ".join(self.notes)
+        if self.skipped:
+            return "; ".join(str(s) for s in self.skipped[:5]) + (" ..." if len(self.skipped) > 5 else "")
+        return "nothing to do"
+
+
+class ModelState:
+    """The one model representation a pipeline works on: an onnx-graphsurgeon Graph plus the
+    ModelProto fields graphsurgeon does not carry (ir_version, metadata, producer).
+
+    Passes that need a ModelProto (onnxsim, the version converter) call `to_model()` and `replace()`.
+    """
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self._header = onnx.ModelProto()
+        self._header.CopyFrom(model)
+        del self._header.graph.node[:]
+        self._header.graph.ClearField("initializer")
+        self._header.ClearField("functions")
+        self.graph: gs.Graph = gs.import_onnx(model)
+
+    def to_model(self) -> onnx.ModelProto:
+        """A ModelProto of the current graph, with the original model's header fields."""
+        model = gs.export_onnx(self.graph, do_type_check=False)
+        model.ir_version = self._header.ir_version
+        model.producer_name = self._header.producer_name or "onnxforge"
+        model.producer_version = self._header.producer_version
+        model.model_version = self._header.model_version
+        model.doc_string = self._header.doc_string
+        del model.metadata_props[:]
+        model.metadata_props.extend(self._header.metadata_props)
+        return model
+
+    def replace(self, model: onnx.ModelProto) -> None:
+        """Makes `model` the current graph (keeping this state's header, except ir_version and opsets)."""
+        self._header.ir_version = model.ir_version
+        self.graph = gs.import_onnx(model)
+
+    @property
+    def opset(self) -> int:
+        return int(self.graph.opset)
+
+    def set_metadata(self, key: str, value: str) -> None:
+        for prop in self._header.metadata_props:
+            if prop.key == key:
+                prop.value = value
+                return
+        self._header.metadata_props.add(key=key, value=value)
+
+    def get_metadata(self, key: str) -> str | None:
+        for prop in self._header.metadata_props:
+            if prop.key == key:
+                return prop.value
+        return None
+
+    def set_ir_version(self, version: int) -> None:
+        self._header.ir_version = version
+
+
+class Pass:
+    """Base class of every pass. Subclasses set the class attributes and implement `run`."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    kind: ClassVar[PassKind]
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, options: Any | None = None, **kwargs: Any) -> None:
+        if options is not None and kwargs:
+            raise TypeError("give either an Options object or keyword arguments, not both")
+        if options is None:
+            names = {f.name for f in dataclasses.fields(self.Options)}
+            unknown = sorted(set(kwargs) - names)
+            if unknown:
+                raise PipelineError(f"pass '{self.name}' has no option {unknown[0]!r} (options: {', '.join(sorted(names)) or 'none'})")
+            options = self.Options(**kwargs)
+        self.options = options
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks option values; raises PipelineError naming the option. Override where needed."""
+
+    def effective_kind(self) -> PassKind:
+        """The kind of this configured pass (a pass may be exact under some options only)."""
+        return self.kind
+
+    def run(self, state: ModelState) -> PassResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def expected_outputs(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """What an exact pass's outputs must equal, given the previous stage's outputs.
+
+        Identity for most passes; a pass that changes the output form on purpose (labels instead of
+        logits) maps the reference through the same function.
+        """
+        return dict(outputs)
+
+    def __call__(self, state: ModelState) -> PassResult:
+        return self.run(state)
+
+    def non_default_options(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self.Options):
+            value = getattr(self.options, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else None
+            if value != default:
+                out[f.name] = value
+        return out
+
+    def __str__(self) -> str:
+        from onnxforge.passes.pipeline import format_item
+
+        return format_item(self.name, self.non_default_options())
+
+    def __repr__(self) -> str:
+        return f"<Pass {self}>"
+
+
+def option_fields(options_cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    """(field, resolved type) for each option of an Options dataclass, in declaration order."""
+    hints = typing.get_type_hints(options_cls)
+    return [(f, hints[f.name]) for f in dataclasses.fields(options_cls)]

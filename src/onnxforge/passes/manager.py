@@ -1,0 +1,325 @@
+"""The pass manager: runs a pipeline on one model representation, with instruments around each pass.
+
+Contract:
+- Passes run in order on one `ModelState` (an onnx-graphsurgeon graph). After every pass the manager
+  removes dead nodes and sorts the graph, then calls the instruments.
+- Verification (on by default) is an instrument: `onnx.checker` with strict shape inference after every
+  pass, and for exact passes onnxruntime outputs against the previous stage on seeded inputs.
+- A failure raises PassError naming the pass, its position and what ran before it; a `DumpStages`
+  instrument leaves the failing pass's input model and the command that reproduces the failure.
+- The manager and the passes keep no state between runs: one manager can optimize many models.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence
+
+import numpy as np
+import onnx
+
+from onnxforge import __version__
+from onnxforge.errors import ForgeError, PassError, VerificationError
+from onnxforge.modelio import save_model, write_text_atomic
+from onnxforge.numerics import DEFAULT_SEED, compare_arrays, input_specs, run_model, seeded_inputs
+from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult
+from onnxforge.passes.pipeline import Pipeline, parse_pipeline
+
+log = logging.getLogger(__name__)
+
+PIPELINE_METADATA_KEY = "onnxforge.pipeline"
+
+VerifyStatus = Literal["passed", "failed", "measured", "unchanged", "structural", "off"]
+
+
+@dataclass
+class Verification:
+    """The verifier's verdict on one stage."""
+
+    status: VerifyStatus = "off"
+    detail: str = ""
+    max_abs: float | None = None  # largest float deviation from the previous stage
+    label_agreement: float | None = None  # for integer outputs: fraction of equal elements
+
+
+@dataclass
+class StageRecord:
+    """One pass applied: what it did, to how many nodes, how long it took, and how it verified."""
+
+    index: int
+    name: str
+    pipeline_item: str
+    kind: str
+    modified: bool
+    stats: dict[str, Any]
+    skipped: list[str]
+    notes: list[str]
+    nodes_before: int
+    nodes_after: int
+    seconds: float
+    verification: Verification = field(default_factory=Verification)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PipelineResult:
+    model: onnx.ModelProto
+    pipeline: Pipeline
+    stages: list[StageRecord]
+    nodes_before: int
+    nodes_after: int
+    seconds: float
+
+
+@dataclass
+class RunContext:
+    """What instruments see of the run in progress."""
+
+    pipeline: Pipeline
+    stages: list[StageRecord] = field(default_factory=list)
+
+    def ran_before(self, index: int) -> str:
+        done = [str(p) for p in self.pipeline.passes[: index - 1]]
+        return ",".join(done) if done else "(nothing)"
+
+    def remaining(self, index: int) -> str:
+        return ",".join(str(p) for p in self.pipeline.passes[index - 1 :])
+
+
+class Instrument:
+    """Hooks around passes (timing, dumping, verification, accuracy measurement...)."""
+
+    def run_start(self, ctx: RunContext, state: ModelState) -> None:
+        pass
+
+    def after_pass(self, ctx: RunContext, p: Pass, state: ModelState, record: StageRecord) -> None:
+        pass
+
+    def on_failure(self, ctx: RunContext, p: Pass, index: int, error: ForgeError) -> None:
+        pass
+
+    def run_end(self, ctx: RunContext, result: PipelineResult) -> None:
+        pass
+
+
+class Verifier(Instrument):
+    """Checks every stage: checker + strict shape inference; numerics for exact passes.
+
+    Float outputs of an exact pass must satisfy |new - ref| <= atol*scale + rtol*|ref| with the
+    per-dtype tolerances of `onnxforge.numerics.TOLERANCES` and scale = max(1, max|ref|); integer
+    outputs must be equal. Approximate passes are measured (max abs deviation), not judged.
+    """
+
+    def __init__(self, seed: int = DEFAULT_SEED, threads: int = 0) -> None:
+        self.seed = seed
+        self.threads = threads
+
+    def run_start(self, ctx: RunContext, state: ModelState) -> None:
+        self._prev_model = state.to_model()
+        self._numeric = True
+        self._why_not = ""
+        try:
+            self._feeds = seeded_inputs(self._prev_model, self.seed)
+        except ForgeError as exc:
+            self._numeric, self._why_not = False, f"numeric check off: {exc}"
+            return
+        self._prev_outputs = run_model(self._prev_model, self._feeds, self.threads)
+
+    def after_pass(self, ctx: RunContext, p: Pass, state: ModelState, record: StageRecord) -> None:
+        if not record.modified:
+            record.verification = Verification("unchanged", "model unchanged")
+            return
+        model = state.to_model()
+        _check_structure(model)
+        if not self._numeric:
+            record.verification = Verification("structural", self._why_not)
+            self._prev_model = model
+            return
+        feeds = self._feeds_for(model)
+        got = run_model(model, feeds, self.threads)
+        if record.kind == PassKind.EXACT.value:
+            expected = p.expected_outputs(self._prev_outputs)
+            record.verification = _judge(expected, got)
+            if record.verification.status == "failed":
+                raise VerificationError(f"outputs differ from the previous stage: {record.verification.detail}")
+        else:
+            record.verification = _measure(self._prev_outputs, got)
+        self._prev_model, self._prev_outputs = model, got
+
+    def _feeds_for(self, model: onnx.ModelProto) -> dict[str, np.ndarray]:
+        """The reference inputs, regenerated (and the reference outputs recomputed) if shapes changed."""
+        specs = {s.name: s for s in input_specs(model)}
+        fits = set(specs) == set(self._feeds) and all(
+            len(specs[k].shape) == v.ndim
+            and all(not isinstance(d, int) or d == n for d, n in zip(specs[k].shape, v.shape))
+            for k, v in self._feeds.items()
+        )
+        if not fits:
+            self._feeds = seeded_inputs(model, self.seed)
+            self._prev_outputs = run_model(self._prev_model, self._feeds, self.threads)
+        return self._feeds
+
+
+def _check_structure(model: onnx.ModelProto) -> None:
+    try:
+        onnx.checker.check_model(model)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise VerificationError(f"invalid model: {str(exc).strip().splitlines()[0][:300]}") from None
+
+
+def _pairs(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    if set(ref) == set(got):
+        return [(k, ref[k], got[k]) for k in ref]
+    if len(ref) != len(got):
+        raise VerificationError(f"output count changed from {len(ref)} to {len(got)}")
+    return [(f"{a}->{b}", ref[a], got[b]) for a, b in zip(ref, got)]
+
+
+def _judge(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> Verification:
+    worst = 0.0
+    details = []
+    failed = False
+    for name, r, g in _pairs(ref, got):
+        scale = max(1.0, float(np.abs(r).max())) if r.dtype.kind == "f" and r.size else 1.0
+        from onnxforge.numerics import TOLERANCES
+
+        rtol, atol = TOLERANCES.get(np.dtype(g.dtype) if g.dtype.kind == "f" else np.dtype(np.float32), (1e-4, 1e-4))
+        if r.dtype.kind == "f" and g.dtype.kind == "f" and np.dtype(r.dtype).itemsize < np.dtype(g.dtype).itemsize:
+            rtol, atol = TOLERANCES.get(np.dtype(r.dtype), (rtol, atol))
+        cmp = compare_arrays(name, r, g, rtol=rtol, atol=atol * scale)
+        worst = max(worst, cmp.max_abs)
+        if not cmp.ok:
+            failed = True
+            details.append(f"{cmp} ({cmp.mismatch:.2%} of elements outside tolerance)")
+    if failed:
+        return Verification("failed", "; ".join(details), worst)
+    return Verification("passed", f"outputs equal within tolerance (max abs {worst:.3g})", worst)
+
+
+def _measure(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> Verification:
+    worst = 0.0
+    agreement = None
+    parts = []
+    for name, r, g in _pairs(ref, got):
+        if r.shape != g.shape:
+            parts.append(f"{name}: shape {r.shape} -> {g.shape}")
+            continue
+        if r.dtype.kind in "iub" or g.dtype.kind in "iub":
+            a = float((r.astype(np.int64) == g.astype(np.int64)).mean()) if r.dtype.kind in "iub" and g.dtype.kind in "iub" else None
+            if a is not None:
+                agreement = a if agreement is None else min(agreement, a)
+                parts.append(f"{name}: {a:.4%} labels equal")
+            continue
+        err = float(np.abs(r.astype(np.float64) - g.astype(np.float64)).max()) if r.size else 0.0
+        worst = max(worst, err)
+        parts.append(f"{name}: max abs {err:.3g}")
+    return Verification("measured", "; ".join(parts), worst, agreement)
+
+
+class DumpStages(Instrument):
+    """Writes `000_input.onnx` and `NNN_<pass>.onnx` after each pass; on failure, `reproduce.txt`."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+
+    def run_start(self, ctx: RunContext, state: ModelState) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._last = save_model(state.to_model(), self.dir / "000_input.onnx")
+
+    def after_pass(self, ctx: RunContext, p: Pass, state: ModelState, record: StageRecord) -> None:
+        self._last = save_model(state.to_model(), self.dir / f"{record.index:03d}_{p.name}.onnx")
+
+    def on_failure(self, ctx: RunContext, p: Pass, index: int, error: ForgeError) -> None:
+        text = (
+            f"# pass '{p}' (#{index}) failed: {error}\n"
+            f"# its input model is {self._last.name}; to reproduce:\n"
+            f"onnxforge optimize {self._last.name} -o repro.onnx --passes '{ctx.remaining(index)}'\n"
+        )
+        write_text_atomic(self.dir / "reproduce.txt", text)
+
+
+class PassManager:
+    """Runs a pipeline with verification and instruments. Stateless between `run` calls."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline | str | Sequence[Pass],
+        verify: bool = True,
+        instruments: Iterable[Instrument] = (),
+        seed: int = DEFAULT_SEED,
+        threads: int = 0,
+    ) -> None:
+        if isinstance(pipeline, str):
+            pipeline = parse_pipeline(pipeline)
+        elif not isinstance(pipeline, Pipeline):
+            pipeline = Pipeline(tuple(pipeline))
+        self.pipeline = pipeline
+        self.instruments: list[Instrument] = ([Verifier(seed, threads)] if verify else []) + list(instruments)
+
+    def run(self, model: onnx.ModelProto) -> PipelineResult:
+        """Applies every pass in order to a copy of `model` and returns the rewritten model with records."""
+        t0 = time.perf_counter()
+        state = ModelState(model)
+        ctx = RunContext(self.pipeline)
+        nodes_before = len(state.graph.nodes)
+        for inst in self.instruments:
+            inst.run_start(ctx, state)
+        for index, p in enumerate(self.pipeline.passes, start=1):
+            before = len(state.graph.nodes)
+            t = time.perf_counter()
+            try:
+                result = self._run_pass(p, state)
+                if result.modified:
+                    state.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+                record = StageRecord(
+                    index=index,
+                    name=p.name,
+                    pipeline_item=str(p),
+                    kind=p.effective_kind().value,
+                    modified=result.modified,
+                    stats=dict(result.stats),
+                    skipped=[str(s) for s in result.skipped],
+                    notes=list(result.notes) if result.modified else [result.why_nothing()],
+                    nodes_before=before,
+                    nodes_after=len(state.graph.nodes),
+                    seconds=time.perf_counter() - t,
+                )
+                for inst in self.instruments:
+                    inst.after_pass(ctx, p, state, record)
+            except ForgeError as exc:
+                error = PassError(f"pass '{p}' (#{index} of {len(self.pipeline)}, after {ctx.ran_before(index)}) failed: {exc}")
+                for inst in self.instruments:
+                    inst.on_failure(ctx, p, index, error)
+                raise error from None
+            ctx.stages.append(record)
+            log.info("%s: %s", p, "modified" if result.modified else record.notes[0])
+        applied = state.get_metadata(PIPELINE_METADATA_KEY)
+        state.set_metadata(PIPELINE_METADATA_KEY, ",".join(x for x in (applied, str(self.pipeline)) if x))
+        state.set_metadata("onnxforge.version", __version__)
+        out = state.to_model()
+        result = PipelineResult(out, self.pipeline, ctx.stages, nodes_before, len(state.graph.nodes), time.perf_counter() - t0)
+        for inst in self.instruments:
+            inst.run_end(ctx, result)
+        return result
+
+    @staticmethod
+    def _run_pass(p: Pass, state: ModelState) -> PassResult:
+        try:
+            return p.run(state)
+        except ForgeError:
+            raise
+        except Exception as exc:  # a pass crashing on an unexpected graph is reported as that pass's failure
+            log.debug("pass %s crashed", p, exc_info=True)
+            raise PassError(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from exc
+
+
+def optimize(model: onnx.ModelProto, pipeline: Pipeline | str, verify: bool = True, dump_dir: str | Path | None = None, seed: int = DEFAULT_SEED) -> PipelineResult:
+    """Convenience entry point: parse, run with optional stage dumps, return the result."""
+    instruments = [DumpStages(dump_dir)] if dump_dir else []
+    return PassManager(pipeline, verify=verify, instruments=instruments, seed=seed).run(model)

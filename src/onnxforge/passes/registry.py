@@ -1,0 +1,34 @@
+"""The pass registry: name -> Pass class. `onnxforge.passes.catalog` imports every built-in pass."""
+
+from __future__ import annotations
+
+from onnxforge.passes.base import Pass
+
+_REGISTRY: dict[str, type[Pass]] = {}
+
+
+def register(cls: type[Pass]) -> type[Pass]:
+    """Class decorator adding a pass to the registry under its `name`."""
+    name = cls.name
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ValueError(f"pass name {name!r} registered twice")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def _load_builtins() -> None:
+    import onnxforge.passes.catalog  # noqa: F401  (registers on import)
+
+
+def get_pass(name: str) -> type[Pass] | None:
+    _load_builtins()
+    return _REGISTRY.get(name)
+
+
+def all_passes() -> dict[str, type[Pass]]:
+    """Every registered pass by name, in catalogue order."""
+    _load_builtins()
+    from onnxforge.passes.catalog import ORDER
+
+    rank = {name: i for i, name in enumerate(ORDER)}
+    return {k: _REGISTRY[k] for k in sorted(_REGISTRY, key=lambda n: (rank.get(n, len(rank)), n))}
