@@ -49,7 +49,7 @@ MAX_NAMED = 3
 _SAFE_GLOBALS = re.compile(
     r"^numpy\.(?:(?:_core|core)\.multiarray\.(?:scalar|_reconstruct)|dtype|ndarray|dtypes\.\w+DType)$"
 )
-_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)|allowlisted via `add_safe_globals`, but got <class '([\w.]+)'>")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -82,12 +82,12 @@ def _torch_load(path: Path) -> object:
         except pickle.UnpicklingError as exc:
             match = _UNSUPPORTED_GLOBAL.search(str(exc))
             if match is None:
-                detail = re.search(r"WeightsUnpickler error: (.*)", str(exc))
+                detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
                 reason = detail.group(1).strip()[:160] if detail else "invalid pickle data"
                 raise CheckpointError(
                     f"{path}: not a readable PyTorch checkpoint (truncated or corrupt: {reason})"
                 ) from None
-            name = match.group(1)
+            name = match.group(1) or match.group(2)
             obj = _resolve_safe_global(name) if _SAFE_GLOBALS.match(name) else None
             if obj is None or obj in allowed:
                 raise CheckpointError(
@@ -222,4 +222,6 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 def _first_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0][:160] if lines else type(exc).__name__
+    if not lines:
+        return type(exc).__name__
+    return lines[0].split(". ")[0].rstrip(".")[:160]  # first sentence: torch appends long advice
