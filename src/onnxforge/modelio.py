@@ -50,7 +50,7 @@ def load_model(path: str | Path) -> onnx.ModelProto:
             )
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
-        except (FileNotFoundError, OSError) as exc:
+        except (OSError, onnx.checker.ValidationError) as exc:
             raise ModelLoadError(f"{path}: external data missing: {_short(exc)}") from None
     return model
 

@@ -49,11 +49,7 @@ class Simplify(Pass):
         except Exception as exc:  # onnxsim raises RuntimeError/ValueError/its own errors
             raise PassError(f"onnxsim failed: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}") from None
         after = Counter(n.op_type for n in simplified.graph.node)
-        changed = (
-            before != after
-            or len(simplified.graph.initializer) != len(model.graph.initializer)
-            or simplified.graph.SerializeToString() != model.graph.SerializeToString()
-        )
+        changed = _computation(simplified) != _computation(model)
         if not changed:
             return PassResult(False, {"nodes": sum(before.values())}, notes=["already simplified: onnxsim found nothing to fold or remove"])
         state.replace(simplified)
@@ -62,3 +58,10 @@ class Simplify(Pass):
         if removed:
             stats["ops_removed"] = ", ".join(f"{op}x{n}" for op, n in removed.most_common(6))
         return PassResult(True, stats)
+
+
+def _computation(model) -> tuple:
+    """What the graph computes, ignoring annotations onnxsim adds (value_info, doc strings)."""
+    nodes = tuple((n.op_type, tuple(n.input), tuple(n.output), tuple(a.SerializeToString() for a in n.attribute)) for n in model.graph.node)
+    inits = tuple(sorted((t.name, tuple(t.dims), t.data_type) for t in model.graph.initializer))
+    return nodes, inits
