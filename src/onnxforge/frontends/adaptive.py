@@ -46,6 +46,11 @@ def adaptive_windows(n: int, m: int) -> list[tuple[int, int]]:
 def emulated_kernel_stride(n: int, m: int) -> tuple[int, int]:
     """(kernel, stride) of the mmcv / Fast-SCNN guide emulation: k = n-(m-1)*floor(n/m), s = floor(n/m)."""
     _check_sizes(n, m)
+    if m > n:
+        raise FrontendError(
+            f"the AvgPool emulation of adaptive pooling cannot pool {n} -> {m} (stride would be 0); "
+            "use a larger input size or the upstream variant"
+        )
     stride = n // m
     return n - (m - 1) * stride, stride
 

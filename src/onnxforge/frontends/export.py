@@ -7,6 +7,7 @@ Contract of ``export_model``:
 - The model is built in onnxforge's own code, the checkpoint (if any) is loaded strictly, adaptive
   pools are swapped for exact static forms (``frontends.adaptive``), and the TorchScript exporter writes
   the graph at static shapes with the spec's input/output names and constant folding.
+- Shape computations on the static shapes are folded to constants (``_fold_static_shapes``).
 - The graph must pass ``onnx.checker`` (full check) and, on the seeded input of ``numerics`` (the same
   input the pass manager's verifier uses), onnxruntime must match PyTorch within 1e-3 of the output's
   scale; otherwise FrontendError and nothing is written. The PyTorch outputs are kept on the result as
@@ -403,12 +404,30 @@ def _torch_export(
             raise FrontendError(f"{name}: ONNX export failed at opset {opset}: {first}") from None
     for w in caught:
         logger.debug("exporter: %s", str(w.message).splitlines()[0] if str(w.message) else w.category.__name__)
-    proto = onnx.load_from_string(buf.getvalue())
     try:
+        proto = _fold_static_shapes(onnx.load_from_string(buf.getvalue()))
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise FrontendError(f"{name}: exported graph fails onnx.checker: {str(exc).splitlines()[0][:300]}") from None
     return proto
+
+
+def _fold_static_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Folds the Shape -> Slice -> Concat chains the TorchScript exporter emits for Resize sizes.
+
+    Every shape is static here, so those chains are constants; folding them (onnx shape inference, then
+    onnxscript's constant folding and dead-node removal) leaves Resize nodes with constant sizes. Exact:
+    only subgraphs whose values are known at export time are replaced by their values.
+    """
+    import onnx
+    import onnx_ir as ir
+    from onnxscript.optimizer import fold_constants, remove_unused_nodes
+
+    inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+    model = ir.serde.deserialize_model(inferred)
+    fold_constants(model)
+    remove_unused_nodes(model)
+    return ir.serde.serialize_model(model)
 
 
 def _verify(proto: onnx.ModelProto, feeds: dict[str, np.ndarray], golden: dict[str, np.ndarray], name: str) -> float:
