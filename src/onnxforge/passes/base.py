@@ -70,40 +70,75 @@ class PassResult:
 
 
 class ModelState:
-    """The one model representation a pipeline works on: an onnx-graphsurgeon Graph plus the
-    ModelProto fields graphsurgeon does not carry (ir_version, metadata, producer).
+    """The one model a pipeline works on: an onnx-graphsurgeon Graph, materialised lazily.
 
-    Passes that need a ModelProto (onnxsim, the version converter) call `to_model()` and `replace()`.
+    The state holds either a ModelProto or a graphsurgeon Graph. Reading `graph` imports the proto (once)
+    and from then on the graph is the truth; `to_model()` exports it (cached until the graph is read
+    again). Passes that work on a ModelProto (onnxsim, the version converter) call `to_model()` and
+    `replace()` and so never pay for a graphsurgeon round trip. Header fields graphsurgeon does not carry
+    (ir_version, producer, metadata) are kept here.
     """
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self._header = onnx.ModelProto()
         self._header.CopyFrom(model)
-        del self._header.graph.node[:]
-        self._header.graph.ClearField("initializer")
+        self._header.ClearField("graph")
         self._header.ClearField("functions")
-        self.graph: gs.Graph = gs.import_onnx(model)
+        self._proto: onnx.ModelProto | None = onnx.ModelProto()
+        self._proto.CopyFrom(model)
+        self._graph: gs.Graph | None = None
+        self.touched = False  # the graph was handed out since the last replace()/export
+
+    @property
+    def graph(self) -> gs.Graph:
+        """The graph to rewrite. Reading it means the cached ModelProto may go stale."""
+        if self._graph is None:
+            self._graph = gs.import_onnx(self._proto)
+        self._proto = None
+        self.touched = True
+        return self._graph
+
+    @graph.setter
+    def graph(self, value: gs.Graph) -> None:
+        self._graph, self._proto, self.touched = value, None, True
+
+    def view(self) -> onnx.ModelProto:
+        """The current model as a ModelProto, not to be mutated (exported and cached if needed)."""
+        if self._proto is None:
+            model = gs.export_onnx(self._graph, do_type_check=False)
+            model.ir_version = self._header.ir_version
+            model.producer_name = self._header.producer_name or "onnxforge"
+            model.producer_version = self._header.producer_version
+            model.model_version = self._header.model_version
+            model.doc_string = self._header.doc_string
+            model.domain = self._header.domain
+            del model.metadata_props[:]
+            self._proto = model
+            self.touched = False
+        del self._proto.metadata_props[:]
+        self._proto.metadata_props.extend(self._header.metadata_props)
+        return self._proto
 
     def to_model(self) -> onnx.ModelProto:
-        """A ModelProto of the current graph, with the original model's header fields."""
-        model = gs.export_onnx(self.graph, do_type_check=False)
-        model.ir_version = self._header.ir_version
-        model.producer_name = self._header.producer_name or "onnxforge"
-        model.producer_version = self._header.producer_version
-        model.model_version = self._header.model_version
-        model.doc_string = self._header.doc_string
-        del model.metadata_props[:]
-        model.metadata_props.extend(self._header.metadata_props)
+        """A copy of the current model as a ModelProto, free to mutate."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.view())
         return model
 
     def replace(self, model: onnx.ModelProto) -> None:
-        """Makes `model` the current graph (keeping this state's header, except ir_version and opsets)."""
+        """Makes `model` the current model (keeping this state's header fields, except ir_version)."""
         self._header.ir_version = model.ir_version
-        self.graph = gs.import_onnx(model)
+        self._proto, self._graph, self.touched = model, None, False
+
+    def node_count(self) -> int:
+        return len(self._graph.nodes) if self._graph is not None else len(self._proto.graph.node)
 
     @property
     def opset(self) -> int:
-        return int(self.graph.opset)
+        """The default-domain (ai.onnx) opset of the current model."""
+        if self._graph is not None:
+            return int(self._graph.opset)
+        return next((int(op.version) for op in self._proto.opset_import if op.domain in ("", "ai.onnx")), 0)
 
     def set_metadata(self, key: str, value: str) -> None:
         for prop in self._header.metadata_props:

@@ -120,7 +120,7 @@ class Verifier(Instrument):
         self.threads = threads
 
     def run_start(self, ctx: RunContext, state: ModelState) -> None:
-        self._prev_model = state.to_model()
+        self._prev_model = state.view()
         self._numeric = True
         self._why_not = ""
         try:
@@ -134,7 +134,7 @@ class Verifier(Instrument):
         if not record.modified:
             record.verification = Verification("unchanged", "model unchanged")
             return
-        model = state.to_model()
+        model = state.view()
         _check_structure(model)
         if not self._numeric:
             record.verification = Verification("structural", self._why_not)
@@ -230,10 +230,10 @@ class DumpStages(Instrument):
 
     def run_start(self, ctx: RunContext, state: ModelState) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._last = save_model(state.to_model(), self.dir / "000_input.onnx")
+        self._last = save_model(state.view(), self.dir / "000_input.onnx")
 
     def after_pass(self, ctx: RunContext, p: Pass, state: ModelState, record: StageRecord) -> None:
-        self._last = save_model(state.to_model(), self.dir / f"{record.index:03d}_{p.name}.onnx")
+        self._last = save_model(state.view(), self.dir / f"{record.index:03d}_{p.name}.onnx")
 
     def on_failure(self, ctx: RunContext, p: Pass, index: int, error: ForgeError) -> None:
         text = (
@@ -267,15 +267,15 @@ class PassManager:
         t0 = time.perf_counter()
         state = ModelState(model)
         ctx = RunContext(self.pipeline)
-        nodes_before = len(state.graph.nodes)
+        nodes_before = state.node_count()
         for inst in self.instruments:
             inst.run_start(ctx, state)
         for index, p in enumerate(self.pipeline.passes, start=1):
-            before = len(state.graph.nodes)
+            before = state.node_count()
             t = time.perf_counter()
             try:
                 result = self._run_pass(p, state)
-                if result.modified:
+                if result.modified and state.touched:
                     state.graph.cleanup(remove_unused_graph_inputs=False).toposort()
                 record = StageRecord(
                     index=index,
@@ -287,7 +287,7 @@ class PassManager:
                     skipped=[str(s) for s in result.skipped],
                     notes=list(result.notes) if result.modified else [result.why_nothing()],
                     nodes_before=before,
-                    nodes_after=len(state.graph.nodes),
+                    nodes_after=state.node_count(),
                     seconds=time.perf_counter() - t,
                 )
                 for inst in self.instruments:
@@ -303,7 +303,7 @@ class PassManager:
         state.set_metadata(PIPELINE_METADATA_KEY, ",".join(x for x in (applied, str(self.pipeline)) if x))
         state.set_metadata("onnxforge.version", __version__)
         out = state.to_model()
-        result = PipelineResult(out, self.pipeline, ctx.stages, nodes_before, len(state.graph.nodes), time.perf_counter() - t0)
+        result = PipelineResult(out, self.pipeline, ctx.stages, nodes_before, state.node_count(), time.perf_counter() - t0)
         for inst in self.instruments:
             inst.run_end(ctx, result)
         return result
