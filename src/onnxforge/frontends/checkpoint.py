@@ -22,6 +22,7 @@ import importlib
 import logging
 import pickle
 import re
+import struct
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -96,7 +97,11 @@ def _torch_load(path: Path) -> object:
                     "torch.save(sd, 'weights.pth') where you trust the file"
                 ) from None
             allowed.append(obj)
-        except (RuntimeError, ValueError, EOFError, OSError, zipfile.BadZipFile, UnicodeDecodeError, KeyError) as exc:
+        # What torch's (weights-only) unpickler and zip reader raise on bytes that are not a checkpoint.
+        except (
+            RuntimeError, ValueError, EOFError, OSError, zipfile.BadZipFile, UnicodeDecodeError, KeyError,
+            IndexError, TypeError, OverflowError, struct.error,
+        ) as exc:
             raise CheckpointError(
                 f"{path}: not a readable PyTorch checkpoint (truncated or corrupt: {_first_line(exc)})"
             ) from None
@@ -183,7 +188,8 @@ def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], sp
         if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
     ]
     if missing or unexpected or mismatched:
-        raise CheckpointError(mismatch_report(spec_name, missing, unexpected, mismatched, common=len(expected) - len(missing)))
+        common = sum(1 for k in expected if k in state_dict)
+        raise CheckpointError(mismatch_report(spec_name, missing, unexpected, mismatched, common=common))
     model.load_state_dict(state, strict=True)
     logger.debug("loaded %d tensors into %s", len(state), spec_name)
 
