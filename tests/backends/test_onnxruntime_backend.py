@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import numpy_helper
+
+from onnxforge.backends import get_backend
+from onnxforge.backends.onnxruntime import available_providers
+from onnxforge.errors import BackendError, BackendUnavailable
+from onnxforge.numerics import seeded_inputs
+from tests.evaluate.builders import save, seg_model
+
+
+def test_runner_runs_reports_time_and_specs(tmp_path):
+    model = seg_model(classes=3, size=(4, 6))
+    be = get_backend("onnxruntime", threads=1)
+    be.check_available()
+    art = be.compile(save(model, tmp_path / "m.onnx"))  # a path compiles to the loaded proto
+    feeds = seeded_inputs(model)
+    with be.runner(art) as runner:
+        assert runner.session.get_session_options().intra_op_num_threads == 1
+        assert [i.name for i in runner.inputs()] == ["image"]
+        assert runner.outputs()[0].shape == (1, 3, 4, 6)
+        (out,) = runner.infer(feeds)
+        runner.infer(feeds)
+    assert out.shape == (1, 3, 4, 6)
+    assert runner.calls == 2 and runner.last_inference_s > 0
+    assert runner.total_inference_s >= runner.last_inference_s
+    assert runner.session is None  # released on exit
+    w = numpy_helper.to_array(model.graph.initializer[0]).reshape(3, 3)
+    b = numpy_helper.to_array(model.graph.initializer[1])
+    expected = np.einsum("oc,nchw->nohw", w, feeds["image"]) + b[None, :, None, None]
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_infer_outside_with_block_is_an_error():
+    be = get_backend("onnxruntime")
+    runner = be.runner(be.compile(seg_model()))
+    with pytest.raises(BackendError, match="outside its 'with' block"):
+        runner.infer({})
+
+
+def test_missing_gpu_provider_says_how_to_fix():
+    if "CUDAExecutionProvider" in available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    be = get_backend("onnxruntime", device="cuda")
+    with pytest.raises(BackendUnavailable, match="CUDAExecutionProvider is not in this onnxruntime build"):
+        be.check_available()
+    assert get_backend("onnxruntime", device="auto").runner(seg_model()).providers[-1] == "CPUExecutionProvider"
+
+
+def test_run_failure_is_a_backend_error():
+    be = get_backend("onnxruntime")
+    with be.runner(be.compile(seg_model())) as runner:
+        with pytest.raises(BackendError, match="onnxruntime failed to run the model"):
+            runner.infer({"image": np.zeros((1, 3, 5, 5), np.float32)})
