@@ -87,7 +87,7 @@ class ModelState:
         self._proto: onnx.ModelProto | None = onnx.ModelProto()
         self._proto.CopyFrom(model)
         self._graph: gs.Graph | None = None
-        self.touched = False  # the graph was handed out since the last replace()/export
+        self.touched = False  # the graph was handed out since the manager reset this (before each pass) or replace()
 
     @property
     def graph(self) -> gs.Graph:
@@ -114,7 +114,6 @@ class ModelState:
             model.domain = self._header.domain
             del model.metadata_props[:]
             self._proto = model
-            self.touched = False
         del self._proto.metadata_props[:]
         self._proto.metadata_props.extend(self._header.metadata_props)
         return self._proto
@@ -155,6 +154,8 @@ class ModelState:
 
     def set_ir_version(self, version: int) -> None:
         self._header.ir_version = version
+        if self._proto is not None:  # keep a cached export consistent with the header
+            self._proto.ir_version = version
 
 
 class Pass:

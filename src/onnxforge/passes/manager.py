@@ -274,6 +274,7 @@ class PassManager:
             before = state.node_count()
             t = time.perf_counter()
             try:
+                state.touched = False  # exporting mid-pass (to_model) must not skip the cleanup below
                 result = self._run_pass(p, state)
                 if result.modified and state.touched:
                     state.graph.cleanup(remove_unused_graph_inputs=False).toposort()
