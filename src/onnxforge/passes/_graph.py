@@ -82,3 +82,31 @@ def infer_shapes(graph: gs.Graph) -> gs.Graph:
 
 def all_nodes(graph: gs.Graph) -> Iterable[gs.Node]:
     return list(graph.nodes)
+
+
+def inferred_types(model: "onnx.ModelProto") -> dict[str, tuple[int, tuple[int | str | None, ...]]]:
+    """(ONNX element type, dims) of every tensor shape inference can name, without changing the model.
+
+    Dims are ints where static, the dim_param string where symbolic, None where unknown. Initializers
+    are included. If inference fails (an op it does not know), only the declared value_infos are used.
+    """
+    import logging
+
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
+        logging.getLogger(__name__).debug("shape inference failed (%s); using declared shapes", exc)
+        inferred = model
+    out: dict[str, tuple[int, tuple[int | str | None, ...]]] = {}
+    g = inferred.graph
+    for vi in list(g.value_info) + list(g.input) + list(g.output):
+        if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+            continue
+        tt = vi.type.tensor_type
+        dims = tuple(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+        out[vi.name] = (tt.elem_type, dims)
+    for init in g.initializer:
+        out[init.name] = (init.data_type, tuple(int(d) for d in init.dims))
+    return out

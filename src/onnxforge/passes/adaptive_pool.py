@@ -48,7 +48,7 @@ import onnx_graphsurgeon as gs
 
 from onnxforge.errors import ForgeError
 from onnxforge.numerics import make_session
-from onnxforge.passes._graph import Namer, const_value, node_label
+from onnxforge.passes._graph import Namer, const_value, inferred_types, node_label
 from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip, option
 from onnxforge.passes.registry import register
 
@@ -185,7 +185,7 @@ class AdaptivePool(Pass):
         return PassKind.APPROXIMATE if self.options.mode == "emulate" else PassKind.EXACT
 
     def run(self, state: ModelState) -> PassResult:
-        model = state.to_model()  # before reading state.graph: the graph is what gets rewritten
+        model = state.view()  # read-only; taken before state.graph, which is what gets rewritten
         graph = state.graph
         ctx = _Context(
             graph=graph,
@@ -237,6 +237,8 @@ class AdaptivePool(Pass):
             region.removed = len(dead)
             counted |= dead
         notes = [_describe(r) for r in regions]
+        for line in notes:
+            log.debug("%s", line)
         stats: dict[str, int | float | str] = {
             "regions_rewritten": len(regions),
             "nodes_removed": sum(r.removed for r in regions),
@@ -508,24 +510,7 @@ def _reduce_axes(node: gs.Node, rank: int) -> list[int] | None:
 
 def _tensor_infos(model: onnx.ModelProto) -> dict[str, _TensorInfo]:
     """Element type and dims of every tensor shape inference can name (the model is not changed)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
-        log.debug("shape inference failed (%s); using declared shapes only", exc)
-        inferred = model
-    infos: dict[str, _TensorInfo] = {}
-    g = inferred.graph
-    for vi in list(g.value_info) + list(g.input) + list(g.output):
-        tt = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
-            continue
-        dims: list[int | str | None] = []
-        for d in tt.shape.dim:
-            dims.append(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None))
-        infos[vi.name] = _TensorInfo(tt.elem_type, tuple(dims))
-    for init in g.initializer:
-        infos[init.name] = _TensorInfo(init.data_type, tuple(init.dims))
-    return infos
+    return {name: _TensorInfo(elem, dims) for name, (elem, dims) in inferred_types(model).items()}
 
 
 def _fits(ctx: _Context, t: gs.Tensor, yi: _TensorInfo, out_hw: tuple[int, int]) -> bool:
