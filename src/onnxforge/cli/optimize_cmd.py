@@ -35,6 +35,15 @@ def optimize(
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the checker and the numeric check after each pass."),
     dump_dir: Optional[Path] = typer.Option(None, "--dump-dir", help="Write every stage as NNN_<pass>.onnx (and a reproducer on failure)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the per-pass records as JSON."),
+    auto: bool = typer.Option(False, "--auto", help="Keep only the passes that pay on the backend within the accuracy budget (needs data)."),
+    budget: str = typer.Option("1%", help="--auto: largest accepted relative accuracy drop."),
+    dataset: Optional[str] = typer.Option(None, help="--auto: dataset name (with --data-root and --preset)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="--auto: dataset folder."),
+    preset: Optional[str] = typer.Option(None, help="--auto: model preset for preprocessing and metric."),
+    synthetic: Optional[int] = typer.Option(None, "--synthetic", help="--auto: N synthetic images instead of a dataset."),
+    limit: Optional[int] = typer.Option(None, help="--auto: evaluate only the first N images."),
+    backend: str = typer.Option("onnxruntime", help="--auto: backend the speed is measured on."),
+    threads: int = typer.Option(0, help="--auto: onnxruntime threads."),
 ) -> None:
     """Apply a pipeline of named rewrites to an ONNX model, verifying the model after each pass.
 
@@ -49,6 +58,9 @@ def optimize(
     if json_path is not None:
         check_output_path(model, json_path)
     proto = load_model(model)
+    if auto:
+        _optimize_auto(proto, model, output, pipeline, budget, dataset, data_root, preset, synthetic, limit, backend, threads)
+        return
     instruments = [DumpStages(dump_dir)] if dump_dir else []
     with console.err.status(f"optimizing {model.name} ..."):
         result = PassManager(pipeline, verify=not no_verify, instruments=instruments).run(proto)
@@ -68,6 +80,32 @@ def optimize(
             "stages": [s.to_dict() for s in result.stages],
         }
         write_text_atomic(json_path, json.dumps(payload, indent=2, default=str))
+
+
+def _optimize_auto(proto, model, output, pipeline, budget, dataset, data_root, preset, synthetic, limit, backend, threads) -> None:
+    from onnxforge.cli.report_cmd import data_source, parse_budget, progress_bars
+    from onnxforge.evaluate.ab import auto_select
+    from onnxforge.modelio import save_model
+
+    source = data_source(dataset, data_root, synthetic, preset, limit)
+    with progress_bars() as update:
+        final, stages, dropped = auto_select(proto, pipeline, source, backend=backend, budget=parse_budget(budget),
+                                             threads=threads, progress=update)
+    save_model(final, output)
+    table = Table(title=f"{model.name}: --auto over {pipeline}")
+    for col in ("stage", "pass", "kind", "accuracy", "p50 ms", "verdict", "reason"):
+        table.add_column(col, overflow="fold")
+    for s in stages:
+        from onnxforge.evaluate.history import primary_metric
+
+        metric = primary_metric(stages[0].accuracy)
+        table.add_row(s.name, s.pass_ or "-", s.kind or "-", f"{s.accuracy.get(metric, float('nan')):.4f}" if metric else "-",
+                      f"{s.latency_ms.get('p50', float('nan')):.2f}", s.verdict, s.reason)
+    console.out.print(table)
+    for d in dropped:
+        console.out.print(f"dropped {d['pass']}: {d['reason']}")
+    kept = stages[-1].pipeline if len(stages) > 1 else ""
+    console.out.print(f"wrote {output} (kept: {kept or 'nothing'})")
 
 
 def render_stages(result, title: str = "") -> Table:
