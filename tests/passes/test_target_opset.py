@@ -1,0 +1,214 @@
+"""target-opset: a real torch dynamo export (opset 20) down to 11 and back up; near-misses and refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxforge.errors import PassError, PipelineError
+from onnxforge.numerics import run_model
+from onnxforge.passes import PassManager, parse_pipeline
+from onnxforge.passes.target_opset import TargetOpset
+from tests.passes.helpers import apply, op_counts, ops, outputs, parse
+
+ZOO_OUTPUTS = ("hardswish", "means", "split", "squeeze", "up_ac", "up_hp", "pool", "softmax", "misc", "pad")
+
+
+def _zoo_module():
+    """One tiny module whose outputs cover the ops a dynamo export writes in opset-18+ form."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Zoo(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.ln = nn.LayerNorm(5)
+
+        def forward(self, x):
+            a, b = x.chunk(2, dim=1)  # Split<num_outputs=2>
+            c, d = torch.split(x, [1, 3], dim=1)  # Split(x, sizes)
+            return (
+                F.hardswish(x),
+                x.mean(dim=(2, 3), keepdim=True) + x.sum(1, keepdim=True) + x.amax(dim=1, keepdim=True),
+                torch.cat([a * b, c.expand(-1, 2, -1, -1)], 1) + d[:, :1],
+                x[:, :1].squeeze(1).unsqueeze(2),
+                F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True),
+                F.interpolate(x, size=(7, 9), mode="bilinear", align_corners=False),
+                F.adaptive_avg_pool2d(x, (2, 3)),
+                torch.softmax(x, dim=1),
+                F.gelu(x) + F.mish(x) + self.ln(x) + F.relu6(x) + F.hardsigmoid(x),
+                F.pad(x, (1, 2, 0, 1)),
+            )
+
+    return Zoo().eval()
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> tuple[onnx.ModelProto, dict[str, np.ndarray], np.ndarray]:
+    """(dynamo export at torch's default opset, PyTorch outputs, the input they were computed on)."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    import torch
+
+    module = _zoo_module()
+    x = np.random.default_rng(0).standard_normal((1, 4, 4, 5)).astype(np.float32)
+    path = tmp_path_factory.mktemp("target_opset") / "zoo.onnx"
+    torch_log = logging.getLogger("torch")
+    level = torch_log.level
+    torch_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (torch.from_numpy(x),), str(path), dynamo=True, verbose=False,
+                              input_names=["x"], output_names=[f"y_{n}" for n in ZOO_OUTPUTS])
+            expected = {f"y_{n}": t.numpy() for n, t in zip(ZOO_OUTPUTS, module(torch.from_numpy(x)))}
+    finally:
+        torch_log.setLevel(level)
+    return onnx.load(str(path)), expected, x
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+# -- structure ----------------------------------------------------------------------------------------
+
+def test_dynamo_export_is_in_the_forms_this_pass_rewrites(zoo):
+    model, _, _ = zoo
+    counts = op_counts(model)
+    assert _opset(model) >= 18
+    assert {"HardSwish", "Gelu", "Mish", "LayerNormalization", "Softmax", "Split", "Squeeze", "Resize"} <= set(counts)
+    reduce_mean = next(n for n in model.graph.node if n.op_type == "ReduceMean")
+    assert len(reduce_mean.input) == 2  # axes as an input (opset 18)
+
+
+def test_structure_down_to_11(zoo):
+    model, _, _ = zoo
+    result, out = apply(TargetOpset(), model)
+    assert result.modified
+    assert _opset(out) == 11 and out.ir_version == 6
+    onnx.checker.check_model(out, full_check=True)
+    rewritten = {part.rsplit("x", 1)[0] for part in result.stats["rewritten"].split(", ")}
+    assert rewritten == {"Gelu", "HardSwish", "LayerNormalization", "Mish", "ReduceMax", "ReduceMean", "ReduceSum",
+                         "Resize", "Softmax", "Split", "Squeeze", "Unsqueeze"}
+    assert result.stats["opset"] == f"{_opset(model)}->11"
+    counts = op_counts(out)
+    assert not {"HardSwish", "Gelu", "Mish", "LayerNormalization"} & set(counts)
+    assert counts["HardSigmoid"] == 2  # HardSwish -> x * HardSigmoid(alpha=1/6, beta=1/2), plus the model's own
+    nodes = {n.output[0]: n for n in out.graph.node}
+    attrs = {n.output[0]: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in out.graph.node}
+    for n in out.graph.node:
+        a = attrs[n.output[0]]
+        if n.op_type.startswith("Reduce") or n.op_type in ("Squeeze", "Unsqueeze"):
+            assert len(n.input) == 1 and "axes" in a and "noop_with_empty_axes" not in a, n
+        if n.op_type == "Split":
+            assert len(n.input) == 1 and "num_outputs" not in a
+        if n.op_type == "Resize":
+            assert len(n.input) in (3, 4) and n.input[1] and n.input[2]  # roi and scales present (empty tensors)
+            assert not {"antialias", "keep_aspect_ratio_policy", "axes"} & set(a)
+    splits = sorted(tuple(attrs[n.output[0]].get("split", ())) for n in out.graph.node if n.op_type == "Split")
+    assert splits == [(), (1, 3)]  # chunk(2) of 4 is an even split; split([1, 3]) keeps its sizes
+    softmax = next(n for n in out.graph.node if n.op_type == "Softmax")
+    assert attrs[softmax.output[0]]["axis"] == 3  # opset-11 Softmax flattens from axis: moved last
+    assert nodes[softmax.input[0]].op_type == "Transpose"
+
+
+def test_idempotent(zoo):
+    _, once = apply(TargetOpset(), zoo[0])
+    again, twice = apply(TargetOpset(), once)
+    assert not again.modified and again.why_nothing() == "already at opset 11"
+    assert ops(twice) == ops(once)
+
+
+# -- numerics -----------------------------------------------------------------------------------------
+
+def test_numerics_down_and_up_again_match_the_export_and_pytorch(zoo):
+    model, expected, x = zoo
+    result = PassManager("target-opset,target-opset{opset=17}").run(model)
+    down, up = result.stages
+    assert down.verification.status == "passed", down.verification.detail
+    assert up.verification.status == "passed", up.verification.detail
+    assert up.stats["converter"] == "onnx.version_converter" and _opset(result.model) == 17
+    got = run_model(result.model, {"x": x})
+    for name, ref in expected.items():
+        np.testing.assert_allclose(got[name], ref, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_opset_11_model_runs_in_onnxruntime_and_matches_pytorch(zoo):
+    model, expected, x = zoo
+    _, out = apply(TargetOpset(), model)
+    got = run_model(out, {"x": x})
+    for name, ref in expected.items():
+        np.testing.assert_allclose(got[name], ref, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+TEXT_20 = """
+g (float[2,3,4] x, float[2,3,4] z) => (float[2,3,4] y, int64[2] s, bool[2,3,4] ge, float[2,1,3,4] u) {
+  s = Shape<start = 1>(x)
+  ge = GreaterOrEqual(x, z)
+  y = LogSoftmax<axis = 1>(x)
+  one = Constant<value_ints = [1]>()
+  u = Unsqueeze(x, one)
+}"""
+
+
+def test_shape_start_constant_ints_or_equal_and_log_softmax_rewrites():
+    model = parse(TEXT_20, opset=20)
+    result = PassManager("target-opset").run(model)
+    stage = result.stages[0]
+    assert stage.verification.status == "passed", stage.verification.detail
+    counts = op_counts(result.model)
+    assert counts["Slice"] == 1 and counts["Or"] == 1 and counts["Transpose"] == 2 and "GreaterOrEqual" not in counts
+    ref, got = outputs(model), outputs(result.model)
+    for name in ref:
+        np.testing.assert_array_equal(got[name], ref[name]) if ref[name].dtype.kind in "ib" else np.testing.assert_allclose(got[name], ref[name], rtol=1e-6, atol=1e-6)
+
+
+# -- near-misses and refusals -------------------------------------------------------------------------
+
+def test_near_miss_already_at_target_is_untouched():
+    model = parse("""
+g (float[1,3,4,4] x) => (float[1,3,4,4] y) {
+  y = Softmax<axis = 1>(x)
+}""", opset=11)
+    result, out = apply(TargetOpset(), model)
+    assert not result.modified and "already at opset 11" in result.why_nothing()
+    assert ops(out) == ["Softmax"]
+
+
+def test_near_miss_softmax_on_the_last_axis_needs_no_transpose():
+    result, out = apply(TargetOpset(), parse("""
+g (float[1,3,4,4] x) => (float[1,3,4,4] y) {
+  y = Softmax<axis = -1>(x)
+}""", opset=18))
+    assert result.modified and ops(out) == ["Softmax"]
+    assert onnx.helper.get_attribute_value(out.graph.node[0].attribute[0]) == 3
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ("y = GridSample(x, grid)", "GridSample): does not exist before opset 16"),
+    ("y = Resize<antialias = 1, mode = \"linear\">(x, , s)", "antialias=1 arrived in opset 18"),
+    ("a = ArgMax<axis = 1, select_last_index = 1>(x)\n  y = Cast<to = 1>(a)", "select_last_index=1 has no equivalent"),
+    ("y = ReduceMean(x, ax)", "the axes input is computed at run time"),
+])
+def test_refuses_what_opset_11_cannot_express_with_one_clear_error(body, fragment):
+    model = onnx.parser.parse_model(f"""<ir_version: 9, opset_import: ["" : 20]>
+g (float[1,2,4,4] x, float[1,4,4,2] grid, int64[1] ax) => (float[1,2,4,4] y) {{
+  s = Constant<value = float[4] {{1, 1, 1, 1}}>()
+  {body}
+}}""")
+    with pytest.raises(PassError, match="cannot convert opset 20 -> 11") as info:
+        apply(TargetOpset(), model)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["target-opset{opset=9}", "target-opset{opset=99}"])
+def test_option_out_of_range_is_a_pipeline_error(text):
+    with pytest.raises(PipelineError, match="'opset' must be between 11 and"):
+        parse_pipeline(text)
