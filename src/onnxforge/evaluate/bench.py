@@ -1,0 +1,147 @@
+"""Latency and throughput per batch size on a backend, with seeded inputs.
+
+`benchmark(model, batch_sizes)` returns one `BenchRecord` per batch size (p50/p90/p99/mean latency of
+one run, throughput in images per second); the report reuses these records as they are.
+
+Batch sizes: a model with a dynamic batch dimension is fed each batch size directly. A model with a
+static batch B runs B as it is; every other size runs on a **copy whose batch dimension is fixed** to
+that size (graph inputs and outputs re-declared, intermediate shapes dropped for re-inference); the
+record says so (`fixed_batch=True`). A graph that hard-codes its batch elsewhere (e.g. a Reshape to
+[1, -1]) cannot run at another size: that record carries the backend's error instead of timings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+
+from onnxforge.backends.base import get_backend, load_model_arg, model_inputs
+from onnxforge.errors import BackendUnavailable, EvaluationError, ForgeError
+from onnxforge.numerics import DEFAULT_SEED, seeded_inputs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchRecord:
+    """Timings of one batch size. Latencies are per run (one batch), in milliseconds."""
+
+    batch_size: int
+    backend: str
+    iters: int
+    warmup: int
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    mean_ms: float | None
+    min_ms: float | None
+    throughput: float | None  # images per second at the mean latency
+    fixed_batch: bool = False  # ran on a copy with the batch dim fixed to batch_size
+    threads: int = 0
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def static_batch(model: onnx.ModelProto) -> int | None:
+    """The static leading dim shared by the image inputs, or None when it is dynamic."""
+    dims = {i.shape[0] for i in model_inputs(model) if i.shape}
+    if len(dims) == 1:
+        (d,) = dims
+        if isinstance(d, int) and d > 0:
+            return d
+    return None
+
+
+def with_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    """A copy of `model` whose graph inputs and outputs have leading dim `batch` (value_info cleared)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    inits = {t.name for t in copy.graph.initializer}
+    for vi in list(copy.graph.input) + list(copy.graph.output):
+        if vi.name in inits:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims):
+            dims[0].Clear()
+            dims[0].dim_value = batch
+    del copy.graph.value_info[:]
+    return copy
+
+
+def _percentiles(times_s: list[float]) -> tuple[float, float, float, float, float]:
+    ms = np.asarray(times_s, dtype=np.float64) * 1000.0
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return float(p50), float(p90), float(p99), float(ms.mean()), float(ms.min())
+
+
+def benchmark(
+    model: str | Path | onnx.ModelProto,
+    batch_sizes: Sequence[int] = (1,),
+    backend: str = "onnxruntime",
+    threads: int = 0,
+    warmup: int = 5,
+    iters: int = 20,
+    seed: int = DEFAULT_SEED,
+    progress: Callable[[int, int], None] | None = None,
+    backend_options: dict | None = None,
+) -> list[BenchRecord]:
+    """Times `model` at each batch size on `backend`; see the module docstring for static batches.
+
+    Raises:
+        EvaluationError: bad arguments (no batch sizes, iters < 1).
+        BackendUnavailable: the backend cannot run here.
+    """
+    if not batch_sizes or any(int(b) <= 0 for b in batch_sizes):
+        raise EvaluationError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    if iters < 1 or warmup < 0:
+        raise EvaluationError(f"need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
+    proto = load_model_arg(model)
+    options = dict(backend_options or {})
+    if backend == "onnxruntime" and threads:
+        options.setdefault("threads", threads)
+    be = get_backend(backend, **options)
+    be.check_available()
+    fixed = static_batch(proto)
+    total = len(batch_sizes) * (warmup + iters)
+    done = 0
+    records = []
+    with tempfile.TemporaryDirectory(prefix="onnxforge-bench-") as tmp:
+        for b in batch_sizes:
+            b = int(b)
+            is_fixed_copy = fixed is not None and b != fixed
+            m = with_batch(proto, b) if is_fixed_copy else proto
+            try:
+                feeds = seeded_inputs(m, seed=seed, overrides={"batch": b})
+                artifact = be.compile(m, Path(tmp) / f"b{b}.om" if be.artifact_kind == "file" else None)
+                times = []
+                with be.runner(artifact) as runner:
+                    for i in range(warmup + iters):
+                        runner.infer(feeds)
+                        if i >= warmup:
+                            times.append(runner.last_inference_s)
+                        done += 1
+                        if progress is not None:
+                            progress(done, total)
+            except ForgeError as exc:
+                if not is_fixed_copy or isinstance(exc, BackendUnavailable):
+                    raise
+                reason = f"cannot run with the batch fixed to {b}: {exc} (re-export with --batch-size {b})"
+                log.warning("%s", reason)
+                records.append(BenchRecord(b, backend, iters, warmup, None, None, None, None, None, None, True, threads, reason))
+                done += warmup + iters
+                if progress is not None:
+                    progress(min(done, total), total)
+                continue
+            p50, p90, p99, mean, mn = _percentiles(times)
+            records.append(BenchRecord(b, backend, iters, warmup, p50, p90, p99, mean, mn,
+                                       b / (mean / 1000.0) if mean > 0 else None, is_fixed_copy, threads))
+    return records
