@@ -137,6 +137,8 @@ class Verifier(Instrument):
         model = state.view()
         _check_structure(model)
         if not self._numeric:
+            self._enable_numeric(model)
+        if not self._numeric:
             record.verification = Verification("structural", self._why_not)
             self._prev_model = model
             return
@@ -150,6 +152,15 @@ class Verifier(Instrument):
         else:
             record.verification = _measure(self._prev_outputs, got)
         self._prev_model, self._prev_outputs = model, got
+
+    def _enable_numeric(self, model: onnx.ModelProto) -> None:
+        """Turns the numeric check on once a pass made the inputs static (e.g. static-shape)."""
+        try:
+            feeds = seeded_inputs(model, self.seed)
+            prev_outputs = run_model(self._prev_model, feeds, self.threads)
+        except ForgeError:
+            return
+        self._feeds, self._prev_outputs, self._numeric, self._why_not = feeds, prev_outputs, True, ""
 
     def _feeds_for(self, model: onnx.ModelProto) -> dict[str, np.ndarray]:
         """The reference inputs, regenerated (and the reference outputs recomputed) if shapes changed."""
