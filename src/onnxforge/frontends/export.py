@@ -111,8 +111,6 @@ def export_model(
         CheckpointError: the checkpoint cannot be read or does not match the model.
         OutputPathError: the output path is the checkpoint or its directory is missing.
     """
-    import torch
-
     out_path = Path(out_path)
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     _check_opset(opset)
@@ -120,6 +118,8 @@ def export_model(
     if ckpt_path is not None and not ckpt_path.is_file():
         raise CheckpointError(f"{ckpt_path}: no such checkpoint file")
     plan = _plan(name_or_factory, variant, batch_size, input_size, with_aux, input_shape)
+
+    import torch  # after validation: user errors come back without paying for the import
     result_warnings: list[str] = []
 
     with torch.random.fork_rng(devices=[]):
