@@ -114,10 +114,13 @@ def test_model_not_matching_the_preset(city, tmp_path):
         evaluate(oracle(19, (8, 8)), "cityscapes", root, preset=CITY_SPEC)
     with pytest.raises(EvaluationError, match="output 'out' has 5 channels; preset custom expects 19 class logits"):
         evaluate(oracle(5, (8, 16)), "cityscapes", root, preset=CITY_SPEC)
+    from tests.evaluate.builders import write_voc
+
+    write_voc(tmp_path / "voc", [(8, 16)])
     with pytest.raises(EvaluationError, match="preset custom evaluates on cityscapes, not voc2012"):
-        evaluate(oracle(19, (8, 16)), "voc2012", root, preset=CITY_SPEC)
+        evaluate(oracle(19, (8, 16)), "voc2012", tmp_path / "voc", preset=CITY_SPEC)
     with pytest.raises(EvaluationError, match="dataset voc2012 needs --preset"):
-        evaluate(oracle(19, (8, 16)), "voc2012", root)
+        evaluate(oracle(19, (8, 16)), "voc2012", tmp_path / "voc")
     g = helper.make_graph([helper.make_node("Add", ["a", "b"], ["c"])], "two",
                           [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 8, 16]) for n in "ab"],
                           [helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 3, 8, 16])])

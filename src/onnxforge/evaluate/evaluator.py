@@ -277,14 +277,18 @@ def evaluate(
     """
     t_start = time.perf_counter()
     backend_options = dict(backend_options or {})
+    if preset is None and dataset != "synthetic":
+        raise EvaluationError(f"dataset {dataset} needs --preset MODEL (one of refinenet, vovnet39, pspnet, unetpp, fastscnn)")
+    # the layout is checked first: a wrong folder should fail before a model is loaded or compiled
+    ds: Dataset | None = None
+    if dataset != "synthetic" or data_root is not None:
+        ds = open_dataset(dataset, data_root, limit=limit)
     spec, preset_name = resolve_preset(preset)
     if spec is not None and dataset != spec.dataset:
         raise EvaluationError(
             f"preset {preset_name} evaluates on {spec.dataset}, not {dataset}: use --dataset {spec.dataset}"
             + ("" if dataset != "synthetic" else ", or drop --preset to score synthetic data generically")
         )
-    if spec is None and dataset != "synthetic":
-        raise EvaluationError(f"dataset {dataset} needs --preset MODEL (one of refinenet, vovnet39, pspnet, unetpp, fastscnn)")
     if predictions is not None and isinstance(model_path_or_proto, (str, Path)) and str(model_path_or_proto).endswith(".om"):
         raise EvaluationError("--predictions needs the ONNX model (for its output shape and dtype), not the .om")
 
@@ -309,10 +313,8 @@ def evaluate(
             _check_against_spec(spec, preset_name, inp, outputs, cand.label)
         canvas = hw or tuple(spec.input_size)
 
-        ds_options: dict[str, Any] = {}
-        if dataset == "synthetic" and data_root is None:
-            ds_options = {"size": canvas, "classes": spec.num_classes, "seed": synthetic_seed}
-        ds: Dataset = open_dataset(dataset, data_root, limit=limit, **ds_options)
+        if ds is None:  # in-memory synthetic data at the model's size
+            ds = open_dataset(dataset, None, limit=limit, size=canvas, classes=spec.num_classes, seed=synthetic_seed)
         if dataset == "synthetic" and ds.num_classes and ds.num_classes != spec.num_classes:
             raise EvaluationError(
                 f"{cand.label}: the model predicts {spec.num_classes} classes but the synthetic set at {data_root} has {ds.num_classes}"
