@@ -133,7 +133,14 @@ def generate_sample(index: int, size: tuple[int, int] = DEFAULT_SIZE, classes: i
         a = rng.uniform(0.10, 0.28) * scale
         b = a * rng.uniform(0.55, 1.0) if kind in ("rectangle", "ellipse", "diamond", "triangle", "cross") else a
         rot = rng.uniform(0, 2 * math.pi)
-        du, dv = xx - cx, yy - cy
+        # every shape lies within radius hypot(a, b) of its centre: work on that box only
+        reach = math.hypot(a, b) + 1.0
+        y0, y1 = max(int(math.floor(cy - reach)), 0), min(int(math.ceil(cy + reach)) + 1, h)
+        x0, x1 = max(int(math.floor(cx - reach)), 0), min(int(math.ceil(cx + reach)) + 1, w)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        bx, by = xx[y0:y1, x0:x1], yy[y0:y1, x0:x1]
+        du, dv = bx - cx, by - cy
         u = du * math.cos(rot) + dv * math.sin(rot)
         v = -du * math.sin(rot) + dv * math.cos(rot)
         mask = _shape_mask(kind, u, v, a, b)
@@ -143,10 +150,9 @@ def generate_sample(index: int, size: tuple[int, int] = DEFAULT_SIZE, classes: i
         colour = _hsv_to_rgb(hue, rng.uniform(0.55, 1.0), rng.uniform(0.55, 1.0)) * 255.0
         stripe_f = (1.5 + 1.5 * cls) * 2 * math.pi / scale
         st = rng.uniform(0, math.pi)
-        stripes = np.sin((xx * math.cos(st) + yy * math.sin(st)) * stripe_f + rng.uniform(0, 2 * math.pi))
-        tex = colour[None, None, :] * (1.0 + 0.18 * stripes[..., None])
-        img[mask] = tex[mask]
-        label[mask] = cls
+        stripes = np.sin((bx[mask] * math.cos(st) + by[mask] * math.sin(st)) * stripe_f + rng.uniform(0, 2 * math.pi))
+        img[y0:y1, x0:x1][mask] = colour[None, :] * (1.0 + 0.18 * stripes[:, None])
+        label[y0:y1, x0:x1][mask] = cls
 
     img += rng.normal(0.0, 8.0, size=img.shape).astype(np.float32)
     image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
