@@ -26,7 +26,7 @@ demo: setup
 	$(VENV)/bin/onnxforge demo -o demo-out
 
 bench: setup
-	$(PY) benchmarks/run_all.py
+	cd benchmarks && ../$(PY) model_speed.py && ../$(PY) optimizer_speed.py && ../$(PY) evaluator_overhead.py
 
 clean:
 	rm -rf $(VENV) demo-out bench-out .cache
