@@ -73,3 +73,10 @@ def test_prediction_for_dispatches_by_policy():
     g2 = Geometry("longest-pad", (2, 4), (4, 8), (8, 8), (2, 0, 2, 0), metric_space="canvas")
     assert prediction_for(np.zeros((3, 2, 2), np.float32), g2, "segmentation", 3, (8, 8)).shape == (8, 8)
     assert prediction_for(np.arange(4.0), g2, "classification", 4, None).shape == (4,)
+
+
+def test_argmax0_matches_numpy_including_ties():
+    from onnxforge.evaluate.postprocess import argmax0
+
+    x = np.random.default_rng(1).integers(0, 3, (6, 9, 11)).astype(np.float16)
+    np.testing.assert_array_equal(argmax0(x), np.argmax(x, axis=0))

@@ -37,16 +37,30 @@ def split_batch(output: np.ndarray, batch: int) -> np.ndarray:
     return out
 
 
+def argmax0(x: np.ndarray) -> np.ndarray:
+    """np.argmax(x, axis=0) as int32 (first index wins ties), by a running max over the class planes.
+
+    Faster than numpy's strided argmax over a leading axis and it allocates only two planes.
+    """
+    best = x[0].copy()
+    idx = np.zeros(x.shape[1:], dtype=np.int32)
+    for c in range(1, x.shape[0]):
+        better = x[c] > best
+        idx[better] = c
+        np.maximum(best, x[c], out=best)
+    return idx
+
+
 def upsample_argmax(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """argmax over axis 0 of (C, h, w) logits after bilinear upsampling to `size`; memory bounded by row blocks."""
     c, h, w = logits.shape
     oh, ow = size
     x = logits.astype(np.float32, copy=False)
     if (h, w) == (oh, ow):
-        return np.argmax(x, axis=0).astype(np.int32)
+        return argmax0(x)
     x = resize_linear(x, (h, ow), axes=(1, 2)) if w != ow else x
     if h == oh:
-        return np.argmax(x, axis=0).astype(np.int32)
+        return argmax0(x)
     from onnxforge.evaluate.imageops import _linear_taps
 
     i0, i1, w1 = _linear_taps(h, oh)
@@ -56,7 +70,7 @@ def upsample_argmax(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         a = x[:, i0[sl], :]
         b = x[:, i1[sl], :]
         blk = a + (b - a) * w1[sl][None, :, None]
-        out[sl] = np.argmax(blk, axis=0)
+        out[sl] = argmax0(blk)
     return out
 
 
