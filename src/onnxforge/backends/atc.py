@@ -13,9 +13,10 @@ The command is derived from the model itself:
   source of truth; the pipeline recorded by the pass manager in ``metadata_props['onnxforge.pipeline']``
   is read, reported, and a disagreement with the graph is logged.
 
-Before calling atc the model is checked against what atc accepts: the ai.onnx opset (CANN 5.x
-documents opsets 9..13, CANN 7.0 documents 9..18; default 9..13, override with ``max_opset``) and every
-op type against the ONNX operator list of the CANN ATC documentation (CANN 5.0.4 "支持ONNX算子清单").
+Before calling atc the model is checked against what atc accepts: the ai.onnx opset (CANN 5.0.4's ATC
+guide: "ONNX 1.8.0, Opset v9~v13"; CANN 7.0's: "Opset v9~v18"; default 9..13, override with
+``max_opset``) and every op type against the ONNX operator list of the same CANN 5.0.4 documentation
+("支持ONNX算子清单", hiascend.com canncommercial/5046 reference/fwoperatorlist).
 A missing atc is BackendUnavailable with the exact fix; a failing atc is a BackendError quoting its
 first error-code line (``E10001: ...``) and pointing at the full log written next to the output.
 

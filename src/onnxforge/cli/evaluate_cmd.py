@@ -72,6 +72,8 @@ def evaluate(
             progress=update, reference=reference, predictions=predictions, backend_options=options,
         )
     console.out.print(render_result(result))
+    for note in result.notes:
+        console.out.print(f"note: {note}")
     if json_path is not None:
         from onnxforge.modelio import write_text_atomic
 

@@ -313,8 +313,11 @@ def evaluate(
             _check_against_spec(spec, preset_name, inp, outputs, cand.label)
         canvas = hw or tuple(spec.input_size)
 
+        notes: list[str] = []
         if ds is None:  # in-memory synthetic data at the model's size
             ds = open_dataset(dataset, None, limit=limit, size=canvas, classes=spec.num_classes, seed=synthetic_seed)
+            notes.append(f"synthetic data generated in memory: {len(ds)} images {canvas[0]}x{canvas[1]}, "
+                         f"{spec.num_classes} classes, seed {ds.seed}")
         if dataset == "synthetic" and ds.num_classes and ds.num_classes != spec.num_classes:
             raise EvaluationError(
                 f"{cand.label}: the model predicts {spec.num_classes} classes but the synthetic set at {data_root} has {ds.num_classes}"
@@ -335,6 +338,9 @@ def evaluate(
             pred_dir = PredictionDir(predictions, outputs[0])
             pred_dir.check_complete(ds.names())
             batch = 1
+            notes.append(f"outputs read from {predictions} ({pred_dir.convention} naming <image>_{pred_dir.index}.bin)")
+        elif len(ds) % batch:
+            notes.append(f"last batch padded from {len(ds) % batch} to {batch} images; the padded results are dropped")
 
         ref_inp, ref_batch = None, None
         if ref is not None:
@@ -393,6 +399,7 @@ def evaluate(
             per_class_iou=metric.per_class(),
             agreement=agree.result() if agree is not None else None,
             predictions=str(predictions) if predictions is not None else None,
+            notes=notes,
         )
 
 
