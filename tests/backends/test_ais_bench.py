@@ -9,7 +9,7 @@ import pytest
 
 from onnxforge.backends import get_backend
 from onnxforge.backends.ais_bench import AIS_BENCH_MISSING
-from onnxforge.errors import BackendUnavailable
+from onnxforge.errors import BackendError, BackendUnavailable
 from onnxforge.numerics import run_model, seeded_inputs
 from tests.backends.fakes import install_fake_ais_bench, install_fake_atc, path_with
 from tests.evaluate.builders import save, seg_model
@@ -39,6 +39,9 @@ def test_compile_with_atc_then_run_with_fake_ais_bench(tmp_path, monkeypatch):
     with be.runner(om) as runner:
         assert runner.inputs()[0].shape == (1, 3, 6, 8) and runner.inputs()[0].dtype == np.float32
         (out,) = runner.infer(feeds)
+        assert runner.infer(feeds, ["logits"])[0].shape == out.shape
+        with pytest.raises(BackendError, match="no output named 'aux'"):
+            runner.infer(feeds, ["aux"])
     assert fake.instances[0].device_id == 3 and fake.instances[0].freed
-    assert runner.last_inference_s == pytest.approx(0.0015)  # the session's own time, not wall time
+    assert runner.last_inference_s == pytest.approx(0.0015) and runner.calls == 2  # the session's own time, not wall time
     np.testing.assert_allclose(out, run_model(model, feeds)["logits"], rtol=1e-6)

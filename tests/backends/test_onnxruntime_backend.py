@@ -54,3 +54,14 @@ def test_run_failure_is_a_backend_error():
     with be.runner(be.compile(seg_model())) as runner:
         with pytest.raises(BackendError, match="onnxruntime failed to run the model"):
             runner.infer({"image": np.zeros((1, 3, 5, 5), np.float32)})
+
+
+def test_infer_a_subset_of_outputs():
+    model = seg_model(classes=2, size=(3, 3), extra_outputs=2)
+    be = get_backend("onnxruntime")
+    feeds = seeded_inputs(model)
+    with be.runner(be.compile(model)) as runner:
+        full = runner.infer(feeds)
+        (aux1,) = runner.infer(feeds, ["aux1"])
+    assert len(full) == 3
+    np.testing.assert_array_equal(aux1, full[2])

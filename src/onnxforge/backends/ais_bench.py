@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -82,7 +82,7 @@ class AisBenchRunner(Runner):
         assert self.session is not None
         return self._infos(self.session.get_outputs())
 
-    def _infer(self, feeds: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], float | None]:
+    def _infer(self, feeds: Mapping[str, np.ndarray], names: Sequence[str] | None) -> tuple[list[np.ndarray], float | None]:
         assert self.session is not None
         ordered = [np.ascontiguousarray(feeds[i.name]) for i in self.inputs()]
         start = time.perf_counter()
@@ -96,7 +96,14 @@ class AisBenchRunner(Runner):
                 last = times[-1]
                 # older releases store milliseconds, newer ones (start, end) pairs in milliseconds
                 measured = (float(last[1]) - float(last[0])) / 1000.0 if isinstance(last, (tuple, list)) else float(last) / 1000.0
-        return [np.asarray(o) for o in outputs], (measured if measured and measured > 0 else wall)
+        arrays = [np.asarray(o) for o in outputs]
+        if names is not None:
+            order = [o.name for o in self.outputs()]
+            missing = [n for n in names if n not in order]
+            if missing:
+                raise BackendError(f"{self.om_path}: no output named {missing[0]!r} (outputs: {', '.join(order)})")
+            arrays = [arrays[order.index(n)] for n in names]
+        return arrays, (measured if measured and measured > 0 else wall)
 
 
 class AisBenchBackend(Backend):

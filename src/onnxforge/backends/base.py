@@ -112,15 +112,17 @@ class Runner(ABC):
         """The artifact's outputs, in order (valid once active)."""
 
     @abstractmethod
-    def _infer(self, feeds: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], float | None]:
-        """Runs once; returns the outputs and, if the backend measures it itself, the inference seconds."""
+    def _infer(self, feeds: Mapping[str, np.ndarray], names: Sequence[str] | None) -> tuple[list[np.ndarray], float | None]:
+        """Runs once; returns the outputs (all, or `names` in that order) and, if the backend measures it
+        itself, the inference seconds."""
 
-    def infer(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Runs the artifact on `feeds` (name -> array) and returns its outputs in order."""
+    def infer(self, feeds: Mapping[str, np.ndarray], names: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Runs the artifact on `feeds` (name -> array) and returns its outputs in graph order, or only the
+        outputs in `names`, in that order (so large unused outputs, e.g. aux heads, need not be copied)."""
         if not self._active:
             raise BackendError(f"{type(self).__name__}.infer called outside its 'with' block")
         start = time.perf_counter()
-        outputs, measured = self._infer(feeds)
+        outputs, measured = self._infer(feeds, names)
         wall = time.perf_counter() - start
         self.last_inference_s = wall if measured is None else measured
         self.total_inference_s += self.last_inference_s

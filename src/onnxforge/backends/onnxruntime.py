@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -92,11 +92,11 @@ class OnnxruntimeRunner(Runner):
     def outputs(self) -> list[TensorInfo]:
         return list(self._outputs)
 
-    def _infer(self, feeds: Mapping[str, np.ndarray]) -> tuple[list[np.ndarray], float | None]:
+    def _infer(self, feeds: Mapping[str, np.ndarray], names: Sequence[str] | None) -> tuple[list[np.ndarray], float | None]:
         assert self.session is not None
         start = time.perf_counter()
         try:
-            values = self.session.run(self._names, dict(feeds))
+            values = self.session.run(list(names) if names is not None else self._names, dict(feeds))
         except Exception as exc:  # onnxruntime's own exception types
             raise BackendError(f"onnxruntime failed to run the model: {_first_line(exc)}") from None
         return list(values), time.perf_counter() - start

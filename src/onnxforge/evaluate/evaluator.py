@@ -186,12 +186,12 @@ def _stack(prepared: list[Prepared], batch: int, dtype: np.dtype) -> np.ndarray:
     return np.stack(arrays).astype(dtype, copy=False)
 
 
-def _run(runner, inp: TensorInfo, prepared: list[Prepared], batch: int) -> list[np.ndarray]:
+def _run(runner, inp: TensorInfo, first_output: str, prepared: list[Prepared], batch: int) -> list[np.ndarray]:
     """First output per prepared sample, running in groups of `batch` (the last group padded)."""
     results: list[np.ndarray] = []
     for start in range(0, len(prepared), batch):
         group = prepared[start:start + batch]
-        out = runner.infer({inp.name: _stack(group, batch, inp.dtype)})[0]
+        out = runner.infer({inp.name: _stack(group, batch, inp.dtype)}, [first_output])[0]
         results.extend(split_batch(out, batch)[: len(group)])
     return results
 
@@ -342,10 +342,11 @@ def evaluate(
         elif len(ds) % batch:
             notes.append(f"last batch padded from {len(ds) % batch} to {batch} images; the padded results are dropped")
 
-        ref_inp, ref_batch = None, None
+        ref_inp, ref_batch, ref_out = None, None, ""
         if ref is not None:
-            r_inputs, _ = ref.infos()
+            r_inputs, r_outputs = ref.infos()
             ref_inp = _image_input(r_inputs, ref.label)
+            ref_out = r_outputs[0].name
             ref_batch = ref_inp.shape[0] if isinstance(ref_inp.shape[0], int) and ref_inp.shape[0] > 0 else None
         metric = make_metric(spec.metric, spec.num_classes, spec.ignore_index)
         agree = Agreement(2 if spec.task == "binary-segmentation" else spec.num_classes) if ref is not None else None
@@ -359,10 +360,10 @@ def evaluate(
             if pred_dir is not None:
                 first = split_batch(pred_dir.read(prepared[0].name), 1)
             else:
-                first = _run(cand.runner, inp, prepared, batch)
+                first = _run(cand.runner, inp, outputs[0].name, prepared, batch)
             ref_first = None
             if ref is not None:
-                ref_first = _run(ref.runner, ref_inp, prepared, ref_batch or len(prepared))
+                ref_first = _run(ref.runner, ref_inp, ref_out, prepared, ref_batch or len(prepared))
             for i, p in enumerate(prepared):
                 target_shape = p.target.shape if isinstance(p.target, np.ndarray) else None
                 pred = prediction_for(first[i], p.geometry, spec.task, spec.num_classes, target_shape, spec.threshold)
