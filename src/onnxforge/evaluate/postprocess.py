@@ -67,10 +67,12 @@ def upsample_argmax(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     out = np.empty((oh, ow), dtype=np.int32)
     for start in range(0, oh, _ROW_BLOCK):
         sl = slice(start, min(start + _ROW_BLOCK, oh))
-        a = x[:, i0[sl], :]
-        b = x[:, i1[sl], :]
-        blk = a + (b - a) * w1[sl][None, :, None]
-        out[sl] = argmax0(blk)
+        a = np.take(x, i0[sl], axis=1)
+        b = np.take(x, i1[sl], axis=1)
+        b -= a  # in place: a + (b - a) * w without further temporaries
+        b *= w1[sl][None, :, None]
+        a += b
+        out[sl] = argmax0(a)
     return out
 
 
