@@ -47,6 +47,7 @@ def evaluate(
     reference: Optional[Path] = typer.Option(None, "--reference", help="Baseline model: adds agreement with its predictions."),
     soc_version: Optional[str] = typer.Option(None, "--soc-version", help="atc/ais_bench: target SoC (default Ascend310P3)."),
     threads: int = typer.Option(0, "--threads", help="onnxruntime intra-op threads (0: one per core)."),
+    device: str = typer.Option("cpu", "--device", help="onnxruntime device: cpu | cuda | tensorrt | auto."),
 ) -> None:
     """Score a model on a dataset with the metric its upstream used (mIoU, pixAcc, top-1/5, IoU).
 
@@ -61,8 +62,8 @@ def evaluate(
 
         check_output_path(model, json_path)
     options: dict = {}
-    if backend == "onnxruntime" and threads:
-        options["threads"] = threads
+    if backend == "onnxruntime":
+        options = {"threads": threads, "device": device}
     if soc_version and backend in ("atc", "ais_bench"):
         options["soc_version"] = soc_version
     bar, update = _progress(f"evaluating {model.name}")
@@ -104,8 +105,9 @@ def render_result(result) -> Table:
 def bench(
     model: Path = typer.Argument(..., help="ONNX model.", show_default=False),
     backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime | atc | ais_bench."),
-    batch_sizes: str = typer.Option("1", "--batch-sizes", help="Comma-separated batch sizes, e.g. 1,4,8,16."),
+    batch_sizes: str = typer.Option("1,4,8,16", "--batch-sizes", help="Comma-separated batch sizes."),
     threads: int = typer.Option(0, "--threads", help="onnxruntime intra-op threads (0: one per core)."),
+    device: str = typer.Option("cpu", "--device", help="onnxruntime device: cpu | cuda | tensorrt | auto."),
     warmup: int = typer.Option(5, "--warmup", help="Untimed runs first."),
     iters: int = typer.Option(20, "--iters", help="Timed runs per batch size."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the records as JSON (atomically)."),
@@ -126,7 +128,8 @@ def bench(
     proto = load_model(model)
     bar, update = _progress(f"benchmarking {model.name}")
     with bar:
-        records = benchmark(proto, sizes, backend=backend, threads=threads, warmup=warmup, iters=iters, progress=update)
+        records = benchmark(proto, sizes, backend=backend, threads=threads, warmup=warmup, iters=iters, progress=update,
+                            backend_options={"device": device} if backend == "onnxruntime" else None)
     fixed = static_batch(proto)
     table = Table(title=f"{model.name} on {backend}" + (f" (threads {threads})" if threads else ""))
     for col in ("batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "note"):

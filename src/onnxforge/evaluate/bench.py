@@ -1,7 +1,8 @@
 """Latency and throughput per batch size on a backend, with seeded inputs.
 
 `benchmark(model, batch_sizes)` returns one `BenchRecord` per batch size (p50/p90/p99/mean latency of
-one run, throughput in images per second); the report reuses these records as they are.
+one run, throughput in images per second at the median latency, robust to a noisy machine); the report
+reuses these records as they are.
 
 Batch sizes: a model with a dynamic batch dimension is fed each batch size directly. A model with a
 static batch B runs B as it is; every other size runs on a **copy whose batch dimension is fixed** to
@@ -42,7 +43,7 @@ class BenchRecord:
     p99_ms: float | None
     mean_ms: float | None
     min_ms: float | None
-    throughput: float | None  # images per second at the mean latency
+    throughput: float | None  # images per second at the median (p50) latency
     fixed_batch: bool = False  # ran on a copy with the batch dim fixed to batch_size
     threads: int = 0
     error: str | None = None
@@ -143,5 +144,5 @@ def benchmark(
                 continue
             p50, p90, p99, mean, mn = _percentiles(times)
             records.append(BenchRecord(b, backend, iters, warmup, p50, p90, p99, mean, mn,
-                                       b / (mean / 1000.0) if mean > 0 else None, is_fixed_copy, threads))
+                                       b / (p50 / 1000.0) if p50 > 0 else None, is_fixed_copy, threads))
     return records
