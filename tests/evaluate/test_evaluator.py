@@ -338,3 +338,15 @@ def test_ais_bench_backend_end_to_end_with_fakes(city, tmp_path, monkeypatch):
     assert evaluate(om, "cityscapes", root, preset=CITY_SPEC, backend="ais_bench").metrics == ran.metrics
     with pytest.raises(EvaluationError, match="an .om model runs on an Ascend NPU: use --backend ais_bench"):
         evaluate(om, "cityscapes", root, preset=CITY_SPEC)
+
+
+def test_dynamic_height_width_feeds_whole_images_one_at_a_time(tmp_path):
+    from tests.evaluate.builders import write_cityscapes
+
+    write_cityscapes(tmp_path, size=(6, 10))
+    model = oracle(19, (8, 16))
+    for vi in list(model.graph.input) + list(model.graph.output):
+        for i, name in ((0, "N"), (2, "H"), (3, "W")):
+            vi.type.tensor_type.shape.dim[i].dim_param = name
+    r = evaluate(model, "cityscapes", tmp_path, preset=CITY_SPEC, batch_size=4)
+    assert r.images == 2 and r.batch_size == 1

@@ -352,9 +352,11 @@ def evaluate(
         agree = Agreement(2 if spec.task == "binary-segmentation" else spec.num_classes) if ref is not None else None
         total = len(ds)
         done = 0
+        whole_images = hw is None and spec.preprocess == "full"  # dynamic H, W: each image at its own size
         for chunk in _batched(iter(ds), batch):
             prepared = [
-                prepare(spec.preprocess, s, canvas, spec.mean, spec.std, spec.resize_short, spec.ignore_index)
+                prepare(spec.preprocess, s, s.image.shape[:2] if whole_images else canvas, spec.mean, spec.std,
+                        spec.resize_short, spec.ignore_index)
                 for s in chunk
             ]
             if pred_dir is not None:
