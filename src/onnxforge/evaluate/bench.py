@@ -13,7 +13,6 @@ record says so (`fixed_batch=True`). A graph that hard-codes its batch elsewhere
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import tempfile
 from dataclasses import asdict, dataclass
