@@ -26,7 +26,8 @@ the first Resize and the rounding of resize-nearest (the closest low-resolution 
 change where the low-resolution pixels its bilinear interpolation blends carry different labels, i.e.
 along class boundaries (a convex blend of logit vectors that share an ArgMax keeps it); boundaries get
 blockier by up to half a low-resolution pixel. With a single nearest Resize the rewrite is exact.
-The label map is resized as int32 by default (onnxruntime has no int64 Resize); ``label_dtype=uint8``
+Run it before transdata-align (whose channel Slice would hide the Resize); transdata-align then pads the
+Conv feeding the ArgMax instead. The label map is resized as int32 by default (onnxruntime has no int64 Resize); ``label_dtype=uint8``
 halves that traffic again for up to 256 classes, ``float`` suits backends that resize floats only.
 """
 
@@ -165,7 +166,8 @@ class LabelUpsample(Pass):
             node = _producer(t)
         if not resizes:
             what = node.op if node is not None else "a graph input"
-            return f"not produced by a Resize (optionally followed by Softmax/ArgMax); produced by {what}"
+            hint = " (run label-upsample before transdata-align)" if what == "Slice" else ""
+            return f"not produced by a Resize (optionally followed by Softmax/ArgMax); produced by {what}{hint}"
         resizes.reverse()
         last = resizes[-1]
         if node is not None and (node.op == "ArgMax" or (node.op == "Cast" and _producer(node.inputs[0]) is not None and _producer(node.inputs[0]).op == "ArgMax")):

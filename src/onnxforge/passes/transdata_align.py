@@ -142,6 +142,13 @@ class TransdataAlign(Pass):
             bias = const_value(conv.inputs[2])
             conv.inputs[2] = gs.Constant(namer("bias"), np.concatenate([bias, np.zeros(extra, dtype=bias.dtype)]))
         for node in p.chain:
+            if node.op == "Resize" and len(node.inputs) > 3 and node.inputs[3].name:
+                # an explicit output size names the channel count too (dynamo writes [N, C, H, W])
+                sizes = np.array(const_value(node.inputs[3]), dtype=np.int64)
+                axes = [int(a) % 4 for a in node.attrs.get("axes", range(4))]
+                if 1 in axes:
+                    sizes[axes.index(1)] = p.padded
+                    node.inputs[3] = gs.Constant(namer("sizes"), sizes)
             if node.op == "BatchNormalization":
                 # identity on the padded channels: scale 1, bias 0, mean 0, var 1
                 for i, fill in zip(range(1, 5), (1.0, 0.0, 0.0, 1.0)):
@@ -209,6 +216,8 @@ def _plan(graph: gs.Graph, t: gs.Tensor, types: dict, channels: int, c0: int) ->
             return f"{current.name} between the Conv and the boundary feeds other nodes too"
         if node.op == "Conv":
             break
+        if node.op in CHANNELWISE_OPS and not _channelwise(node):
+            return f"{node.op} {node_label(node)} on the way has parameters computed at run time (run simplify first)"
         if not _channelwise(node):
             return f"produced by {node.op} {node_label(node)}, not a Conv (through channel-wise ops); cannot pad"
         chain.append(node)
