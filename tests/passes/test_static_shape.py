@@ -86,6 +86,14 @@ def test_numerics_verified_at_the_new_sizes():
 
 # -- near-misses and errors ---------------------------------------------------------------------------
 
+def test_no_options_make_a_dynamic_batch_1_and_leave_the_rest():
+    result, model = apply(StaticShape(), parse(DYNAMIC))
+    assert result.modified and result.stats["shapes"] == "x:1x3xHxW, m:1x1xHxW"
+    assert any("output 'y' is still dynamic: 1x4xHxW" in n for n in result.notes)
+    again, _ = apply(StaticShape(), parse(STATIC))
+    assert not again.modified and "already static at x:1x3x8x8" in again.why_nothing()
+
+
 def test_near_miss_already_static_at_those_values():
     result, model = apply(StaticShape(batch=1), parse(STATIC))
     assert not result.modified and "already static at x:1x3x8x8" in result.why_nothing()
@@ -109,7 +117,6 @@ def test_one_symbol_given_two_values_is_an_error():
 
 
 @pytest.mark.parametrize("text, fragment", [
-    ("static-shape", "give batch=N and/or shape="),
     ("static-shape{shape=x:1x3xax8}", "is not NAME:DxDx..."),
     ("static-shape{shape=x:1x3x0x8}", "is not NAME:DxDx..."),
     ("static-shape{batch=4,shape=x:1x3x8x8}", "starts with 1 but batch=4"),

@@ -7,7 +7,7 @@ Before -> After::
     y: float[batch, C, H, W]                           `simplify` folds the Shape chains; y: float[16, C, 500, 500]
 
 `{batch=16}` sets the leading dimension of every input; `{shape=x:1x3x500x500|mask:1x1x500x500}` sets
-whole shapes. A symbolic dimension (dim_param) fixed on one input is fixed wherever it appears among
+whole shapes; with no options a dynamic leading dimension becomes 1. A symbolic dimension (dim_param) fixed on one input is fixed wherever it appears among
 the inputs and outputs: ONNX uses one name for one size. This is the seeds' one-ONNX-per-batch-size.
 
 Legal when the graph computes the same function at the fixed sizes, which holds by construction: only
@@ -30,7 +30,7 @@ from onnxforge.passes.registry import register
 
 @dataclass(frozen=True)
 class StaticShapeOptions:
-    batch: int = option(0, "the leading dimension of every input (0: leave it)")
+    batch: int = option(0, "the leading dimension of every input; 0: a dynamic one becomes 1 (unless shape= is given)")
     shape: tuple[str, ...] = option((), "whole input shapes as NAME:DxDx...; several separated by '|'")
 
 
@@ -56,8 +56,6 @@ class StaticShape(Pass):
     def validate(self) -> None:
         if self.options.batch < 0:
             raise PipelineError(f"static-shape: option 'batch' must be positive, got {self.options.batch}")
-        if not self.options.batch and not self.options.shape:
-            raise PipelineError("static-shape: give batch=N and/or shape=NAME:DxDx... (nothing to fix)")
         names = [parse_shape(item)[0] for item in self.options.shape]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -145,6 +143,9 @@ class StaticShape(Pass):
             for name, dims in declared.items():
                 if name not in wanted:
                     wanted[name] = [self.options.batch] + [None] * (len(dims) - 1) if dims else []
+        elif not self.options.shape:  # no options: a dynamic batch becomes 1, static ones stay
+            for name, dims in declared.items():
+                wanted[name] = [None if isinstance(dims[0], int) else 1] + [None] * (len(dims) - 1) if dims else []
         return wanted
 
 
