@@ -253,3 +253,12 @@ def test_bad_mode_is_a_pipeline_error():
     with pytest.raises(PipelineError, match="expected one of exact, emulate"):
         parse_pipeline("adaptive-pool{mode=fast}")
     assert str(parse_pipeline("adaptive-pool{mode=emulate}")) == "adaptive-pool{mode=emulate}"
+
+
+def test_manager_runs_a_model_onnxruntime_cannot_load_until_the_pass_rewrites_it():
+    """The input has a custom op: the verifier checks structure only, and numerics from the next stage on."""
+    result = PassManager("adaptive-pool,adaptive-pool{mode=emulate}").run(_custom_model())
+    first, second = result.stages
+    assert first.verification.status == "structural" and "numeric check off" in first.verification.detail
+    assert second.verification.status == "measured"
+    assert op_counts(result.model) == Counter({"AveragePool": 1})
