@@ -324,9 +324,10 @@ def calibrate_batchnorm(model: torch.nn.Module, input_shape: Sequence[int], seed
 
     Freshly initialised BatchNorms (mean 0, var 1) make deep models' activations vanish or explode, so
     numeric comparisons would mean little. One train-mode forward with cumulative statistics on a
-    seeded standard-normal batch (at least 2 samples, so 1x1 maps still have a variance) puts every
-    layer at unit scale. Parameters are untouched; the model is left in eval mode. Returns the number of
-    BatchNorm layers updated.
+    seeded standard-normal batch of 2 samples (so 1x1 maps still have a variance) at the given spatial
+    size puts every layer at unit scale. The result depends on the model, its variant and the spatial
+    size only, not on the export batch. Parameters are untouched; the model is left in eval mode.
+    Returns the number of BatchNorm layers updated.
     """
     import torch
 
@@ -339,7 +340,7 @@ def calibrate_batchnorm(model: torch.nn.Module, input_shape: Sequence[int], seed
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average: after one batch, exactly that batch's statistics
-    shape = (max(2, int(input_shape[0])), *map(int, input_shape[1:]))
+    shape = (2, *map(int, input_shape[1:]))  # fixed batch: the weights do not depend on the export batch
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=gen)
     try:
