@@ -209,7 +209,8 @@ class TargetOpset(Pass):
     def _down(self, state: ModelState, source: int, target: int) -> PassResult:
         if state.graph.functions:
             raise PassError(f"cannot convert to opset {target}: the model has local functions ({', '.join(f.name for f in state.graph.functions)}); inline them first")
-        state.graph = infer_shapes(state.graph)  # ranks and split sizes come from inferred shapes
+        if any(n.op in _NEEDS_SHAPE and n.inputs and n.inputs[0].shape is None for n in state.graph.nodes):
+            state.graph = infer_shapes(state.graph)  # ranks and split sizes come from inferred shapes
         conv = _DownConverter(state.graph, source, target)
         problems = []
         for node in list(state.graph.nodes):
@@ -593,6 +594,8 @@ def _batchnorm(c: _DownConverter, node: gs.Node) -> bool:
     return False
 
 
+# Rewrites that read the rank or a dimension of their first input.
+_NEEDS_SHAPE = frozenset({"Softmax", "LogSoftmax", "Hardmax", "Split", "LayerNormalization", "Pad", "Resize"})
 _Rewrite = Callable[[_DownConverter, gs.Node], bool]
 _REDUCE_18 = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSumSquare")
 # op -> (rewrite, the schema versions whose changes it handles)
