@@ -19,9 +19,10 @@ sampled, i.e. the tap it weighted most, so the picture does not shift:
 - Rounding is ``round_prefer_ceil``: ties (x_src exactly halfway, e.g. align_corners 2 -> 3 or an even
   integer downscale with half_pixel) are equidistant, so either rule picks a closest pixel; halves
   rounding up is what TensorFlow's ResizeNearestNeighbor computes (``roundf`` with align_corners,
-  ``floor(x+0.5)`` with half-pixel centres), the definition NPU kernels modelled on it follow, so the
-  rewritten model means the same on onnxruntime and there. Not ``floor`` (ONNX's default for exporters'
-  nearest): with align_corners or half_pixel it shifts the picture by up to one source pixel.
+  ``floor((x+0.5)*scale)`` with half-pixel centres). Ascend's ResizeNearestNeighborV2 takes TF's
+  align_corners/half_pixel_centers attributes, so halves-up is the likely rule on the device too (not
+  verified on hardware); with it onnxruntime and the device agree even on ties. Not ``floor`` (the
+  exporters' nearest_mode): with align_corners or half_pixel it shifts the picture by up to one pixel.
 
 Legality: opset >= 11 (Resize-10 has no coordinate modes, Upsample-9 no rounding choice); the mode switch
 needs no knowledge of the scales, so Resizes whose scales are computed at run time are rewritten too.
