@@ -170,3 +170,21 @@ def test_selected_output_only(model):
     assert result.stats["rewritten"] == "labels"
     assert _outputs(after)["main"] == _outputs(model)["main"]
     assert any(s.target == "nope" and "no graph output" in s.reason for s in result.skipped)
+
+
+DYNAMIC_BATCH = """
+g (float[N,5,4,4] x) => (float[N,5,8,8] y) {
+  s = Constant<value = float[4] {1.0, 1.0, 2.0, 2.0}>()
+  y = Resize<mode = "linear", coordinate_transformation_mode = "half_pixel">(x, , s)
+}"""
+
+
+@pytest.mark.parametrize("opset", [13, 17, 18])
+def test_symbolic_batch_sizes_built_per_opset(opset):
+    """N unknown: the label Resize gets its sizes from Shape (+Slice before opset 15) or axes (opset 18)."""
+    result = PassManager("label-upsample").run(parse(DYNAMIC_BATCH, opset=opset))
+    assert result.stages[0].modified
+    x = np.random.default_rng(0).standard_normal((3, 5, 4, 4)).astype(np.float32)
+    got = run_model(result.model, {"x": x})["y"]
+    np.testing.assert_array_equal(got, np.repeat(np.repeat(x.argmax(1)[:, None], 2, 2), 2, 3))
+    assert ("Shape" in op_counts(result.model)) == (opset < 18)
