@@ -188,3 +188,17 @@ def test_symbolic_batch_sizes_built_per_opset(opset):
     got = run_model(result.model, {"x": x})["y"]
     np.testing.assert_array_equal(got, np.repeat(np.repeat(x.argmax(1)[:, None], 2, 2), 2, 3))
     assert ("Shape" in op_counts(result.model)) == (opset < 18)
+
+
+NOT_4D = """
+g (float[1,4,8] x) => (float[1,4,16] y) {
+  s = Constant<value = float[3] {1.0, 1.0, 2.0}>()
+  y = Resize<mode = "linear">(x, , s)
+}"""
+
+
+def test_near_miss_not_4d():
+    model = parse(NOT_4D)
+    result, after = apply(LabelUpsample(), model)
+    assert not result.modified and "is not 4-D" in result.skipped[0].reason
+    assert op_counts(after) == op_counts(model)
