@@ -11,6 +11,7 @@ from onnxforge.numerics import run_model
 from onnxforge.passes import PassManager, parse_pipeline
 from onnxforge.passes.target_opset import TargetOpset
 from tests.passes.helpers import apply, op_counts, ops, outputs, parse
+from tests.passes.torch_export import export
 
 ZOO_OUTPUTS = ("hardswish", "means", "split", "squeeze", "up_ac", "up_hp", "pool", "softmax", "misc", "pad")
 
@@ -48,29 +49,17 @@ def _zoo_module():
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory) -> tuple[onnx.ModelProto, dict[str, np.ndarray], np.ndarray]:
-    """(dynamo export at torch's default opset, PyTorch outputs, the input they were computed on)."""
-    import contextlib
-    import io
-    import logging
-    import warnings
-
+    """(dynamo export at opset 20, torch 2.13's default, PyTorch outputs, the input they were computed on)."""
     import torch
 
     module = _zoo_module()
     x = np.random.default_rng(0).standard_normal((1, 4, 4, 5)).astype(np.float32)
-    path = tmp_path_factory.mktemp("target_opset") / "zoo.onnx"
-    torch_log = logging.getLogger("torch")
-    level = torch_log.level
-    torch_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (torch.from_numpy(x),), str(path), dynamo=True, verbose=False,
-                              input_names=["x"], output_names=[f"y_{n}" for n in ZOO_OUTPUTS])
-            expected = {f"y_{n}": t.numpy() for n, t in zip(ZOO_OUTPUTS, module(torch.from_numpy(x)))}
-    finally:
-        torch_log.setLevel(level)
-    return onnx.load(str(path)), expected, x
+    names = [f"y_{n}" for n in ZOO_OUTPUTS]
+    model = export(module, (torch.from_numpy(x),), tmp_path_factory.mktemp("target_opset") / "zoo.onnx",
+                   dynamo=True, opset=20, input_names=["x"], output_names=names)
+    with torch.no_grad():
+        expected = {name: t.numpy() for name, t in zip(names, module(torch.from_numpy(x)))}
+    return model, expected, x
 
 
 def _opset(model: onnx.ModelProto) -> int:
