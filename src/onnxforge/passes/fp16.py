@@ -97,12 +97,12 @@ class Fp16(Pass):
         for node in graph.nodes:
             if id(node) not in reached or node.op == "Cast" or not _touches_float32(node, types):
                 continue
-            reason = self._blocked(node, types) or _plan_or_reason(node, int(graph.opset), types)
-            if isinstance(reason, _Plan):
-                if reason.inputs or reason.outputs:
-                    plans[id(node)] = reason
+            verdict = self._blocked(node, types) or _plan_or_reason(node, int(graph.opset), types)
+            if isinstance(verdict, _Plan):
+                if verdict.inputs or verdict.outputs:
+                    plans[id(node)] = verdict
                 continue
-            skipped.append(Skip(node_label(node), f"kept in float32: {reason}"))
+            skipped.append(Skip(node_label(node), f"kept in float32: {verdict}"))
 
         rewrite = _Rewrite(graph, types, plans, self.options.keep_io)
         rewrite.apply(reached)
