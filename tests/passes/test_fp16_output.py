@@ -41,8 +41,17 @@ def test_within_fp16_rounding_bound():
     np.testing.assert_array_equal(got["labels"], ref["labels"])
 
 
-def test_near_miss_selected_output_absent():
-    result, model = apply(Fp16Output(outputs=("nope",)), parse(TWO_OUTPUTS))
+def test_near_miss_integer_output_only_is_untouched():
+    result, model = apply(Fp16Output(outputs=("labels",)), parse(TWO_OUTPUTS))
     assert not result.modified
-    assert "nope skipped: no graph output of that name" in result.why_nothing()
+    assert "labels skipped: dtype is int64, not float32" in result.why_nothing()
     assert ops(model) == ["Relu", "ArgMax"]
+
+
+def test_unknown_output_name_is_an_error():
+    import pytest
+
+    from onnxforge.errors import PassError
+
+    with pytest.raises(PassError, match="no graph output named nope"):
+        apply(Fp16Output(outputs=("nope",)), parse(TWO_OUTPUTS))

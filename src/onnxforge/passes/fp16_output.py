@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxforge.errors import PassError
 from onnxforge.passes._graph import Namer
 from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip, option
 from onnxforge.passes.registry import register
@@ -37,8 +38,10 @@ class Fp16Output(Pass):
         graph = state.graph
         wanted = set(self.options.outputs)
         names = {t.name for t in graph.outputs}
-        missing = wanted - names
-        skipped = [Skip(m, "no graph output of that name") for m in sorted(missing)]
+        missing = sorted(wanted - names)
+        if missing:
+            raise PassError(f"no graph output named {', '.join(missing)} (outputs: {', '.join(sorted(names))})")
+        skipped: list[Skip] = []
         namer = Namer(graph, "fp16_output")
         converted = 0
         new_outputs = []
