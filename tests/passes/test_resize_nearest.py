@@ -166,3 +166,23 @@ def test_near_miss_opset_10_resize_untouched():
     assert not result.modified
     assert "convert to opset >= 11" in result.skipped[0].reason
     assert _resizes(after) == _resizes(model)
+
+
+PYTORCH_HALF_PIXEL = """
+g (float[1,1,4,4] x) => (float[1,1,8,8] y, float[1,1,1,8] z) {
+  s = Constant<value = float[4] {1.0, 1.0, 2.0, 2.0}>()
+  y = Resize<mode = "linear", coordinate_transformation_mode = "pytorch_half_pixel">(x, , s)
+  t = Constant<value = float[4] {1.0, 1.0, 0.25, 2.0}>()
+  z = Resize<mode = "linear", coordinate_transformation_mode = "pytorch_half_pixel">(x, , t)
+}"""
+
+
+def test_pytorch_half_pixel_becomes_half_pixel_unless_an_axis_has_length_one():
+    model = parse(PYTORCH_HALF_PIXEL)
+    result, after = apply(ResizeNearest(), model)
+    attrs = _resizes(after)
+    assert attrs["y"]["coordinate_transformation_mode"] == "half_pixel"
+    assert attrs["z"]["coordinate_transformation_mode"] == "pytorch_half_pixel"  # height 4 -> 1
+    assert "pytorch_half_pixel kept" in result.notes[1]
+    x = np.random.default_rng(2).standard_normal((1, 1, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(run_model(after, {"x": x})["y"], nearest_reference(x, (8, 8), "half_pixel"))

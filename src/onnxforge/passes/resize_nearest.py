@@ -105,7 +105,14 @@ class ResizeNearest(Pass):
             raise PipelineError(f"pass 'resize-nearest': {', '.join(both)} both selected (nodes=) and excluded (exclude=)")
 
     def run(self, state: ModelState) -> PassResult:
-        types = inferred_types(state.view())  # before state.graph, which is what gets rewritten
+        # Shapes only decide pytorch_half_pixel -> half_pixel; infer them (before state.graph, which is
+        # what gets rewritten) only when such a Resize exists.
+        view = state.view()
+        needs_shapes = any(
+            n.op_type == "Resize" and any(a.name == "coordinate_transformation_mode" and a.s == b"pytorch_half_pixel" for a in n.attribute)
+            for n in view.graph.node
+        )
+        types = inferred_types(view) if needs_shapes else {}
         graph = state.graph
         resizes = [n for n in graph.nodes if n.op in ("Resize", "Upsample")]
         names = {n.name for n in resizes if n.name}
