@@ -290,8 +290,11 @@ class PassManager:
             try:
                 state.touched = False  # exporting mid-pass (to_model) must not skip the cleanup below
                 result = self._run_pass(p, state)
-                if result.modified and state.touched:
-                    state.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+                if state.touched:
+                    # the pass held the graph: any ModelProto exported mid-pass may be stale, so drop it
+                    graph = state.graph
+                    if result.modified:
+                        graph.cleanup(remove_unused_graph_inputs=False).toposort()
                 record = StageRecord(
                     index=index,
                     name=p.name,
