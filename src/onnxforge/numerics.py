@@ -53,24 +53,24 @@ class InputSpec:
         return all(isinstance(d, int) and d > 0 for d in self.shape)
 
 
+def declared_dims(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...]:
+    """A value's declared shape: ints for static dims, names for symbolic ones, None for unknown."""
+    dims: list[int | str | None] = []
+    for d in vi.type.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     """The graph inputs that are not initializers, with their declared shapes."""
     inits = {t.name for t in model.graph.initializer}
-    specs = []
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        dims: list[int | str | None] = []
-        for d in tt.shape.dim:
-            if d.HasField("dim_value"):
-                dims.append(int(d.dim_value))
-            elif d.HasField("dim_param"):
-                dims.append(d.dim_param)
-            else:
-                dims.append(None)
-        specs.append(InputSpec(vi.name, tuple(dims), np_dtype(tt.elem_type)))
-    return specs
+    return [InputSpec(vi.name, declared_dims(vi), np_dtype(vi.type.tensor_type.elem_type))
+            for vi in model.graph.input if vi.name not in inits]
 
 
 def concrete_shape(spec: InputSpec, overrides: Mapping[str, int] | None = None) -> tuple[int, ...]:

@@ -45,23 +45,10 @@ class TensorInfo:
 
 def tensor_infos(values: Sequence[onnx.ValueInfoProto], skip: set[str] | None = None) -> list[TensorInfo]:
     """TensorInfo of graph inputs or outputs (initializers listed in `skip` are left out)."""
-    from onnxforge.numerics import np_dtype
+    from onnxforge.numerics import declared_dims, np_dtype
 
-    out = []
-    for vi in values:
-        if skip and vi.name in skip:
-            continue
-        tt = vi.type.tensor_type
-        dims: list[int | str | None] = []
-        for d in tt.shape.dim:
-            if d.HasField("dim_value"):
-                dims.append(int(d.dim_value))
-            elif d.HasField("dim_param"):
-                dims.append(d.dim_param)
-            else:
-                dims.append(None)
-        out.append(TensorInfo(vi.name, tuple(dims), np_dtype(tt.elem_type)))
-    return out
+    return [TensorInfo(vi.name, declared_dims(vi), np_dtype(vi.type.tensor_type.elem_type))
+            for vi in values if not (skip and vi.name in skip)]
 
 
 def model_inputs(model: onnx.ModelProto) -> list[TensorInfo]:

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from onnxforge.errors import FrontendError
 from onnxforge.frontends.adaptive import EmulatedAdaptiveAvgPool2d
 from onnxforge.frontends.base import EvalSpec, ModelSpec
+from onnxforge.frontends.resnet import Bottleneck
 
 logger = logging.getLogger(__name__)
 
@@ -53,30 +54,6 @@ class ConvModule(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.activate(self.bn(self.conv(x)))
-
-
-class Bottleneck(nn.Module):
-    """mmseg ResNet Bottleneck, style 'pytorch': the stride sits on the 3x3 conv2."""
-
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, padding=dilation, dilation=dilation, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
 
 
 def _res_layer(inplanes: int, planes: int, blocks: int, stride: int, dilation: int) -> nn.Sequential:

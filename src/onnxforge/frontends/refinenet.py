@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from onnxforge.errors import FrontendError
 from onnxforge.frontends.base import EvalSpec, ModelSpec
+from onnxforge.frontends.resnet import Bottleneck
 
 logger = logging.getLogger(__name__)
 
@@ -37,30 +38,6 @@ VARIANTS: dict[str, str] = {
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=bias)
-
-
-class Bottleneck(nn.Module):
-    """ResNet v1.5 bottleneck (stride on the 3x3), torchvision names, no dilation."""
-
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, kernel_size=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: Tensor) -> Tensor:
-        residual = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + residual)
 
 
 class CRPBlock(nn.Module):
@@ -172,7 +149,7 @@ class RefineNet(nn.Module):
                 nn.Conv2d(self.inplanes, planes * Bottleneck.expansion, kernel_size=1, stride=stride, bias=False),
                 nn.BatchNorm2d(planes * Bottleneck.expansion),
             )
-        layers = [Bottleneck(self.inplanes, planes, stride, downsample)]
+        layers = [Bottleneck(self.inplanes, planes, stride, downsample=downsample)]
         self.inplanes = planes * Bottleneck.expansion
         layers += [Bottleneck(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
