@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import onnx
 
 from onnxforge.errors import ForgeError, OutputPathError, PassError
-from onnxforge.evaluate.history import StageEval, best_accepted, judge, model_sha256, primary_metric
+from onnxforge.evaluate.history import StageEval, best_accepted, fill_deltas, judge, model_sha256, primary_metric
 from onnxforge.modelio import load_model, save_model
 from onnxforge.numerics import DEFAULT_SEED
 from onnxforge.passes import Pass, PassManager, parse_pipeline
@@ -230,7 +230,9 @@ def run_report(
 
     runner.time_all([(s, models[s.name]) for s in stages if s.name in models])
     for s in stages[1:]:
-        if not s.verdict:
+        if s.verdict:
+            fill_deltas(s, base)  # judged on accuracy before timing (per-node): add the speed now
+        else:
             judge(s, base, budget)
     best = best_accepted(stages)
     best_file = save_model(models[best.name], out_dir / "best.onnx")

@@ -56,13 +56,8 @@ def primary_metric(accuracy: dict[str, float]) -> str | None:
     return next(iter(accuracy), None)
 
 
-def judge(stage: StageEval, baseline: StageEval, budget: float) -> None:
-    """Sets `verdict` and `reason` of a non-baseline stage, and its deltas against the baseline.
-
-    Rules: a stage whose pass failed verification is rejected; an approximate pass is never accepted
-    without an accuracy measurement; accepted when the primary metric dropped by at most `budget`
-    (relative) against the baseline.
-    """
+def fill_deltas(stage: StageEval, baseline: StageEval) -> None:
+    """Accuracy (absolute and relative) and speed deltas of `stage` against the baseline, as far as measured."""
     metric = primary_metric(baseline.accuracy)
     if metric and metric in stage.accuracy:
         base, value = baseline.accuracy[metric], stage.accuracy[metric]
@@ -70,6 +65,17 @@ def judge(stage: StageEval, baseline: StageEval, budget: float) -> None:
         stage.delta[f"{metric}_rel"] = (value - base) / base if base else 0.0
     if baseline.latency_ms.get("p50") and stage.latency_ms.get("p50"):
         stage.delta["speedup"] = baseline.latency_ms["p50"] / stage.latency_ms["p50"]
+
+
+def judge(stage: StageEval, baseline: StageEval, budget: float) -> None:
+    """Sets `verdict` and `reason` of a non-baseline stage (and its deltas against the baseline).
+
+    Rules: a stage whose pass failed verification is rejected; an approximate pass is never accepted
+    without an accuracy measurement; accepted when the primary metric dropped by at most `budget`
+    (relative) against the baseline.
+    """
+    fill_deltas(stage, baseline)
+    metric = primary_metric(baseline.accuracy)
     status = stage.verification.get("status")
     if status == "failed":
         stage.verdict, stage.reason = "rejected", f"verification failed: {stage.verification.get('detail', '')}"
