@@ -51,34 +51,45 @@ def table_rows(stages: list[StageEval]) -> tuple[list[str], list[list[str]]]:
 
 
 def plot_png(stages: list[StageEval], title: str) -> bytes:
-    """Accuracy (primary metric) against p50 latency, one labelled point per stage."""
+    """Accuracy (primary metric) against p50 latency: one numbered point per stage, a grey edge from
+    each stage's parent to it, and a key naming the numbers."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     metric = primary_metric(stages[0].accuracy) or "accuracy"
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
     colours = {"baseline": "#1f77b4", "accepted": "#2ca02c", "rejected": "#d62728"}
+    points = {s.name: (s.latency_ms.get("p50"), s.accuracy.get(metric)) for s in stages}
+    points = {k: v for k, v in points.items() if v[0] is not None and v[1] is not None}
+    fig = plt.figure(figsize=(10, 5.2), dpi=110)
+    ax = fig.add_axes((0.08, 0.11, 0.52, 0.78))
     for s in stages:
-        x, y = s.latency_ms.get("p50"), s.accuracy.get(metric)
-        if x is None or y is None:
+        if s.name in points and s.parent in points:
+            (x0, y0), (x1, y1) = points[s.parent], points[s.name]
+            ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=dict(arrowstyle="->", color="#bbbbbb", lw=1), zorder=1)
+    key = []
+    for i, s in enumerate(stages):
+        if s.name not in points:
             continue
-        ax.scatter([x], [y], s=70, color=colours.get(s.verdict, "#7f7f7f"), zorder=3, edgecolor="black", linewidth=0.5)
-        ax.annotate(s.name, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
-    xs = [s.latency_ms.get("p50") for s in stages if s.latency_ms.get("p50") is not None and s.accuracy.get(metric) is not None]
-    ys = [s.accuracy.get(metric) for s in stages if s.latency_ms.get("p50") is not None and s.accuracy.get(metric) is not None]
-    if len(xs) > 1:
-        ax.plot(xs, ys, color="#bbbbbb", linewidth=1, zorder=1)
+        x, y = points[s.name]
+        ax.scatter([x], [y], s=80, color=colours.get(s.verdict, "#7f7f7f"), zorder=3, edgecolor="black", linewidth=0.5)
+        ax.annotate(str(i), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8, zorder=4)
+        key.append(f"{i}  {s.name} ({s.verdict})")
     for verdict, colour in colours.items():
         ax.scatter([], [], color=colour, label=verdict, edgecolor="black", linewidth=0.5)
-    ax.legend(loc="best", fontsize=8)
+    fig.legend(loc="lower left", bbox_to_anchor=(0.63, 0.1), fontsize=8, title="verdict", title_fontsize=8)
     ax.set_xlabel("latency p50 (ms, lower is better)")
     ax.set_ylabel(f"{metric} (higher is better)")
-    ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.ticklabel_format(axis="y", useOffset=False)
-    fig.tight_layout()
+    fig.suptitle("\n".join(textwrap.wrap(title, 95)), fontsize=9)
+    wrapped = []
+    for line in key:
+        wrapped += textwrap.wrap(line, 58, subsequent_indent="     ")
+    fig.text(0.63, 0.89, "\n".join(wrapped), fontsize=7, va="top", family="monospace")
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
