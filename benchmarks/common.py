@@ -134,8 +134,12 @@ def agreement(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> str:
     """How far a stage's first output is from the baseline's: label agreement or max abs error."""
     r = next(iter(ref.values()))
     g = next(iter(got.values()))
-    r_lab = r if r.dtype.kind in "iu" else r.argmax(1)
-    g_lab = g if g.dtype.kind in "iu" else g.argmax(1)
+    def labels(x: np.ndarray) -> np.ndarray:
+        if x.dtype.kind in "iu":
+            return x
+        return (x > 0) if x.ndim == 4 and x.shape[1] == 1 else x.argmax(1)  # binary logits vs class logits
+
+    r_lab, g_lab = labels(r), labels(g)
     r_lab = r_lab.reshape(-1)
     g_lab = g_lab.reshape(-1)
     if r_lab.size == g_lab.size:
