@@ -95,7 +95,7 @@ def inferred_types(model: "onnx.ModelProto") -> dict[str, tuple[int, tuple[int |
     import onnx
 
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(weightless(model), data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
         logging.getLogger(__name__).debug("shape inference failed (%s); using declared shapes", exc)
         inferred = model
@@ -107,6 +107,47 @@ def inferred_types(model: "onnx.ModelProto") -> dict[str, tuple[int, tuple[int |
         tt = vi.type.tensor_type
         dims = tuple(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
         out[vi.name] = (tt.elem_type, dims)
-    for init in g.initializer:
+    for init in model.graph.initializer:
         out[init.name] = (init.data_type, tuple(int(d) for d in init.dims))
     return out
+
+
+#: Initializers with more elements than this are not needed by shape inference (only their shape is).
+SMALL_INITIALIZER = 64
+
+
+def weightless(model: "onnx.ModelProto") -> "onnx.ModelProto":
+    """A copy of `model` for shape inference: large initializers become typed graph inputs.
+
+    Shape inference needs the values of small constants (shapes, axes, scales) for data propagation,
+    but only the shapes of weights; serialising hundreds of MB of weights into the inference engine
+    dominated the shape-dependent passes on the seed models.
+    """
+    import onnx
+
+    light = onnx.ModelProto()
+    graph = model.graph
+    big = [t for t in graph.initializer if _numel(t.dims) > SMALL_INITIALIZER]
+    if not big:
+        return model
+    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(light, field, getattr(model, field))
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    g = light.graph
+    g.name = graph.name
+    g.node.extend(graph.node)
+    big_names = {t.name for t in big}
+    g.initializer.extend(t for t in graph.initializer if t.name not in big_names)
+    g.input.extend(vi for vi in graph.input if vi.name not in big_names)
+    g.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in big)
+    g.output.extend(graph.output)
+    g.value_info.extend(graph.value_info)
+    return light
+
+
+def _numel(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n

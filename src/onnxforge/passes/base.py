@@ -80,12 +80,12 @@ class ModelState:
     """
 
     def __init__(self, model: onnx.ModelProto) -> None:
-        self._header = onnx.ModelProto()
-        self._header.CopyFrom(model)
-        self._header.ClearField("graph")
-        self._header.ClearField("functions")
-        self._proto: onnx.ModelProto | None = onnx.ModelProto()
-        self._proto.CopyFrom(model)
+        self._header = onnx.ModelProto()  # the fields graphsurgeon drops; never the graph (no weight copies)
+        for name in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
+            setattr(self._header, name, getattr(model, name))
+        self._header.metadata_props.extend(model.metadata_props)
+        self._proto: onnx.ModelProto | None = model  # read-only: passes get copies (to_model) or replace it
+        self._owned = False  # whether _proto is ours (a pass's or an export's), not the caller's input
         self._graph: gs.Graph | None = None
         self.touched = False  # the graph was handed out since the manager reset this (before each pass) or replace()
 
@@ -113,21 +113,35 @@ class ModelState:
             model.doc_string = self._header.doc_string
             model.domain = self._header.domain
             del model.metadata_props[:]
-            self._proto = model
-        del self._proto.metadata_props[:]
-        self._proto.metadata_props.extend(self._header.metadata_props)
+            model.metadata_props.extend(self._header.metadata_props)
+            self._proto, self._owned = model, True
         return self._proto
 
     def to_model(self) -> onnx.ModelProto:
-        """A copy of the current model as a ModelProto, free to mutate."""
+        """A copy of the current model as a ModelProto, free to mutate, with this state's metadata."""
         model = onnx.ModelProto()
         model.CopyFrom(self.view())
+        del model.metadata_props[:]
+        model.metadata_props.extend(self._header.metadata_props)
         return model
 
     def replace(self, model: onnx.ModelProto) -> None:
         """Makes `model` the current model (keeping this state's header fields, except ir_version)."""
         self._header.ir_version = model.ir_version
-        self._proto, self._graph, self.touched = model, None, False
+        self._proto, self._graph, self.touched, self._owned = model, None, False, True
+
+    def release(self) -> onnx.ModelProto:
+        """The final model with this state's metadata; the state must not be used afterwards.
+
+        Copies only if the current model is still the caller's input."""
+        model = self.view()
+        if not self._owned:
+            return self.to_model()
+        del model.metadata_props[:]
+        model.metadata_props.extend(self._header.metadata_props)
+        model.ir_version = self._header.ir_version
+        self._proto = self._graph = None
+        return model
 
     def node_count(self) -> int:
         return len(self._graph.nodes) if self._graph is not None else len(self._proto.graph.node)
@@ -154,8 +168,12 @@ class ModelState:
 
     def set_ir_version(self, version: int) -> None:
         self._header.ir_version = version
-        if self._proto is not None:  # keep a cached export consistent with the header
-            self._proto.ir_version = version
+        if self._proto is not None and self._proto.ir_version != version:
+            # keep a cached model consistent with the header; copy first: it may be the caller's input
+            proto = onnx.ModelProto()
+            proto.CopyFrom(self._proto)
+            proto.ir_version = version
+            self._proto, self._owned = proto, True
 
 
 class Pass:

@@ -180,9 +180,14 @@ class Verifier(Instrument):
 
 
 def _check_structure(model: onnx.ModelProto) -> None:
+    """onnx.checker and strict shape inference on the model without its large weights (their shapes are
+    kept as typed inputs); the numeric check that follows loads the real weights into onnxruntime."""
+    from onnxforge.passes._graph import weightless
+
+    light = weightless(model)
     try:
-        onnx.checker.check_model(model)
-        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        onnx.checker.check_model(light)
+        onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise VerificationError(f"invalid model: {str(exc).strip().splitlines()[0][:300]}") from None
 
@@ -332,8 +337,9 @@ class PassManager:
         applied = state.get_metadata(PIPELINE_METADATA_KEY)
         state.set_metadata(PIPELINE_METADATA_KEY, ",".join(x for x in (applied, str(self.pipeline)) if x))
         state.set_metadata("onnxforge.version", __version__)
-        out = state.to_model()
-        result = PipelineResult(out, self.pipeline, ctx.stages, nodes_before, state.node_count(), time.perf_counter() - t0)
+        nodes_after = state.node_count()
+        out = state.release()
+        result = PipelineResult(out, self.pipeline, ctx.stages, nodes_before, nodes_after, time.perf_counter() - t0)
         for inst in self.instruments:
             inst.run_end(ctx, result)
         return result
