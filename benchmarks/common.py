@@ -102,7 +102,7 @@ def time_interleaved(models: dict[str, onnx.ModelProto], feeds: dict[str, np.nda
     sessions = {}
     names = {}
     for key, model in models.items():
-        sess = make_session(model, threads=THREADS)
+        sess = make_session(model, threads=THREADS, spin=False)
         sessions[key] = sess
         names[key] = {i.name: i for i in sess.get_inputs()}
     samples: dict[str, list[float]] = {k: [] for k in models}

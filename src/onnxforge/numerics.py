@@ -115,8 +115,9 @@ def cast_feeds(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[
     return {k: (v.astype(dtypes[k]) if k in dtypes and v.dtype != dtypes[k] else v) for k, v in feeds.items() if k in dtypes}
 
 
-def make_session(model: onnx.ModelProto | bytes, threads: int = 0, optimize: bool = True, providers: Sequence[str] | None = None):
-    """An onnxruntime InferenceSession on the CPU (or the given providers)."""
+def make_session(model: onnx.ModelProto | bytes, threads: int = 0, optimize: bool = True, providers: Sequence[str] | None = None,
+                 spin: bool = True):
+    """An onnxruntime InferenceSession on the CPU (or the given providers); `spin=False` for interleaved timing."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -126,6 +127,10 @@ def make_session(model: onnx.ModelProto | bytes, threads: int = 0, optimize: boo
         opts.inter_op_num_threads = 1
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if not spin:
+        from onnxforge.backends.onnxruntime import no_spinning
+
+        no_spinning(opts)
     data = model if isinstance(model, bytes) else model.SerializeToString()
     try:
         return ort.InferenceSession(data, opts, providers=list(providers or ["CPUExecutionProvider"]))

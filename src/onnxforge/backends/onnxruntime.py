@@ -53,8 +53,9 @@ class OnnxruntimeRunner(Runner):
     """One InferenceSession over an in-memory model."""
 
     def __init__(self, model: onnx.ModelProto, providers: list[str], threads: int = 0,
-                 inter_op_threads: int = 0, optimize: bool = True) -> None:
+                 inter_op_threads: int = 0, optimize: bool = True, spin: bool = True) -> None:
         super().__init__()
+        self.spin = spin
         self.model = model
         self.providers = providers
         self.threads = threads
@@ -77,6 +78,8 @@ class OnnxruntimeRunner(Runner):
             opts.inter_op_num_threads = 1
         if not self.optimize:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        if not self.spin:
+            no_spinning(opts)
         try:
             self.session = ort.InferenceSession(self.model.SerializeToString(), opts, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/RuntimeException types
@@ -109,8 +112,9 @@ class OnnxruntimeBackend(Backend):
     artifact_kind = "model"
 
     def __init__(self, device: str = "cpu", threads: int = 0, inter_op_threads: int = 0,
-                 optimize: bool = True, **options: Any) -> None:
-        super().__init__(device=device, threads=threads, inter_op_threads=inter_op_threads, optimize=optimize, **options)
+                 optimize: bool = True, spin: bool = True, **options: Any) -> None:
+        super().__init__(device=device, threads=threads, inter_op_threads=inter_op_threads, optimize=optimize, spin=spin, **options)
+        self.spin = spin
         self.device = device
         self.threads = int(threads or 0)
         self.inter_op_threads = int(inter_op_threads or 0)
@@ -129,7 +133,15 @@ class OnnxruntimeBackend(Backend):
 
     def runner(self, artifact: onnx.ModelProto | str | Path) -> OnnxruntimeRunner:
         model = load_model_arg(artifact)
-        return OnnxruntimeRunner(model, resolve_providers(self.device), self.threads, self.inter_op_threads, self.optimize)
+        return OnnxruntimeRunner(model, resolve_providers(self.device), self.threads, self.inter_op_threads, self.optimize,
+                                 self.spin)
+
+
+def no_spinning(opts) -> None:
+    """Worker threads sleep instead of spin-waiting after a run. Needed when several sessions are timed
+    in turn on few cores: a session's spinning threads would steal the cores from the next one's run."""
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
 
 
 def _first_line(exc: BaseException) -> str:

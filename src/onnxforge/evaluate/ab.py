@@ -101,7 +101,8 @@ class StageRunner:
         from onnxforge.evaluate.bench import static_batch, with_batch
         from onnxforge.numerics import seeded_inputs
 
-        options = {"threads": self.threads} if self.backend == "onnxruntime" and self.threads else {}
+        # several sessions take turns on the same cores: no spin-waiting, or each steals the next one's time
+        options = {"threads": self.threads, "spin": False} if self.backend == "onnxruntime" else {}
         be = get_backend(self.backend, **options)
         be.check_available()
         total = len(self.batch_sizes) * (warmup + self.iters) * len(pairs)
