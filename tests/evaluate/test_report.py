@@ -124,7 +124,10 @@ def test_per_node_resize_measures_each_node(model_path, tmp_path):
 def test_auto_drops_the_lossy_pass(model_path):
     pipe = Pipeline((parse_pipeline("simplify").passes[0], ScrambleLogits()))
     final, stages, dropped = auto_select(load_model(model_path), pipe, DataSource("synthetic", None, None, 3), budget=0.01, iters=3)
-    assert [d["pass"] for d in dropped] == ["scramble-logits"]
+    # the lossy pass is dropped for accuracy (whether the exact simplify pays on a sub-millisecond model
+    # is timing noise, so it is not asserted here)
+    reasons = {d["pass"]: d["reason"] for d in dropped}
+    assert "exceeds" in reasons["scramble-logits"]
     assert "Neg" not in [n.op_type for n in final.graph.node]
     feeds = seeded_inputs(final)
     np.testing.assert_allclose(run_model(final, feeds)["logits"], run_model(tiny_segmenter(), feeds)["logits"], rtol=1e-4, atol=1e-4)
