@@ -53,5 +53,5 @@ def test_unknown_output_name_is_an_error():
 
     from onnxforge.errors import PassError
 
-    with pytest.raises(PassError, match="no graph output named nope"):
+    with pytest.raises(PassError, match="no graph output 'nope' \\(outputs: y, labels\\)"):
         apply(Fp16Output(outputs=("nope",)), parse(TWO_OUTPUTS))

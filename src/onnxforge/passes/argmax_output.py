@@ -25,8 +25,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxforge.errors import PassError
-from onnxforge.passes._graph import Namer
+from onnxforge.passes._graph import Namer, select_names
 from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip, option
 from onnxforge.passes.registry import register
 
@@ -49,10 +48,7 @@ class ArgmaxOutput(Pass):
     def run(self, state: ModelState) -> PassResult:
         graph = state.graph
         names = [t.name for t in graph.outputs]
-        missing = [n for n in self.options.outputs if n not in names]
-        if missing:
-            raise PassError(f"argmax-output: no graph output '{missing[0]}' (outputs: {', '.join(names)})")
-        wanted = set(self.options.outputs or names[:1])
+        wanted = select_names(self.name, "output", self.options.outputs, names) if self.options.outputs else set(names[:1])
         namer = Namer(graph, "argmax_output")
         skipped: list[Skip] = []
         new_outputs = []

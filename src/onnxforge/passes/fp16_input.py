@@ -20,8 +20,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxforge.errors import PassError
-from onnxforge.passes._graph import Namer, is_graph_output
+from onnxforge.passes._graph import Namer, select_names, is_graph_output
 from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip, option
 from onnxforge.passes.registry import register
 
@@ -41,10 +40,7 @@ class Fp16Input(Pass):
     def run(self, state: ModelState) -> PassResult:
         graph = state.graph
         names = [t.name for t in graph.inputs]
-        missing = [n for n in self.options.inputs if n not in names]
-        if missing:
-            raise PassError(f"fp16-input: no graph input '{missing[0]}' (inputs: {', '.join(names) or 'none'})")
-        wanted = set(self.options.inputs or names)
+        wanted = select_names(self.name, "input", self.options.inputs, names)
         namer = Namer(graph, "fp16_input")
         skipped: list[Skip] = []
         new_inputs = []

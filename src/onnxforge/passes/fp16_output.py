@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxforge.errors import PassError
-from onnxforge.passes._graph import Namer
+from onnxforge.passes._graph import Namer, select_names
 from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip, option
 from onnxforge.passes.registry import register
 
@@ -36,17 +35,13 @@ class Fp16Output(Pass):
 
     def run(self, state: ModelState) -> PassResult:
         graph = state.graph
-        wanted = set(self.options.outputs)
-        names = {t.name for t in graph.outputs}
-        missing = sorted(wanted - names)
-        if missing:
-            raise PassError(f"no graph output named {', '.join(missing)} (outputs: {', '.join(sorted(names))})")
+        wanted = select_names(self.name, "output", self.options.outputs, [t.name for t in graph.outputs])
         skipped: list[Skip] = []
         namer = Namer(graph, "fp16_output")
         converted = 0
         new_outputs = []
         for out in graph.outputs:
-            if wanted and out.name not in wanted:
+            if out.name not in wanted:
                 new_outputs.append(out)
                 continue
             if out.dtype != np.float32:
