@@ -203,9 +203,8 @@ def run_report(
     stages = [base]
     models = {"baseline": baseline_model}
 
-    plan: list[tuple[Pass, str]] = [(p, "isolated" if isolated else "cumulative") for p in pipe.passes]
     current, current_name, applied = baseline_model, "baseline", []
-    for i, (p, mode) in enumerate(plan, start=1):
+    for i, p in enumerate(pipe.passes, start=1):
         parent_model, parent_name = (baseline_model, "baseline") if isolated else (current, current_name)
         name = f"{i}-{p.name}"
         stage_pipeline = str(p) if isolated else ",".join(applied + [str(p)])
