@@ -159,3 +159,18 @@ def test_report_bad_input(cli, model_path, tmp_path, args, fragment):
     data = [] if args == [] else ["--synthetic", "2"]
     proc = cli("report", model_path, "--passes", "simplify", "-o", tmp_path / "r", *data, *args)
     assert_one_line_error(proc, fragment)
+
+
+def test_best_accepted_prefers_the_smaller_graph_among_equally_fast_stages():
+    from onnxforge.evaluate.history import StageEval, best_accepted
+
+    def stage(name, verdict, p50, nodes):
+        s = StageEval(name, "", None, None, None, "0" * 64, nodes)
+        s.verdict, s.latency_ms = verdict, {"p50": p50, "p90": p50}
+        return s
+
+    stages = [stage("baseline", "baseline", 10.0, 139), stage("1-simplify", "accepted", 10.1, 105),
+              stage("2-lossy", "rejected", 5.0, 100), stage("3-slow", "accepted", 12.0, 90)]
+    assert best_accepted(stages).name == "1-simplify"
+    stages.append(stage("4-fast", "accepted", 8.0, 200))
+    assert best_accepted(stages).name == "4-fast"

@@ -102,9 +102,16 @@ def judge(stage: StageEval, baseline: StageEval, budget: float) -> None:
         )
 
 
+#: Latencies within this fraction of the fastest are treated as equal (measurement noise, see benchmarks/).
+LATENCY_TIE = 0.02
+
+
 def best_accepted(stages: list[StageEval]) -> StageEval:
-    """The fastest stage that is the baseline or accepted (ties: the later stage)."""
+    """The fastest stage that is the baseline or accepted. Stages within LATENCY_TIE of the fastest
+    count as equally fast; among those the smallest graph wins (then the later stage)."""
     ok = [s for s in stages if s.verdict in ("baseline", "accepted") and s.latency_ms.get("p50")]
     if not ok:
         return stages[0]
-    return min(reversed(ok), key=lambda s: s.latency_ms["p50"])
+    fastest = min(s.latency_ms["p50"] for s in ok)
+    near = [(i, s) for i, s in enumerate(ok) if s.latency_ms["p50"] <= fastest * (1 + LATENCY_TIE)]
+    return min(near, key=lambda item: (item[1].nodes, -item[0]))[1]
