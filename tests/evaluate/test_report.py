@@ -174,3 +174,15 @@ def test_best_accepted_prefers_the_smaller_graph_among_equally_fast_stages():
     assert best_accepted(stages).name == "1-simplify"
     stages.append(stage("4-fast", "accepted", 8.0, 200))
     assert best_accepted(stages).name == "4-fast"
+
+
+def test_best_accepted_does_not_trade_accuracy_for_noise():
+    from onnxforge.evaluate.history import StageEval, best_accepted
+
+    base = StageEval("baseline", "", None, None, None, "0" * 64, 139)
+    base.verdict, base.latency_ms = "baseline", {"p50": 8.73, "p90": 9.0}
+    lossy = StageEval("nodes", "", "resize-nearest", "approximate", "baseline", "0" * 64, 139)
+    lossy.verdict, lossy.latency_ms, lossy.delta = "accepted", {"p50": 8.59, "p90": 9.0}, {"mIoU_rel": -0.0058}
+    assert best_accepted([base, lossy]).name == "baseline"
+    lossy.latency_ms = {"p50": 6.0, "p90": 6.5}  # a real gain within budget is taken
+    assert best_accepted([base, lossy]).name == "nodes"
