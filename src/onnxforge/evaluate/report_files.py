@@ -106,7 +106,7 @@ def markdown(report: dict[str, Any], stages: list[StageEval]) -> str:
               f"- best accepted stage: **{report['best']['stage']}** -> `{report['best']['model']}`", ""]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
     lines += ["", "![accuracy vs latency](accuracy_vs_latency.png)", "", "## Verdicts", ""]
     lines += [f"- **{s.name}** ({s.verdict}): {s.reason}" for s in stages]
     if report.get("dropped"):
