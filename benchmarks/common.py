@@ -23,7 +23,7 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from onnxforge.numerics import make_session, run_model, seeded_inputs  # noqa: E402
+from onnxforge.numerics import run_model  # noqa: E402
 
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 
@@ -96,38 +96,12 @@ class Timing:
     runs: int
 
 
-def time_interleaved(models: dict[str, onnx.ModelProto], feeds: dict[str, np.ndarray], rounds: int = 10,
-                     warmup: int = 2, min_seconds: float = 0.0) -> dict[str, Timing]:
-    """Latency (ms) of each model, timed round-robin: one run of each model per round."""
-    sessions = {}
-    names = {}
-    for key, model in models.items():
-        sess = make_session(model, threads=THREADS, spin=False)
-        sessions[key] = sess
-        names[key] = {i.name: i for i in sess.get_inputs()}
-    samples: dict[str, list[float]] = {k: [] for k in models}
+def time_interleaved(models: dict[str, onnx.ModelProto], rounds: int = 10, warmup: int = 2) -> dict[str, Timing]:
+    """Latency (ms) of each model, timed round-robin in one run (`onnxforge.evaluate.bench.round_robin`)."""
+    from onnxforge.evaluate.bench import round_robin
 
-    def feed_for(key):
-        out = {}
-        for name, info in names[key].items():
-            arr = feeds[name] if name in feeds else next(iter(feeds.values()))
-            out[name] = arr.astype(np.float16) if info.type == "tensor(float16)" else arr
-        return out
-
-    prepared = {k: feed_for(k) for k in models}
-    for _ in range(warmup):
-        for k, s in sessions.items():
-            s.run(None, prepared[k])
-    start = time.perf_counter()
-    r = 0
-    while r < rounds or time.perf_counter() - start < min_seconds:
-        order = list(sessions) if r % 2 == 0 else list(reversed(list(sessions)))
-        for k in order:
-            t = time.perf_counter()
-            sessions[k].run(None, prepared[k])
-            samples[k].append((time.perf_counter() - t) * 1000)
-        r += 1
-    return {k: Timing(statistics.median(v), float(np.percentile(v, 90)), len(v)) for k, v in samples.items()}
+    samples = round_robin(list(models.values()), None, "onnxruntime", THREADS, warmup, rounds)
+    return {k: Timing(statistics.median(v), float(np.percentile(v, 90)), len(v)) for k, v in zip(models, samples)}
 
 
 def agreement(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> str:

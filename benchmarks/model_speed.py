@@ -85,7 +85,7 @@ def bench_config(key: str, rounds: int, tmp: Path) -> dict:
         label = f"onnxforge +{p}"
         models[label] = current
         stages[label] = result.stages[0].verification.status
-    timings = time_interleaved(models, feeds, rounds=rounds)
+    timings = time_interleaved(models, rounds=rounds)
     ref = outputs_of(plain, feeds)
     peers = [k for k in models if k not in ("plain export",) and not k.startswith("onnxforge")]
     best_peer = min(peers, key=lambda k: timings[k].p50)

@@ -43,7 +43,9 @@ def np_dtype(elem_type: int) -> np.dtype:
 
 
 @dataclass(frozen=True)
-class InputSpec:
+class TensorInfo:
+    """Name, shape (ints, or a str/None for dynamic dims) and numpy dtype of a model input or output."""
+
     name: str
     shape: tuple[int | str | None, ...]
     dtype: np.dtype
@@ -66,14 +68,14 @@ def declared_dims(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...]:
     return tuple(dims)
 
 
-def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+def input_specs(model: onnx.ModelProto) -> list[TensorInfo]:
     """The graph inputs that are not initializers, with their declared shapes."""
     inits = {t.name for t in model.graph.initializer}
-    return [InputSpec(vi.name, declared_dims(vi), np_dtype(vi.type.tensor_type.elem_type))
+    return [TensorInfo(vi.name, declared_dims(vi), np_dtype(vi.type.tensor_type.elem_type))
             for vi in model.graph.input if vi.name not in inits]
 
 
-def concrete_shape(spec: InputSpec, overrides: Mapping[str, int] | None = None) -> tuple[int, ...]:
+def concrete_shape(spec: TensorInfo, overrides: Mapping[str, int] | None = None) -> tuple[int, ...]:
     """Resolves symbolic dims: named ones from `overrides`, a leading batch dim to 1; others are an error."""
     overrides = dict(overrides or {})
     out = []
@@ -115,9 +117,8 @@ def cast_feeds(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[
     return {k: (v.astype(dtypes[k]) if k in dtypes and v.dtype != dtypes[k] else v) for k, v in feeds.items() if k in dtypes}
 
 
-def make_session(model: onnx.ModelProto | bytes, threads: int = 0, optimize: bool = True, providers: Sequence[str] | None = None,
-                 spin: bool = True):
-    """An onnxruntime InferenceSession on the CPU (or the given providers); `spin=False` for interleaved timing."""
+def make_session(model: onnx.ModelProto | bytes, threads: int = 0, optimize: bool = True, providers: Sequence[str] | None = None):
+    """An onnxruntime InferenceSession on the CPU (or the given providers)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -127,10 +128,6 @@ def make_session(model: onnx.ModelProto | bytes, threads: int = 0, optimize: boo
         opts.inter_op_num_threads = 1
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if not spin:
-        from onnxforge.backends.onnxruntime import no_spinning
-
-        no_spinning(opts)
     data = model if isinstance(model, bytes) else model.SerializeToString()
     try:
         return ort.InferenceSession(data, opts, providers=list(providers or ["CPUExecutionProvider"]))

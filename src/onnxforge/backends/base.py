@@ -27,21 +27,9 @@ import numpy as np
 import onnx
 
 from onnxforge.errors import BackendError
+from onnxforge.numerics import TensorInfo  # noqa: F401  (re-exported: backends describe I/O with it)
 
 log = logging.getLogger(__name__)
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """Name, shape (ints, or a str/None for dynamic dims) and numpy dtype of a model input or output."""
-
-    name: str
-    shape: tuple[int | str | None, ...]
-    dtype: np.dtype
-
-    @property
-    def is_static(self) -> bool:
-        return all(isinstance(d, int) and d > 0 for d in self.shape)
-
 
 def tensor_infos(values: Sequence[onnx.ValueInfoProto], skip: set[str] | None = None) -> list[TensorInfo]:
     """TensorInfo of graph inputs or outputs (initializers listed in `skip` are left out)."""

@@ -91,40 +91,17 @@ class StageRunner:
         stage.agreement = {k: float(v) for k, v in (result.agreement or {}).items() if v is not None}
 
     def time_all(self, pairs: Sequence[tuple[StageEval, onnx.ModelProto]], warmup: int = 3) -> None:
-        """Times every stage round-robin (one run of each per round, order alternating), per batch size,
-        so machine noise hits all stages alike; fills `latency_ms` (first batch size) and `throughput`."""
-        import contextlib
-
+        """Times every stage round-robin per batch size (`bench.round_robin`); fills `latency_ms` (first
+        batch size) and `throughput`."""
         import numpy as np
 
-        from onnxforge.backends.base import get_backend
-        from onnxforge.evaluate.bench import static_batch, with_batch
-        from onnxforge.numerics import seeded_inputs
+        from onnxforge.evaluate.bench import round_robin
 
-        # several sessions take turns on the same cores: no spin-waiting, or each steals the next one's time
-        options = {"threads": self.threads, "spin": False} if self.backend == "onnxruntime" else {}
-        be = get_backend(self.backend, **options)
-        be.check_available()
-        total = len(self.batch_sizes) * (warmup + self.iters) * len(pairs)
-        done = 0
+        n = len(self.batch_sizes)
         for bi, b in enumerate(self.batch_sizes):
-            with contextlib.ExitStack() as stack:
-                runners = []
-                for stage, model in pairs:
-                    m = model if static_batch(model) in (None, b) else with_batch(model, b)
-                    feeds = seeded_inputs(m, overrides={"batch": b})
-                    runner = stack.enter_context(be.runner(be.compile(m)))
-                    runners.append((stage, runner, feeds, []))
-                for i in range(warmup + self.iters):
-                    order = runners if i % 2 == 0 else list(reversed(runners))
-                    for stage, runner, feeds, times in order:
-                        runner.infer(feeds)
-                        if i >= warmup:
-                            times.append(runner.last_inference_s * 1000)
-                        done += 1
-                    if self.progress:
-                        self.progress("timing all stages (round-robin)", done, total)
-            for stage, _, _, times in runners:
+            cb = (lambda d, t, bi=bi: self.progress("timing all stages (round-robin)", bi * t + d, n * t)) if self.progress else None
+            samples = round_robin([m for _, m in pairs], b, self.backend, self.threads, warmup, self.iters, cb)
+            for (stage, _), times in zip(pairs, samples):
                 p50, p90 = (float(v) for v in np.percentile(times, [50, 90]))
                 if bi == 0:
                     stage.latency_ms = {"p50": round(p50, 3), "p90": round(p90, 3)}

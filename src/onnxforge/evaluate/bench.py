@@ -145,3 +145,44 @@ def benchmark(
             records.append(BenchRecord(b, backend, iters, warmup, p50, p90, p99, mean, mn,
                                        b / (p50 / 1000.0) if p50 > 0 else None, is_fixed_copy, threads))
     return records
+
+
+def round_robin(
+    models: Sequence[onnx.ModelProto],
+    batch: int | None = None,
+    backend: str = "onnxruntime",
+    threads: int = 0,
+    warmup: int = 3,
+    iters: int = 20,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[list[float]]:
+    """Latencies (ms per run) of several models timed in turn: one run of each per round, the order
+    alternating, so machine noise hits all of them alike. Ratios between them are what to trust.
+
+    onnxruntime sessions are made without spin-waiting: a session whose idle threads spin would steal
+    the cores from the next one's run (identical graphs measured up to 12% apart with spinning on).
+    A model whose batch is fixed to another size is timed on a copy with the batch fixed to `batch`;
+    `batch=None` times each model at its own batch (1 where it is dynamic).
+    """
+    import contextlib
+
+    options: dict = {"threads": threads, "spin": False} if backend == "onnxruntime" else {}
+    be = get_backend(backend, **options)
+    be.check_available()
+    total, done = (warmup + iters) * len(models), 0
+    with contextlib.ExitStack() as stack:
+        runs = []
+        for model in models:
+            b = batch or static_batch(model) or 1
+            m = model if static_batch(model) in (None, b) else with_batch(model, b)
+            runner = stack.enter_context(be.runner(be.compile(m)))
+            runs.append((runner, seeded_inputs(m, overrides={"batch": b}), []))
+        for i in range(warmup + iters):
+            for runner, feeds, times in runs if i % 2 == 0 else reversed(runs):
+                runner.infer(feeds)
+                if i >= warmup:
+                    times.append(runner.last_inference_s * 1000.0)
+                done += 1
+            if progress is not None:
+                progress(done, total)
+    return [times for _, _, times in runs]
