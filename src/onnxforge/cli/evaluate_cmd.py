@@ -156,9 +156,9 @@ def bench(
 def compile_(
     model: Path = typer.Argument(..., help="ONNX model.", show_default=False),
     backend: str = typer.Option("atc", "--backend", help="atc (the only backend with an ahead-of-time step)."),
-    soc_version: str = typer.Option("Ascend310P3", "--soc-version", help="Target Ascend SoC, e.g. Ascend310, Ascend310P3, Ascend910."),
+    soc_version: Optional[str] = typer.Option(None, "--soc-version", help="Target Ascend SoC, e.g. Ascend310, Ascend310P3, Ascend910 (default Ascend310P3); the spec's soc_version."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output .om path (default: next to the model)."),
-    max_opset: int = typer.Option(13, "--max-opset", help="Highest ai.onnx opset this CANN's atc accepts (CANN 5.x: 13, 7.0: 18)."),
+    max_opset: Optional[int] = typer.Option(None, "--max-opset", help="Highest ai.onnx opset this CANN's atc accepts (CANN 5.x: 13, 7.0: 18)."),
 ) -> None:
     """Compile an ONNX model for an Ascend NPU with CANN's atc.
 
@@ -166,16 +166,17 @@ def compile_(
     the outputs are float16 (fp16-output), --input_fp16_nodes for float16 inputs (fp16-input). The
     opset and every op are checked against what atc accepts before atc runs.
     """
-    if backend != "atc":
-        raise ForgeError(f"compile: backend '{backend}' has no compile step; use --backend atc (onnxruntime and ais_bench need none)")
-    from onnxforge.backends.atc import AtcBackend
+    from onnxforge.backends import parse_backend
 
+    be = parse_backend(backend, {"soc_version": soc_version, "max_opset": max_opset},
+                       flags={"soc_version": "--soc-version", "max_opset": "--max-opset"})
+    if be.artifact_suffix is None:
+        raise ForgeError(f"compile: backend '{be.name}' has no compile step; use --backend atc")
     if output is not None:
         from onnxforge.modelio import check_output_path
 
         check_output_path(model, output)
-    be = AtcBackend(soc_version=soc_version, max_opset=max_opset)
-    with console.err.status(f"atc: compiling {model.name} for {soc_version} ..."):
+    with console.err.status(f"atc: compiling {model.name} for {be.options.soc_version} ..."):
         result = be.compile_full(model, output)
     console.out.print(f"command: {' '.join(result.command)}")
     if result.plan.pipeline:
