@@ -413,6 +413,16 @@ class _AscendBackend(Backend):
         self.last_result = CompileResult(om_path, plan.command, log_path, plan)
         return self.last_result
 
+    def compile_notes(self) -> list[str]:
+        """The atc command line of the last compile, and the pipeline recorded in the model, if any."""
+        result = self.last_result
+        if result is None:
+            return []
+        lines = [f"command: {' '.join(result.command)}"]
+        if result.plan.pipeline:
+            lines.append(f"pipeline recorded in the model: {result.plan.pipeline}")
+        return lines
+
     def runner(self, artifact: str | Path) -> AisBenchRunner:
         """An ais_bench runner on an .om (BackendUnavailable without the ais_bench package)."""
         import_infer_session()

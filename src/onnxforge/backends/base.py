@@ -189,6 +189,11 @@ class Backend(ABC):
         """
         return self
 
+    def compile_notes(self) -> list[str]:
+        """Lines for a person about the last `compile` of this backend object (the command it ran, what it
+        read from the model); empty by default."""
+        return []
+
     def __str__(self) -> str:
         return format_item(self.name, self.non_default_options())
 
