@@ -201,3 +201,26 @@ g (float[1,2,4,4] x, float[1,4,4,2] grid, int64[1] ax) => (float[1,2,4,4] y) {{
 def test_option_out_of_range_is_a_pipeline_error(text):
     with pytest.raises(PipelineError, match="'opset' must be between 11 and"):
         parse_pipeline(text)
+
+
+# -- the converter registry ---------------------------------------------------------------------------
+
+def test_every_converter_handles_real_schema_versions_not_listed_as_type_only():
+    from onnxforge.passes.target_opset.registry import _CONVERTERS, history
+    from onnxforge.passes.target_opset.rules import TYPE_ONLY
+
+    assert {"Softmax", "Resize", "ReduceMean", "ReduceSum", "Split", "HardSwish"} <= set(_CONVERTERS)
+    for op, conv in _CONVERTERS.items():
+        assert conv.op == op and conv.versions <= set(history()[op]), op
+        assert not conv.versions & TYPE_ONLY.get(op, frozenset()), f"{op}: a version both type-only and converted"
+    assert _CONVERTERS["Resize"].versions == {13, 18, 19} and _CONVERTERS["ReduceSum"].versions == {13}
+    assert _CONVERTERS["Softmax"].needs_shape and not _CONVERTERS["HardSwish"].needs_shape
+
+
+def test_converter_registration_refuses_duplicates_and_missing_versions():
+    from onnxforge.passes.target_opset.registry import converter
+
+    with pytest.raises(ValueError, match="registered twice"):
+        converter("Softmax", changed_in=13)(lambda c, n: False)
+    with pytest.raises(ValueError, match="at least one op and one schema version"):
+        converter("NotAnOp")
