@@ -27,7 +27,7 @@ it has no adapters for many type-only steps (Add 14->13, Transpose 13->12, Split
 so it rejects every dynamo export as a whole.
 
 Each converter is registered next to the schema versions it handles, in one module per theme
-(`activations`, `axes`, `resize_pad`, `shapes`, `inference`, `elementwise`); the type-only versions and
+(`activations`, `axes`, `elementwise`, `inference`, `pools`, `resize_pad`, `shapes`); the type-only versions and
 attribute rules are data in `rules`; `registry` holds the converter registry and the dispatcher.
 
 Legal for graphs without control flow or local functions (their bodies would need the same
@@ -43,10 +43,10 @@ from dataclasses import dataclass
 import onnx
 
 from onnxforge.errors import PassError, PipelineError
-from onnxforge.passes._graph import infer_shapes, node_label
+from onnxforge.passes._graph import infer_shapes, inferred_types, node_label
 from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, option
 from onnxforge.passes.registry import register
-from onnxforge.passes.target_opset import activations, axes, elementwise, inference, resize_pad, shapes  # noqa: F401  (register converters)
+from onnxforge.passes.target_opset import activations, axes, elementwise, inference, pools, resize_pad, shapes  # noqa: F401  (register converters)
 from onnxforge.passes.target_opset.registry import DownConverter, Unsupported, needs_shape
 
 MIN_TARGET = 11
@@ -96,11 +96,12 @@ class TargetOpset(Pass):
         return PassResult(True, stats)
 
     def _down(self, state: ModelState, source: int, target: int) -> PassResult:
+        types = {name: elem for name, (elem, _) in inferred_types(state.view()).items()}
         if state.graph.functions:
             raise PassError(f"cannot convert to opset {target}: the model has local functions ({', '.join(f.name for f in state.graph.functions)}); inline them first")
         if any(needs_shape(n.op) and n.inputs and n.inputs[0].shape is None for n in state.graph.nodes):
             state.graph = infer_shapes(state.graph)  # ranks and split sizes come from inferred shapes
-        conv = DownConverter(state.graph, source, target)
+        conv = DownConverter(state.graph, source, target, types)
         problems = []
         for node in list(state.graph.nodes):
             try:

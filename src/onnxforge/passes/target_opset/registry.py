@@ -50,6 +50,7 @@ class Converter:
     versions: frozenset[int]
     fn: ConvertFn
     needs_shape: bool = False
+    also_older: bool = False
 
 
 _CONVERTERS: dict[str, Converter] = {}
@@ -57,6 +58,7 @@ _CONVERTERS: dict[str, Converter] = {}
 
 def converter(
     *ops: str, changed_in: int | None = None, versions: Iterable[int] = (), needs_shape: bool = False,
+    also_older: bool = False,
 ) -> Callable[[ConvertFn], ConvertFn]:
     """Registers the decorated function as the down-converter of `ops` for the given schema versions.
 
@@ -65,6 +67,9 @@ def converter(
         changed_in: the one schema version whose change it handles (shorthand for ``versions=(v,)``).
         versions: the schema versions whose changes it handles.
         needs_shape: it reads the rank or a dimension of the node's first input.
+        also_older: exporters and runtimes give the op this version's behaviour at every opset, so the
+            converter also runs on nodes already at a version the target has (below the oldest
+            handled version).
 
     Raises:
         ValueError: no op or no version given, or an op registered twice.
@@ -77,7 +82,7 @@ def converter(
         for op in ops:
             if op in _CONVERTERS:
                 raise ValueError(f"target-opset converter for {op!r} registered twice")
-            _CONVERTERS[op] = Converter(op, handled, fn, needs_shape)
+            _CONVERTERS[op] = Converter(op, handled, fn, needs_shape, also_older)
         return fn
 
     return register
@@ -114,13 +119,39 @@ def _schema_attrs(op: str, opset: int) -> set[str]:
     return set(onnx.defs.get_schema(op, opset, "").attributes)
 
 
+@functools.lru_cache(maxsize=None)
+def _signature(op: str, opset: int) -> tuple[list[tuple[str, bool]], list[tuple[str, bool]], dict[str, frozenset[str]]]:
+    """(inputs, outputs) as (type string, variadic) and the allowed types of each type parameter."""
+    schema = onnx.defs.get_schema(op, opset, "")
+    variadic = onnx.defs.OpSchema.FormalParameterOption.Variadic
+
+    def formals(params) -> list[tuple[str, bool]]:
+        return [(p.type_str, p.option == variadic) for p in params]
+
+    allowed = {c.type_param_str: frozenset(c.allowed_type_strs) for c in schema.type_constraints}
+    return formals(schema.inputs), formals(schema.outputs), allowed
+
+
+def _formal(params: list[tuple[str, bool]], index: int) -> str | None:
+    if index < len(params):
+        return params[index][0]
+    return params[-1][0] if params and params[-1][1] else None
+
+
+def type_name(elem_type: int) -> str:
+    """'uint8', 'float', 'bfloat16': the ONNX name of an element type, as schemas spell it."""
+    return onnx.TensorProto.DataType.Name(elem_type).lower()
+
+
 class DownConverter:
     """Rewrites nodes one at a time from `source` to `target`; raises Unsupported for what it cannot."""
 
-    def __init__(self, graph: gs.Graph, source: int, target: int) -> None:
+    def __init__(self, graph: gs.Graph, source: int, target: int, types: dict[str, int] | None = None) -> None:
+        """`types`: ONNX element types of tensors by name (from shape inference), where known."""
         self.graph = graph
         self.source = source
         self.target = target
+        self.types = dict(types or {})
         self.namer = Namer(graph, "target_opset")
         self.rewritten: Counter = Counter()
         self.attrs_dropped: Counter = Counter()
@@ -134,12 +165,14 @@ class DownConverter:
         if src is None:
             raise Unsupported(f"not an ONNX op at opset {self.source}")
         tgt = since(node.op, self.target)
+        conv = _CONVERTERS.get(node.op)
         if src == tgt:
+            if conv and self._also_older(conv) and conv.fn(self, node):
+                self.rewritten[node.op] += 1
             return
         if any(isinstance(v, gs.Graph) or (isinstance(v, list) and v and isinstance(v[0], gs.Graph)) for v in node.attrs.values()):
             raise Unsupported("control flow with subgraphs is not supported")
         steps = [v for v in history()[node.op] if (tgt or 0) < v <= src]
-        conv = _CONVERTERS.get(node.op)
         handled = conv.versions if conv else frozenset()
         rules = {r.version for r in ATTR_RULES.get(node.op, ())}
         unknown = [v for v in steps if v not in TYPE_ONLY.get(node.op, frozenset()) and v not in handled and v not in rules]
@@ -150,7 +183,7 @@ class DownConverter:
         for rule in ATTR_RULES.get(node.op, ()):
             if self.target < rule.version:
                 self._drop_attr(node, rule)
-        if conv and any(v in handled for v in steps):
+        if conv and (any(v in handled for v in steps) or self._also_older(conv)):
             op = node.op  # a converter may turn the node into another op (Dropout -> Identity)
             if conv.fn(self, node):
                 self.rewritten[op] += 1
@@ -158,6 +191,37 @@ class DownConverter:
             extra = set(node.attrs) - _schema_attrs(node.op, self.target)
             if extra:
                 raise Unsupported(f"attribute {sorted(extra)[0]!r} does not exist at opset {self.target}")
+            self._check_types(node)
+
+    def _check_types(self, node: gs.Node) -> None:
+        """Refuses a tensor whose element type the op at the target does not accept (e.g. Relu on int8)."""
+        inputs, outputs, allowed = _signature(node.op, self.target)
+        for kind, tensors, params in (("input", node.inputs, inputs), ("output", node.outputs, outputs)):
+            for i, tensor in enumerate(tensors):
+                formal = _formal(params, i)
+                elem = self.elem_type(tensor) if tensor.name else None
+                if formal is None or elem is None:
+                    continue
+                ok = allowed.get(formal, frozenset({formal}))
+                if f"tensor({type_name(elem)})" not in ok:
+                    raise Unsupported(f"{kind} '{tensor.name}' is {type_name(elem)}, which {node.op} at opset {self.target} does not accept")
+
+    def elem_type(self, tensor: gs.Tensor) -> int | None:
+        """The ONNX element type of `tensor` where known (shape inference, else graphsurgeon's dtype)."""
+        if tensor.name in self.types:
+            return self.types[tensor.name]
+        dtype = getattr(tensor, "dtype", None)
+        if dtype is None:
+            return None
+        if isinstance(dtype, int):
+            return dtype
+        try:
+            return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def _also_older(self, conv: Converter) -> bool:
+        return conv.also_older and self.target < min(conv.versions)
 
     def _drop_attr(self, node: gs.Node, rule: AttrRule) -> None:
         value = node.attrs.get(rule.attr, ATTR_DEFAULTS.get((node.op, rule.attr)))

@@ -18,16 +18,18 @@ from onnxforge.passes._graph import const_value
 
 # Schema versions after opset 11 that only widened the allowed tensor types (bfloat16, int8/16, float8,
 # int4, ...). Checked against the schemas' signatures with onnx 1.23 (inputs, outputs, attributes and
-# type constraints unchanged except for added types).
+# type constraints unchanged except for added types). Add/Sub/Mul/Div-14 (8- and 16-bit integers) are not
+# here: a converter computes those in a wider integer (`elementwise`); nor AveragePool/MaxPool-22,
+# which changed how ceil_mode counts the last window (`pools`).
 TYPE_ONLY: dict[str, frozenset[int]] = {
     op: frozenset(versions)
     for op, versions in {
-        "Abs": (13,), "Acos": (22,), "Acosh": (22,), "Add": (13, 14), "ArgMax": (13,), "ArgMin": (13,),
-        "Asin": (22,), "Asinh": (22,), "Atan": (22,), "Atanh": (22,), "AveragePool": (22,),
+        "Abs": (13,), "Acos": (22,), "Acosh": (22,), "Add": (13,), "ArgMax": (13,), "ArgMin": (13,),
+        "Asin": (22,), "Asinh": (22,), "Atan": (22,), "Atanh": (22,),
         "BatchNormalization": (15,), "Cast": (13, 21, 23, 25), "Ceil": (13,), "Clip": (12, 13),
         "Concat": (13,), "Constant": (13, 19, 21, 23, 24, 25), "ConstantOfShape": (20, 21, 23, 24, 25),
         "Conv": (22,), "ConvTranspose": (22,), "Cos": (22,), "Cosh": (22,), "CumSum": (14,),
-        "DepthToSpace": (13,), "Div": (13, 14), "Dropout": (13, 22), "Elu": (22,), "Equal": (13, 19),
+        "DepthToSpace": (13,), "Div": (13,), "Dropout": (13, 22), "Elu": (22,), "Equal": (13, 19),
         "Erf": (13,), "Exp": (13,), "Expand": (13,), "EyeLike": (22,), "Flatten": (13, 21, 23, 24, 25),
         "Floor": (13,), "GRU": (22,), "Gather": (13,), "GatherElements": (13,), "GatherND": (13,),
         "Gemm": (13,), "GlobalAveragePool": (22,), "GlobalLpPool": (22,), "GlobalMaxPool": (22,),
@@ -35,8 +37,8 @@ TYPE_ONLY: dict[str, frozenset[int]] = {
         "Identity": (13, 14, 16, 19, 21, 23, 24, 25), "InstanceNormalization": (22,), "IsInf": (20,),
         "IsNaN": (13, 20), "LRN": (13,), "LSTM": (22,), "LeakyRelu": (16,), "Less": (13,),
         "LessOrEqual": (16,), "Log": (13,), "LpNormalization": (22,), "LpPool": (22,), "MatMul": (13,),
-        "Max": (12, 13), "MaxPool": (12, 22), "MaxRoiPool": (22,), "MaxUnpool": (22,), "Mean": (13,),
-        "MeanVarianceNormalization": (13,), "Min": (12, 13), "Mish": (22,), "Mod": (13,), "Mul": (13, 14),
+        "Max": (12, 13), "MaxPool": (12,), "MaxRoiPool": (22,), "MaxUnpool": (22,), "Mean": (13,),
+        "MeanVarianceNormalization": (13,), "Min": (12, 13), "Mish": (22,), "Mod": (13,), "Mul": (13,),
         "Neg": (13,), "NonZero": (13,), "PRelu": (16,), "Pad": (13, 21, 23, 24, 25), "Pow": (12, 13, 15),
         "RNN": (22,), "RandomNormal": (22,), "RandomNormalLike": (22,), "RandomUniform": (22,),
         "RandomUniformLike": (22,), "Reciprocal": (13,), "ReduceL1": (13,), "ReduceL2": (13,),
@@ -46,7 +48,7 @@ TYPE_ONLY: dict[str, frozenset[int]] = {
         "ScatterND": (13, 18), "Selu": (22,), "Shape": (13, 19, 21, 23, 24, 25), "Sigmoid": (13,),
         "Sign": (13,), "Sin": (22,), "Sinh": (22,), "Size": (13, 19, 21, 23, 24, 25), "Slice": (13,),
         "Softplus": (22,), "Softsign": (22,), "SpaceToDepth": (13,), "Sqrt": (13,),
-        "Squeeze": (21, 23, 24, 25), "Sub": (13, 14), "Sum": (13,), "Tan": (22,), "Tanh": (13,),
+        "Squeeze": (21, 23, 24, 25), "Sub": (13,), "Sum": (13,), "Tan": (22,), "Tanh": (13,),
         "ThresholdedRelu": (22,), "Tile": (13,), "TopK": (24,), "Transpose": (13, 21, 23, 24, 25),
         "Unsqueeze": (21, 23, 24, 25), "Where": (16,),
     }.items()
