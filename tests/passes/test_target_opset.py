@@ -313,3 +313,32 @@ def test_ceil_mode_sizes_follow_opset_22():
     assert ceil_mode_sizes(5, 2, 2, 1, 1, 1) == (4, 3)  # window 4 would start at 6 = 5 + pad_begin
     assert ceil_mode_sizes(5, 3, 2, 1, 0, 0) == (2, 2)
     assert ceil_mode_sizes(6, 3, 2, 1, 1, 1) == (4, 4)
+
+
+def _pytorch_converted(name: str) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
+    """An IR-3 model the onnx package ships (converted from PyTorch in 2017), with its input and output."""
+    from pathlib import Path
+
+    root = Path(onnx.__file__).parent / "backend" / "test" / "data" / "pytorch-converted" / name
+    model = onnx.load(str(root / "model.onnx"))
+    data = [onnx.numpy_helper.to_array(onnx.load_tensor(str(root / "test_data_set_0" / f))) for f in ("input_0.pb", "output_0.pb")]
+    return model, data[0], data[1]
+
+
+@pytest.mark.parametrize(("name", "pipeline"), [
+    ("test_Conv2d", "drop-softmax-argmax,target-opset"),  # a graph pass first drops the weights from the inputs
+    ("test_Conv2d_groups", "adaptive-pool,target-opset"),
+    ("test_ConstantPad2d", "target-opset"),  # the converter's Pad adapter adds an initializer IR 3 cannot hold
+])
+def test_ir3_models_convert_up_with_weights_as_initializers(name, pipeline):
+    model, x, expected = _pytorch_converted(name)
+    assert model.ir_version == 3 and _opset(model) < 11
+    result = PassManager(pipeline).run(model)
+    stage = result.stages[-1]
+    assert stage.verification.status == "passed", stage.verification.detail
+    out = result.model
+    assert _opset(out) == 11 and out.ir_version == 6 and stage.stats["ir_version"] == "3->6"
+    onnx.checker.check_model(out, full_check=True)
+    assert [vi.name for vi in out.graph.input] == [model.graph.input[0].name]  # weights are not inputs any more
+    got = run_model(out, {out.graph.input[0].name: x})
+    np.testing.assert_allclose(next(iter(got.values())), expected, rtol=1e-5, atol=1e-5)

@@ -81,18 +81,22 @@ class TargetOpset(Pass):
         from onnx import version_converter
 
         model = state.to_model()
+        weights_listed = _list_weights_as_inputs(model)
         before = Counter(n.op_type for n in model.graph.node)
         try:
             converted = version_converter.convert_version(model, target)
         except (RuntimeError, onnx.checker.ValidationError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise PassError(f"onnx.version_converter cannot convert opset {source} -> {target}: {first[:300]}") from None
+        _raise_ir_version(converted, target)
         state.replace(converted)
         after = Counter(n.op_type for n in converted.graph.node)
         stats: dict[str, int | float | str] = {"opset": f"{source}->{target}", "converter": "onnx.version_converter"}
         changed = (after - before) + (before - after)
         if changed:
             stats["ops_changed"] = ", ".join(f"{op}x{n}" for op, n in sorted(changed.items()))
+        if weights_listed:
+            stats["ir_version"] = f"{model.ir_version}->{converted.ir_version}"
         return PassResult(True, stats)
 
     def _down(self, state: ModelState, source: int, target: int) -> PassResult:
@@ -128,3 +132,31 @@ def _set_opset(state: ModelState, target: int) -> None:
     # A model at a newer opset already has at least this IR version: this only ever lowers it.
     state.set_ir_version(onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", target)]))
 
+
+
+def _list_weights_as_inputs(model: onnx.ModelProto) -> bool:
+    """IR 3 (opsets 1-8) requires every initializer to be a graph input too, and onnx.version_converter
+    treats anything else as undefined ("Input 1 is undefined!"). A graphsurgeon round trip (any earlier
+    graph pass) drops weights from the inputs, so they are listed again. Returns whether this is IR 3."""
+    if model.ir_version >= 4:
+        return False
+    listed = {vi.name for vi in model.graph.input}
+    model.graph.input.extend(
+        onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in model.graph.initializer if t.name not in listed
+    )
+    return True
+
+
+def _raise_ir_version(model: onnx.ModelProto, target: int) -> None:
+    """Raises the IR version to the one released with the target opset (the converter keeps IR 3) and,
+    from IR 4 on, stops listing weights as graph inputs: there they would be inputs a runtime or atc lets
+    the caller override, which the IR-3 model did not mean."""
+    needed = onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", target)])
+    if model.ir_version >= needed:
+        return
+    if model.ir_version < 4:
+        weights = {t.name for t in model.graph.initializer}
+        kept = [vi for vi in model.graph.input if vi.name not in weights]
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
+    model.ir_version = needed
