@@ -342,3 +342,22 @@ def test_ir3_models_convert_up_with_weights_as_initializers(name, pipeline):
     assert [vi.name for vi in out.graph.input] == [model.graph.input[0].name]  # weights are not inputs any more
     got = run_model(out, {out.graph.input[0].name: x})
     np.testing.assert_allclose(next(iter(got.values())), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_one_for_one_rebuilds_keep_the_node_names_pipelines_select_by():
+    model = onnx.parser.parse_model("""<ir_version: 9, opset_import: ["" : 18]>
+g (float[1,2,4,4] x) => (float[1,2,8,8] y, float[2,4,4] z, float[1,2,1,1] m) {
+  s = Constant<value = float[4] {1, 1, 2, 2}>()
+  ax = Constant<value = int64[1] {0}>()
+  sp = Constant<value = int64[2] {2, 3}>()
+  [up] y = Resize<mode = "linear">(x, , s)
+  [drop_batch] z = Squeeze(x, ax)
+  [pool] m = ReduceMean(x, sp)
+}""")
+    result = PassManager("target-opset").run(model)
+    assert result.stages[0].verification.status == "passed", result.stages[0].verification.detail
+    nodes = {n.name: n for n in result.model.graph.node}
+    assert nodes["up"].op_type == "Resize" and len(nodes["up"].input) == 3 and nodes["up"].input[1]
+    assert nodes["drop_batch"].op_type == "Squeeze" and len(nodes["drop_batch"].input) == 1
+    assert nodes["pool"].op_type == "ReduceMean" and {a.name for a in nodes["pool"].attribute} == {"keepdims", "axes"}
+    assert len(nodes) == len(result.model.graph.node)  # no duplicate names

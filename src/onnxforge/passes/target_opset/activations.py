@@ -15,49 +15,39 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxforge.passes._graph import is_graph_output
-from onnxforge.passes.target_opset.registry import DownConverter, Unsupported, attr_str, converter, truncate
+from onnxforge.passes.target_opset.registry import DownConverter, Unsupported, attr_str, converter
 
 
 @converter("HardSwish", changed_in=14)
 def _hardswish(c: DownConverter, node: gs.Node) -> bool:
-    x = node.inputs[0]
-
-    def build(y: gs.Variable) -> None:
-        gate = c.add("HardSigmoid", [x], {"alpha": 1.0 / 6.0, "beta": 0.5})
-        c.add("Mul", [x, gate], out=y)
-
-    c.replace_single(node, build)
+    x, b = node.inputs[0], c.build
+    (y,) = c.detach(node)
+    b.op("Mul", [x, b.op("HardSigmoid", [x], {"alpha": 1.0 / 6.0, "beta": 0.5})], outputs=[y])
     return True
 
 
 @converter("Mish", changed_in=18)
 def _mish(c: DownConverter, node: gs.Node) -> bool:
-    x = node.inputs[0]
-
-    def build(y: gs.Variable) -> None:
-        c.add("Mul", [x, c.add("Tanh", [c.add("Softplus", [x])])], out=y)
-
-    c.replace_single(node, build)
+    x, b = node.inputs[0], c.build
+    (y,) = c.detach(node)
+    b.op("Mul", [x, b.op("Tanh", [b.op("Softplus", [x])])], outputs=[y])
     return True
 
 
 @converter("Gelu", changed_in=20)
 def _gelu(c: DownConverter, node: gs.Node) -> bool:
-    x = node.inputs[0]
+    x, b = node.inputs[0], c.build
     dt = c.float_dtype(x)
     approx = attr_str(node, "approximate", "none")
-
-    def build(y: gs.Variable) -> None:
-        if approx == "tanh":  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-            cube = c.add("Mul", [c.add("Mul", [x, x]), x])
-            inner = c.add("Add", [x, c.add("Mul", [cube, c.const("k", np.array(0.044715, dt))])])
-            core = c.add("Tanh", [c.add("Mul", [inner, c.const("s", np.array(math.sqrt(2.0 / math.pi), dt))])])
-        else:  # 0.5 x (1 + erf(x / sqrt 2))
-            core = c.add("Erf", [c.add("Div", [x, c.const("sqrt2", np.array(math.sqrt(2.0), dt))])])
-        one_plus = c.add("Add", [core, c.const("one", np.array(1.0, dt))])
-        c.add("Mul", [c.add("Mul", [x, c.const("half", np.array(0.5, dt))]), one_plus], out=y)
-
-    c.replace_single(node, build)
+    (y,) = c.detach(node)
+    if approx == "tanh":  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        cube = b.op("Mul", [b.op("Mul", [x, x]), x])
+        inner = b.op("Add", [x, b.op("Mul", [cube, b.const(np.array(0.044715, dt), "k")])])
+        core = b.op("Tanh", [b.op("Mul", [inner, b.const(np.array(math.sqrt(2.0 / math.pi), dt), "s")])])
+    else:  # 0.5 x (1 + erf(x / sqrt 2))
+        core = b.op("Erf", [b.op("Div", [x, b.const(np.array(math.sqrt(2.0), dt), "sqrt2")])])
+    one_plus = b.op("Add", [core, b.const(np.array(1.0, dt), "one")])
+    b.op("Mul", [b.op("Mul", [x, b.const(np.array(0.5, dt), "half")]), one_plus], outputs=[y])
     return True
 
 
@@ -77,20 +67,17 @@ def _layer_norm(c: DownConverter, node: gs.Node) -> bool:
     else:
         axes = list(range(axis, 0))
     eps = float(node.attrs.get("epsilon", 1e-5))
-    truncate(node.outputs, 1)
-
-    def build(y: gs.Variable) -> None:
-        mean = c.add("ReduceMean", [x], {"axes": axes, "keepdims": 1})
-        centred = c.add("Sub", [x, mean])
-        var = c.add("ReduceMean", [c.add("Mul", [centred, centred])], {"axes": axes, "keepdims": 1})
-        std = c.add("Sqrt", [c.add("Add", [var, c.const("eps", np.array(eps, dt))])])
-        normed = c.add("Div", [centred, std])
-        if bias is None:
-            c.add("Mul", [normed, scale], out=y)
-        else:
-            c.add("Add", [c.add("Mul", [normed, scale]), bias], out=y)
-
-    c.replace_single(node, build)
+    y = c.detach(node)[0]
+    b = c.build
+    mean = b.reduce("ReduceMean", x, axes, keepdims=True)
+    centred = b.op("Sub", [x, mean])
+    var = b.reduce("ReduceMean", b.op("Mul", [centred, centred]), axes, keepdims=True)
+    std = b.op("Sqrt", [b.op("Add", [var, b.const(np.array(eps, dt), "eps")])])
+    normed = b.op("Div", [centred, std])
+    if bias is None:
+        b.op("Mul", [normed, scale], outputs=[y])
+    else:
+        b.op("Add", [b.op("Mul", [normed, scale]), bias], outputs=[y])
     return True
 
 
@@ -105,12 +92,9 @@ def _softmax(c: DownConverter, node: gs.Node) -> bool:
         return True
     perm = list(range(rank))
     perm[axis], perm[-1] = perm[-1], perm[axis]  # a swap is its own inverse
-    op, attrs = node.op, {k: v for k, v in node.attrs.items() if k != "axis"}
-
-    def build(y: gs.Variable) -> None:
-        moved = c.add("Transpose", [x], {"perm": perm})
-        done = c.add(op, [moved], {**attrs, "axis": rank - 1})
-        c.add("Transpose", [done], {"perm": perm}, out=y)
-
-    c.replace_single(node, build)
+    op, attrs, b = node.op, {k: v for k, v in node.attrs.items() if k != "axis"}, c.build
+    (y,) = c.detach(node)
+    moved = b.op("Transpose", [x], {"perm": perm})
+    done = b.op(op, [moved], {**attrs, "axis": rank - 1})
+    b.op("Transpose", [done], {"perm": perm}, outputs=[y])
     return True

@@ -4,7 +4,8 @@
     Squeeze/Unsqueeze(x, axes=[1])      Squeeze/Unsqueeze<axes=[1]>(x)  (13)
     Split<num_outputs=2>(x), Split(x, s)  Split<split=[...]>(x)         (13: sizes an input, 18: num_outputs)
 
-Legal where those inputs are constants (run simplify first otherwise).
+Legal where those inputs are constants (run simplify first otherwise). The opset-aware builder writes
+them in the target's form.
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ def _reduce(c: DownConverter, node: gs.Node) -> bool:
         return False
     axes = c.const_ints(node, 1, "the axes input")
     noop = int(node.attrs.pop("noop_with_empty_axes", 0))
-    truncate(node.inputs, 1)
     if not axes:
+        truncate(node.inputs, 1)
         if noop:
             node.op, node.attrs = "Identity", {}
         return True
-    node.attrs["axes"] = axes
+    x, op, keepdims = node.inputs[0], node.op, bool(int(node.attrs.get("keepdims", 1)))
+    (y,) = c.detach(node)
+    c.build.reduce(op, x, axes, keepdims=keepdims, out=y)
+    c.take_name(node, y)
     return True
 
 
@@ -40,11 +44,15 @@ def _reduce(c: DownConverter, node: gs.Node) -> bool:
 def _axes_to_attr(c: DownConverter, node: gs.Node) -> bool:
     """Squeeze/Unsqueeze: opset 13 moved `axes` from an attribute to an input."""
     axes = c.const_ints(node, 1, "the axes input")
-    truncate(node.inputs, 1)
-    if axes is not None:
-        node.attrs["axes"] = axes
-    elif node.op == "Unsqueeze":
+    if axes is None and node.op == "Unsqueeze":
         raise Unsupported("Unsqueeze without axes")
+    x, op = node.inputs[0], node.op
+    (y,) = c.detach(node)
+    if op == "Unsqueeze":
+        c.build.unsqueeze(x, axes, out=y)
+    else:
+        c.build.squeeze(x, axes, out=y)
+    c.take_name(node, y)
     return True
 
 
@@ -54,7 +62,7 @@ def _split(c: DownConverter, node: gs.Node) -> bool:
     x = node.inputs[0]
     axis = int(node.attrs.get("axis", 0))
     sizes = c.const_ints(node, 1, "the split sizes")
-    n = node.attrs.pop("num_outputs", None)
+    n = node.attrs.get("num_outputs")
     if sizes is None and n is not None:
         shape = getattr(x, "shape", None)
         dim = shape[axis] if shape is not None and -len(shape) <= axis < len(shape) else None
@@ -66,10 +74,7 @@ def _split(c: DownConverter, node: gs.Node) -> bool:
             sizes = None if last == chunk else [chunk] * (int(n) - 1) + [last]
         else:
             c.notes.append(f"{node_label(node)}: split dimension unknown; equal chunks (the runtime rejects an uneven split)")
-    truncate(node.inputs, 1)
-    if sizes is not None:
-        if c.target < 13:
-            node.attrs["split"] = sizes
-        else:
-            node.inputs.append(c.const("split", np.array(sizes, np.int64)))
+    outputs = c.detach(node)
+    parts = c.build.split(x, sizes if sizes is not None else len(outputs), axis, outputs=outputs)
+    c.take_name(node, parts[0])
     return True

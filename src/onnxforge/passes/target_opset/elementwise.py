@@ -23,12 +23,9 @@ _WIDER = {onnx.TensorProto.INT8: _I32, onnx.TensorProto.UINT8: _I32, onnx.Tensor
 @converter("GreaterOrEqual", "LessOrEqual", changed_in=12)
 def _or_equal(c: DownConverter, node: gs.Node) -> bool:
     strict = {"GreaterOrEqual": "Greater", "LessOrEqual": "Less"}[node.op]
-    a, b = node.inputs
-
-    def build(y: gs.Variable) -> None:
-        c.add("Or", [c.add(strict, [a, b]), c.add("Equal", [a, b])], out=y)
-
-    c.replace_single(node, build)
+    (lhs, rhs), b = node.inputs, c.build
+    (y,) = c.detach(node)
+    b.op("Or", [b.op(strict, [lhs, rhs]), b.op("Equal", [lhs, rhs])], outputs=[y])
     return True
 
 
@@ -39,12 +36,9 @@ def _small_ints(c: DownConverter, node: gs.Node) -> bool:
     wide = _WIDER.get(elem)
     if wide is None:
         return False
-    op, (a, b) = node.op, node.inputs
-
-    def build(y: gs.Variable) -> None:
-        wide_a = c.add("Cast", [a], {"to": wide})
-        wide_b = wide_a if b is a else c.add("Cast", [b], {"to": wide})
-        c.add("Cast", [c.add(op, [wide_a, wide_b])], {"to": elem}, out=y)
-
-    c.replace_single(node, build)
+    op, (lhs, rhs), b = node.op, node.inputs, c.build
+    (y,) = c.detach(node)
+    wide_lhs = b.cast(lhs, wide)
+    wide_rhs = wide_lhs if rhs is lhs else b.cast(rhs, wide)
+    b.cast(b.op(op, [wide_lhs, wide_rhs]), elem, out=y)
     return True

@@ -15,11 +15,10 @@ older version are converted too. Needs static spatial sizes; with unknown sizes 
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxforge.passes._graph import is_graph_output, node_label, static_shape
-from onnxforge.passes.target_opset.registry import DownConverter, Unsupported, attr_str, converter, truncate
+from onnxforge.passes.target_opset.registry import DownConverter, Unsupported, attr_str, converter
 
 
 def ceil_mode_sizes(size: int, kernel: int, stride: int, dilation: int, pad_begin: int, pad_end: int) -> tuple[int, int]:
@@ -48,15 +47,8 @@ def _ceil_mode(c: DownConverter, node: gs.Node) -> bool:
         return False
     if len(node.outputs) > 1 and (node.outputs[1].outputs or is_graph_output(c.graph, node.outputs[1])):
         raise Unsupported("ceil_mode's last window starts on the padding (dropped from opset 22) and its Indices output is used")
-    truncate(node.outputs, 1)
-    (y,) = node.outputs
-    node.outputs.clear()
-    pooled = gs.Variable(c.namer("pooled"), dtype=y.dtype)
-    node.outputs.append(pooled)
-    c.add("Slice", [
-        pooled,
-        c.const("starts", np.zeros(n, np.int64)),
-        c.const("ends", np.array([new for _, new in sizes], np.int64)),
-        c.const("axes", np.arange(2, 2 + n, dtype=np.int64)),
-    ], out=y)
+    y = c.detach(node)[0]
+    pooled = c.build.name("pooled")
+    node.outputs.append(gs.Variable(pooled, dtype=y.dtype))
+    c.build.slice(node.outputs[0], [0] * n, [new for _, new in sizes], list(range(2, 2 + n)), out=y)
     return True

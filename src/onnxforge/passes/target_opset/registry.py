@@ -9,8 +9,10 @@ changes it handles::
     @converter("Resize", versions=(13, 18, 19), needs_shape=True)
 
 It runs when a node is converted across one of those versions, may rewrite the node in place or replace
-it with new nodes (`DownConverter.add`, `replace_single`), and returns True when it changed the node's
-structure (counted in the pass's statistics). It raises `Unsupported` with the reason for a node it
+it with new nodes built by `DownConverter.build` (the opset-aware `GraphBuilder` at the target opset,
+which decides whether axes, sizes and Resize's roi are attributes or inputs) producing the outputs that
+`DownConverter.detach` took from the node, and returns True when it changed the node's structure
+(counted in the pass's statistics). It raises `Unsupported` with the reason for a node it
 cannot convert. `needs_shape`: the converter reads the rank or a dimension of the node's first input,
 so the pass runs shape inference first where that input's shape is unknown.
 
@@ -29,10 +31,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxforge.passes._graph import Namer, const_value
+from onnxforge.passes._build import GraphBuilder
+from onnxforge.passes._graph import const_value
 from onnxforge.passes.target_opset.rules import ATTR_DEFAULTS, ATTR_RULES, TYPE_ONLY, AttrRule
-
-INT64_MAX = np.iinfo(np.int64).max
 
 
 class Unsupported(Exception):
@@ -152,7 +153,7 @@ class DownConverter:
         self.source = source
         self.target = target
         self.types = dict(types or {})
-        self.namer = Namer(graph, "target_opset")
+        self.build = GraphBuilder(graph, "target_opset", opset=target)
         self.rewritten: Counter = Counter()
         self.attrs_dropped: Counter = Counter()
         self.notes: list[str] = []
@@ -234,21 +235,21 @@ class DownConverter:
             del node.attrs[rule.attr]
             self.attrs_dropped[f"{node.op}.{rule.attr}"] += 1
 
-    # -- building blocks --------------------------------------------------------------------------
-    def const(self, hint: str, value: np.ndarray) -> gs.Constant:
-        return gs.Constant(self.namer(hint), np.asarray(value))
-
-    def add(self, op: str, inputs: list[gs.Tensor], attrs: dict | None = None, out: gs.Variable | None = None, hint: str = "") -> gs.Variable:
-        """Appends a single-output node; returns its output (a new tensor unless `out` is given)."""
-        out = out if out is not None else gs.Variable(self.namer(hint or op.lower()))
-        self.graph.nodes.append(gs.Node(op, name=self.namer(op), attrs=dict(attrs or {}), inputs=list(inputs), outputs=[out]))
-        return out
-
-    def replace_single(self, node: gs.Node, build: Callable[[gs.Variable], None]) -> None:
-        """Detaches `node`'s only output and lets `build(y)` produce it from new nodes."""
-        (y,) = node.outputs
+    # -- replacing a node -------------------------------------------------------------------------
+    @staticmethod
+    def detach(node: gs.Node) -> list[gs.Variable]:
+        """Takes `node`'s outputs away (it is dead from then on; the manager's cleanup drops it) and
+        returns them, for nodes built with `self.build` (``outputs=``/``out=``) to produce."""
+        outputs = list(node.outputs)
         node.outputs.clear()
-        build(y)
+        return outputs
+
+    @staticmethod
+    def take_name(node: gs.Node, out: gs.Tensor) -> None:
+        """The node now producing `out` takes the replaced `node`'s name: a one-for-one rebuild keeps the
+        name that pipelines (``resize-nearest{nodes=...}``) and reports select nodes by."""
+        producer = out.inputs[0]
+        producer.name, node.name = node.name, ""
 
     @staticmethod
     def const_ints(node: gs.Node, index: int, what: str) -> list[int] | None:

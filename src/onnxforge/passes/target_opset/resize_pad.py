@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxforge.passes.target_opset.registry import DownConverter, Unsupported, attr_str, converter, truncate
@@ -27,15 +26,13 @@ def _resize(c: DownConverter, node: gs.Node) -> bool:
         if axes is not None and list(axes) != list(range(c.rank(node.inputs[0], "Resize axes must be checked"))):
             raise Unsupported("Resize over a subset of axes arrived in opset 18")
     if c.target < 13:
-        # Resize-11 takes roi and scales as required inputs: empty tensors stand for "not given".
+        # Resize-11 takes roi and scales as required inputs: the builder writes empty tensors for "not given".
         ins = list(node.inputs) + [gs.Variable.empty()] * (4 - len(node.inputs))
-        x, roi, scales, sizes = ins[:4]
-        if roi.name == "":
-            roi = c.const("roi", np.zeros([0], np.float32))
-        if scales.name == "":
-            scales = c.const("scales", np.zeros([0], np.float32))
-        node.inputs.clear()
-        node.inputs.extend([x, roi, scales] + ([sizes] if sizes.name else []))
+        x, roi, scales, sizes = (t if t.name else None for t in ins[:4])
+        attrs = dict(node.attrs)
+        (y,) = c.detach(node)
+        c.build.resize(x, roi=roi, scales=scales, sizes=sizes, out=y, **attrs)
+        c.take_name(node, y)
     return True
 
 
@@ -52,6 +49,6 @@ def _pad(c: DownConverter, node: gs.Node) -> bool:
     for i, ax in enumerate(axes or []):
         full[ax % rank] = pads[i]
         full[rank + ax % rank] = pads[len(axes) + i]
-    node.inputs[1] = c.const("pads", np.array(full, np.int64))
+    node.inputs[1] = c.build.ints(full, "pads")
     truncate(node.inputs, 3)
     return True

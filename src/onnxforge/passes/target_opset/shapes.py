@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxforge.passes.target_opset.registry import INT64_MAX, DownConverter, Unsupported, converter
+from onnxforge.passes.target_opset.registry import DownConverter, Unsupported, converter
 
 
 @converter("Shape", changed_in=15)
@@ -19,12 +19,8 @@ def _shape(c: DownConverter, node: gs.Node) -> bool:
     if start == 0 and end is None:
         return False
     x = node.inputs[0]
-
-    def build(y: gs.Variable) -> None:
-        full = c.add("Shape", [x])
-        c.add("Slice", [full, c.const("starts", np.array([start], np.int64)), c.const("ends", np.array([INT64_MAX if end is None else int(end)], np.int64)), c.const("axes", np.array([0], np.int64))], out=y)
-
-    c.replace_single(node, build)
+    (y,) = c.detach(node)
+    c.build.shape(x, start, None if end is None else int(end), out=y)
     return True
 
 
@@ -34,7 +30,7 @@ def _constant(c: DownConverter, node: gs.Node) -> bool:
     for key, dtype in kinds.items():
         if key in node.attrs:
             value = np.array(node.attrs.pop(key), dtype=dtype)
-            node.attrs["value"] = gs.Constant(c.namer("value"), value)
+            node.attrs["value"] = c.build.const(value, "value")
             return True
     if "value" not in node.attrs:
         raise Unsupported(f"{sorted(node.attrs)[0] if node.attrs else 'no value'} is not expressible before opset 12")
