@@ -59,7 +59,8 @@ from onnxforge.pooling import (
     emulation_is_exact,
     is_adaptive,
 )
-from onnxforge.passes._graph import Namer, const_value, inferred_types, node_label
+from onnxforge.passes._build import GraphBuilder
+from onnxforge.passes._graph import const_value, inferred_types, node_label
 from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip, option
 from onnxforge.passes.registry import register
 
@@ -200,10 +201,10 @@ class AdaptivePool(Pass):
             stats = {"already_compact": len(compact)} if compact else {}
             return PassResult(False, stats, skipped=skipped, notes=notes)
 
-        namer = Namer(graph, "adaptive_pool")
+        builder = GraphBuilder(graph, "adaptive_pool")
         regions.reverse()  # graph order, for readable reports
         for region in regions:
-            self._rewrite(graph, region, namer)
+            self._rewrite(graph, region, builder)
         alive_before = {id(n) for n in graph.nodes}
         graph.cleanup(remove_unused_graph_inputs=False)
         alive = {id(n) for n in graph.nodes}
@@ -364,38 +365,33 @@ class AdaptivePool(Pass):
 
     # ------------------------------------------------------------------------------------ rewriting
 
-    def _rewrite(self, graph: gs.Graph, region: _Region, namer: Namer) -> None:
+    def _rewrite(self, graph: gs.Graph, region: _Region, b: GraphBuilder) -> None:
         (h, w), (oh, ow) = region.in_hw, region.out_hw
         dtype = np.dtype(region.dtype if region.dtype is not None else np.float32)
         new_y = gs.Variable(region.y.name, dtype=dtype, shape=region.y.shape)
-        region.y.name = namer("replaced")
+        region.y.name = b.name("replaced")
         mode = self.options.mode
         if (oh, ow) == (1, 1):
-            graph.nodes.append(gs.Node("GlobalAveragePool", name=namer("global"), inputs=[region.x], outputs=[new_y]))
+            b.op("GlobalAveragePool", [region.x], outputs=[new_y], hint="global")
             region.form, region.exact = "GlobalAveragePool", True
         elif _uses_avgpool(region.in_hw, region.out_hw, mode):
             (kh, sh), (kw, sw) = emulated_kernel_stride(h, oh), emulated_kernel_stride(w, ow)
-            graph.nodes.append(gs.Node(
-                "AveragePool", name=namer("avgpool"), attrs={"kernel_shape": [kh, kw], "strides": [sh, sw]},
-                inputs=[region.x], outputs=[new_y],
-            ))
+            b.op("AveragePool", [region.x], {"kernel_shape": [kh, kw], "strides": [sh, sw]}, outputs=[new_y], hint="avgpool")
             region.form = f"AveragePool k={kh}x{kw} s={sh}x{sw}"
             region.exact = emulation_is_exact(h, oh) and emulation_is_exact(w, ow)
         elif (oh, ow) == (h, w):  # a custom node that pools to its own size
-            graph.nodes.append(gs.Node("Identity", name=namer("identity"), inputs=[region.x], outputs=[new_y]))
+            b.op("Identity", [region.x], outputs=[new_y], hint="identity")
             region.form, region.exact = "Identity", True
         else:
             # Irregular windows, or pooling up (m > n: windows overlap and repeat, and the emulation's
             # stride would be 0): the averaging matrices are exact for every size.
             current = region.x
             if oh != h:
-                a_h = gs.Constant(namer("pool_h"), averaging_matrix(h, oh, dtype))
-                rows = gs.Variable(namer("rows"), dtype=dtype) if ow != w else new_y
-                graph.nodes.append(gs.Node("MatMul", name=namer("matmul_h"), inputs=[a_h, current], outputs=[rows]))
-                current = rows
+                a_h = b.const(averaging_matrix(h, oh, dtype), "pool_h")
+                current = b.op("MatMul", [a_h, current], dtype=dtype, outputs=None if ow != w else [new_y], hint="matmul_h")
             if ow != w:
-                a_w_t = gs.Constant(namer("pool_w_t"), np.ascontiguousarray(averaging_matrix(w, ow, dtype).T))
-                graph.nodes.append(gs.Node("MatMul", name=namer("matmul_w"), inputs=[current, a_w_t], outputs=[new_y]))
+                a_w_t = b.const(np.ascontiguousarray(averaging_matrix(w, ow, dtype).T), "pool_w_t")
+                b.op("MatMul", [current, a_w_t], outputs=[new_y], hint="matmul_w")
             region.form = "MatMul x2 (averaging matrices)" if oh != h and ow != w else "MatMul (averaging matrix)"
             region.exact = True
         _redirect(graph, region.y, new_y)
