@@ -209,13 +209,13 @@ class DownConverter:
 
     def elem_type(self, tensor: gs.Tensor) -> int | None:
         """The ONNX element type of `tensor` where known (shape inference, else graphsurgeon's dtype)."""
-        if tensor.name in self.types:
+        if self.types.get(tensor.name):  # 0 is UNDEFINED: not known
             return self.types[tensor.name]
         dtype = getattr(tensor, "dtype", None)
         if dtype is None:
             return None
         if isinstance(dtype, int):
-            return dtype
+            return dtype or None
         try:
             return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
         except (KeyError, TypeError, ValueError):
