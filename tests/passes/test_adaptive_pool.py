@@ -10,8 +10,9 @@ import pytest
 
 from onnxforge.errors import PipelineError
 from onnxforge.passes import PassManager, parse_pipeline
-from onnxforge.passes.adaptive_pool import AdaptivePool, adaptive_avg_pool_reference, adaptive_windows
+from onnxforge.passes.adaptive_pool import AdaptivePool
 from onnxforge.passes.base import PassKind
+from onnxforge.pooling import adaptive_avg_pool_reference, adaptive_windows
 from tests.passes.helpers import apply, op_counts, outputs, parse
 from tests.passes.torch_export import export
 
@@ -205,6 +206,57 @@ def test_custom_node_rewritten_to_exact_matmuls():
 def test_windows_are_pytorchs():
     assert adaptive_windows(32, 3) == [(0, 11), (10, 22), (21, 32)]
     assert adaptive_windows(63, 6)[1] == (10, 21)
+
+
+# ------------------------------------------------------------------------------------------ pooling up
+
+
+def _vgg_head_module():
+    """A VGG-style classifier head: AdaptiveAvgPool2d((7, 7)) on a 5x5 feature (pooling up), then Linear."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d((7, 7)), nn.Flatten(), nn.Linear(4 * 49, 3))
+
+
+@pytest.fixture(scope="module")
+def pooling_up(tmp_path_factory) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
+    """(dynamo export of the VGG-style head at a 5x5 feature, its input, PyTorch's output)."""
+    import torch
+
+    module = _vgg_head_module().eval()
+    x = torch.randn(1, 3, 5, 5, generator=torch.Generator().manual_seed(5))
+    model = export(module, (x,), tmp_path_factory.mktemp("ap_up") / "vgg_head.onnx", dynamo=True, input_names=["x"])
+    with torch.no_grad():
+        expected = module(x).numpy()
+    return model, x.numpy(), expected
+
+
+def test_pooling_up_dynamo_decomposition_becomes_exact_matmuls(pooling_up):
+    model, x, expected = pooling_up
+    assert {"Gather", "GatherND", "Where", "Add", "Div"} <= set(op_counts(model))  # the exporter's decomposition
+    result, out = apply(AdaptivePool(), model)
+    assert result.modified and result.stats["regions_rewritten"] == 1
+    assert op_counts(out) == Counter({"Conv": 1, "MatMul": 2, "Reshape": 1, "Gemm": 1})
+    assert "5x5 -> 7x7" in result.notes[0] and "pooling up" in result.notes[0]
+    onnx.checker.check_model(out, full_check=True)
+    from onnxforge.numerics import run_model
+
+    got = next(iter(run_model(out, {"x": x}).values()))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    again, _ = apply(AdaptivePool(), out)
+    assert not again.modified and "already compact" in again.why_nothing()
+
+
+def test_pooling_up_is_verified_exact_by_the_manager_and_emulate_writes_the_exact_form(pooling_up):
+    model, _, _ = pooling_up
+    stage = PassManager("adaptive-pool").run(model).stages[0]
+    assert stage.verification.status == "passed", stage.verification.detail
+    # no AveragePool exists for 5 -> 7 (its stride would be 0): emulate writes the exact form as well
+    result, out = apply(AdaptivePool(mode="emulate"), model)
+    assert result.stats["emulated_inexact"] == 0 and "[emulation differs" not in result.notes[0]
+    assert op_counts(out)["MatMul"] == 2 and "AveragePool" not in op_counts(out)
 
 
 # ------------------------------------------------------------------------------------------ near-misses

@@ -201,3 +201,163 @@ g (float[1,2,4,4] x, float[1,4,4,2] grid, int64[1] ax) => (float[1,2,4,4] y) {{
 def test_option_out_of_range_is_a_pipeline_error(text):
     with pytest.raises(PipelineError, match="'opset' must be between 11 and"):
         parse_pipeline(text)
+
+
+# -- the converter registry ---------------------------------------------------------------------------
+
+def test_every_converter_handles_real_schema_versions_not_listed_as_type_only():
+    from onnxforge.passes.target_opset.registry import _CONVERTERS, history
+    from onnxforge.passes.target_opset.rules import TYPE_ONLY
+
+    assert {"Softmax", "Resize", "ReduceMean", "ReduceSum", "Split", "HardSwish"} <= set(_CONVERTERS)
+    for op, conv in _CONVERTERS.items():
+        assert conv.op == op and conv.versions <= set(history()[op]), op
+        assert not conv.versions & TYPE_ONLY.get(op, frozenset()), f"{op}: a version both type-only and converted"
+    assert _CONVERTERS["Resize"].versions == {13, 18, 19} and _CONVERTERS["ReduceSum"].versions == {13}
+    assert _CONVERTERS["Softmax"].needs_shape and not _CONVERTERS["HardSwish"].needs_shape
+
+
+def test_converter_registration_refuses_duplicates_and_missing_versions():
+    from onnxforge.passes.target_opset.registry import converter
+
+    with pytest.raises(ValueError, match="registered twice"):
+        converter("Softmax", changed_in=13)(lambda c, n: False)
+    with pytest.raises(ValueError, match="at least one op and one schema version"):
+        converter("NotAnOp")
+
+
+# -- issue 11: graphs the checker rejected after conversion -------------------------------------------
+
+def test_uint8_arithmetic_from_a_dynamo_export_is_computed_wider_and_cast_back(tmp_path):
+    """Add/Sub/Mul before opset 14 have no uint8: the pass casts around them, wrap-around included."""
+    import torch
+
+    class Bytes(torch.nn.Module):
+        def forward(self, x, y):
+            return x + y, x * y, x - y, (x.float() * 2).to(torch.uint8) + 1
+
+    x = torch.arange(256, dtype=torch.uint8).reshape(1, 4, 8, 8)
+    y = torch.flip(x, dims=[3])
+    model = export(Bytes(), (x, y), tmp_path / "bytes.onnx", dynamo=True, opset=20, input_names=["x", "y"])
+    result = PassManager("target-opset").run(model)
+    stage = result.stages[0]
+    assert stage.verification.status == "passed", stage.verification.detail
+    out = result.model
+    onnx.checker.check_model(out, full_check=True)
+    assert stage.stats["rewritten"] == "Addx2, Mulx1, Subx1"
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in onnx.shape_inference.infer_shapes(out).graph.value_info}
+    types.update({vi.name: vi.type.tensor_type.elem_type for vi in out.graph.input})
+    types.update({t.name: t.data_type for t in out.graph.initializer})
+    arithmetic = [{types[i] for i in n.input} for n in out.graph.node if n.op_type in ("Add", "Sub", "Mul")]
+    assert sorted(map(sorted, arithmetic)) == [[onnx.TensorProto.FLOAT]] + [[onnx.TensorProto.INT32]] * 4
+    got = run_model(out, {"x": x.numpy(), "y": y.numpy()})
+    with torch.no_grad():
+        expected = [t.numpy() for t in Bytes()(x, y)]
+    for ref, value in zip(expected, got.values()):
+        np.testing.assert_array_equal(value, ref)  # overflowing sums and products wrap as in PyTorch
+
+
+def test_refuses_an_element_type_the_target_op_lacks_naming_the_node():
+    model = onnx.parser.parse_model("""<ir_version: 9, opset_import: ["" : 20]>
+g (int8[2,3] x) => (int8[2,3] y) {
+  [relu_1] y = Relu(x)
+}""")
+    with pytest.raises(PassError, match=r"relu_1 \(Relu\): input 'x' is int8, which Relu at opset 11 does not accept"):
+        apply(TargetOpset(), model)
+
+
+def _pools_module():
+    import torch
+    import torch.nn.functional as F
+
+    class Pools(torch.nn.Module):
+        def forward(self, x):
+            return (
+                F.avg_pool2d(x, 2, 2, 1, ceil_mode=True),  # 5 -> 3: the 4th window would start on the padding
+                F.avg_pool2d(x, 2, 2, 1, ceil_mode=True, count_include_pad=False),
+                F.max_pool2d(x, 2, 2, 1, ceil_mode=True),
+                F.avg_pool2d(x, 3, 2, 0, ceil_mode=True),  # near-miss: its last window starts inside
+            )
+
+    return Pools()
+
+
+@pytest.mark.parametrize("opset", [18, 20])
+def test_ceil_mode_pools_keep_the_shape_the_exporter_declared(tmp_path, opset):
+    """Before opset 22 a ceil_mode window starting on the end padding counts; the Slice drops it again."""
+    import torch
+
+    x = torch.randn(1, 2, 5, 5, generator=torch.Generator().manual_seed(0))
+    model = export(_pools_module(), (x,), tmp_path / "pools.onnx", dynamo=True, opset=opset, input_names=["x"])
+    assert [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim] == [1, 2, 3, 3]
+    result = PassManager("target-opset").run(model)
+    stage = result.stages[0]
+    assert stage.verification.status == "passed", stage.verification.detail
+    out = result.model
+    onnx.checker.check_model(out, full_check=True)
+    counts = op_counts(out)
+    assert counts["Slice"] == 3 and counts["AveragePool"] == 3 and counts["MaxPool"] == 1
+    sliced = {n.input[0] for n in out.graph.node if n.op_type == "Slice"}
+    near_miss = next(n for n in out.graph.node if n.op_type == "AveragePool" and n.output[0] not in sliced)
+    assert near_miss.output[0] == out.graph.output[3].name
+    got = run_model(out, {"x": x.numpy()})
+    with torch.no_grad():
+        expected = _pools_module()(x)
+    for ref, value in zip(expected, got.values()):
+        np.testing.assert_allclose(value, ref.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_ceil_mode_sizes_follow_opset_22():
+    from onnxforge.passes.target_opset.pools import ceil_mode_sizes
+
+    assert ceil_mode_sizes(5, 2, 2, 1, 1, 1) == (4, 3)  # window 4 would start at 6 = 5 + pad_begin
+    assert ceil_mode_sizes(5, 3, 2, 1, 0, 0) == (2, 2)
+    assert ceil_mode_sizes(6, 3, 2, 1, 1, 1) == (4, 4)
+
+
+def _pytorch_converted(name: str) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
+    """An IR-3 model the onnx package ships (converted from PyTorch in 2017), with its input and output."""
+    from pathlib import Path
+
+    root = Path(onnx.__file__).parent / "backend" / "test" / "data" / "pytorch-converted" / name
+    model = onnx.load(str(root / "model.onnx"))
+    data = [onnx.numpy_helper.to_array(onnx.load_tensor(str(root / "test_data_set_0" / f))) for f in ("input_0.pb", "output_0.pb")]
+    return model, data[0], data[1]
+
+
+@pytest.mark.parametrize(("name", "pipeline"), [
+    ("test_Conv2d", "drop-softmax-argmax,target-opset"),  # a graph pass first drops the weights from the inputs
+    ("test_Conv2d_groups", "adaptive-pool,target-opset"),
+    ("test_ConstantPad2d", "target-opset"),  # the converter's Pad adapter adds an initializer IR 3 cannot hold
+])
+def test_ir3_models_convert_up_with_weights_as_initializers(name, pipeline):
+    model, x, expected = _pytorch_converted(name)
+    assert model.ir_version == 3 and _opset(model) < 11
+    result = PassManager(pipeline).run(model)
+    stage = result.stages[-1]
+    assert stage.verification.status == "passed", stage.verification.detail
+    out = result.model
+    assert _opset(out) == 11 and out.ir_version == 6 and stage.stats["ir_version"] == "3->6"
+    onnx.checker.check_model(out, full_check=True)
+    assert [vi.name for vi in out.graph.input] == [model.graph.input[0].name]  # weights are not inputs any more
+    got = run_model(out, {out.graph.input[0].name: x})
+    np.testing.assert_allclose(next(iter(got.values())), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_one_for_one_rebuilds_keep_the_node_names_pipelines_select_by():
+    model = onnx.parser.parse_model("""<ir_version: 9, opset_import: ["" : 18]>
+g (float[1,2,4,4] x) => (float[1,2,8,8] y, float[2,4,4] z, float[1,2,1,1] m) {
+  s = Constant<value = float[4] {1, 1, 2, 2}>()
+  ax = Constant<value = int64[1] {0}>()
+  sp = Constant<value = int64[2] {2, 3}>()
+  [up] y = Resize<mode = "linear">(x, , s)
+  [drop_batch] z = Squeeze(x, ax)
+  [pool] m = ReduceMean(x, sp)
+}""")
+    result = PassManager("target-opset").run(model)
+    assert result.stages[0].verification.status == "passed", result.stages[0].verification.detail
+    nodes = {n.name: n for n in result.model.graph.node}
+    assert nodes["up"].op_type == "Resize" and len(nodes["up"].input) == 3 and nodes["up"].input[1]
+    assert nodes["drop_batch"].op_type == "Squeeze" and len(nodes["drop_batch"].input) == 1
+    assert nodes["pool"].op_type == "ReduceMean" and {a.name for a in nodes["pool"].attribute} == {"keepdims", "axes"}
+    assert len(nodes) == len(result.model.graph.node)  # no duplicate names

@@ -1,7 +1,8 @@
 """Adaptive average pooling at known static sizes, in forms every exporter and backend handles.
 
 PyTorch's adaptive pooling window i over an axis of length ``n`` pooled to ``m`` is
-``[floor(i*n/m), ceil((i+1)*n/m))``. The TorchScript exporter refuses it unless ``n % m == 0``, and atc
+``[floor(i*n/m), ceil((i+1)*n/m))`` (the arithmetic lives in `onnxforge.pooling`, shared with the
+adaptive-pool pass; this module wraps it for PyTorch and raises FrontendError for bad sizes). The TorchScript exporter refuses it unless ``n % m == 0``, and atc
 runs huge AveragePool kernels on the AICPU. Once the input size is known the same result is:
 
 - ``m == 1``: a global mean (exported as GlobalAveragePool);
@@ -26,10 +27,12 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from onnxforge import pooling
 from onnxforge.errors import FrontendError
 
 logger = logging.getLogger(__name__)
@@ -40,38 +43,36 @@ Form = Literal["global", "avgpool", "matrix"]
 def adaptive_windows(n: int, m: int) -> list[tuple[int, int]]:
     """PyTorch's adaptive pooling windows ``[start, end)`` for an axis of length n pooled to m."""
     _check_sizes(n, m)
-    return [((i * n) // m, -((-(i + 1) * n) // m)) for i in range(m)]
+    return pooling.adaptive_windows(n, m)
 
 
 def emulated_kernel_stride(n: int, m: int) -> tuple[int, int]:
     """(kernel, stride) of the mmcv / Fast-SCNN guide emulation: k = n-(m-1)*floor(n/m), s = floor(n/m)."""
     _check_sizes(n, m)
-    if m > n:
+    if not pooling.can_emulate(n, m):
         raise FrontendError(
             f"the AvgPool emulation of adaptive pooling cannot pool {n} -> {m} (stride would be 0); "
             "use a larger input size or the upstream variant"
         )
-    stride = n // m
-    return n - (m - 1) * stride, stride
+    return pooling.emulated_kernel_stride(n, m)
 
 
 def emulated_windows(n: int, m: int) -> list[tuple[int, int]]:
     """The windows ``[start, end)`` the emulation's AvgPool2d covers."""
     k, s = emulated_kernel_stride(n, m)
-    return [(i * s, i * s + k) for i in range(m)]
+    return pooling.windows_of(k, s, m)
 
 
 def emulation_is_exact(n: int, m: int) -> bool:
     """Whether the emulation's windows equal adaptive pooling's for one axis."""
-    return emulated_windows(n, m) == adaptive_windows(n, m)
+    emulated_kernel_stride(n, m)  # raises where the emulation does not exist
+    return pooling.emulation_is_exact(n, m)
 
 
 def averaging_matrix(n: int, m: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The (m, n) matrix whose row i averages adaptive window i: ``pooled = A @ x`` along one axis."""
-    a = torch.zeros(m, n, dtype=torch.float64)
-    for i, (start, end) in enumerate(adaptive_windows(n, m)):
-        a[i, start:end] = 1.0 / (end - start)
-    return a.to(dtype)
+    _check_sizes(n, m)
+    return torch.from_numpy(pooling.averaging_matrix(n, m, np.float64)).to(dtype)
 
 
 def _check_sizes(n: int, m: int) -> None:
@@ -95,12 +96,13 @@ class StaticAdaptiveAvgPool2d(nn.Module):
         self.out_size = (int(out_size[0]), int(out_size[1]))
         (h, w), (oh, ow) = self.in_size, self.out_size
         self.form: Form
+        regular_h, regular_w = pooling.regular_kernel_stride(h, oh), pooling.regular_kernel_stride(w, ow)
         if (oh, ow) == (1, 1):
             self.form = "global"
-        elif oh <= h and ow <= w and emulation_is_exact(h, oh) and emulation_is_exact(w, ow):
+        elif regular_h is not None and regular_w is not None:
             # Regular windows (always when n % m == 0, sometimes otherwise, e.g. 63 -> 2): one AveragePool.
             self.form = "avgpool"
-            (kh, sh), (kw, sw) = emulated_kernel_stride(h, oh), emulated_kernel_stride(w, ow)
+            (kh, sh), (kw, sw) = regular_h, regular_w
             self.kernel, self.stride = (kh, kw), (sh, sw)
         else:
             self.form = "matrix"
@@ -251,7 +253,8 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def describe_windows(n: int, m: int) -> str:
     """'[0,11) [10,22) [21,32)': a readable list of adaptive windows (for messages and docs)."""
-    return " ".join(f"[{a},{b})" for a, b in adaptive_windows(n, m))
+    _check_sizes(n, m)
+    return pooling.describe_windows(n, m)
 
 
 __all__ = [

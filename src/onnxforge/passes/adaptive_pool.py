@@ -16,7 +16,8 @@ PyTorch's window i over an axis of length n pooled to m is ``[floor(i*n/m), ceil
 exact compact form is GlobalAveragePool for 1x1, one AveragePool where the windows on both axes are
 regular (equal length, constant step: always when m divides n, sometimes otherwise, e.g. 63 -> 2), and
 otherwise the separable averaging-matrix form ``A_h @ X @ A_w^T`` whose row i holds ``1/len(window i)``
-over window i (the form `onnxforge.frontends.adaptive` uses in PyTorch). ``mode=emulate`` instead writes
+over window i (the form `onnxforge.frontends.adaptive` uses in PyTorch; the window arithmetic of both
+is `onnxforge.pooling`). ``mode=emulate`` instead writes
 the single AveragePool ``k = n-(m-1)*floor(n/m), s = floor(n/m)`` that mmcv's ONNX symbolic and the
 Fast-SCNN guide use; it equals adaptive pooling only where the windows coincide (the pass says so per
 region), so that mode is approximate.
@@ -25,7 +26,9 @@ How a region is found (legality):
 - Y is a static 4-D float tensor (N,C,oh,ow) produced by a pooling-chain op (Gather, GatherND, Add,
   Div, Where, Transpose, ReduceMean, Concat, Reshape, Slice, MatMul, Constant, ...).
 - Walking back from Y through pooling-chain ops reaches exactly one non-constant tensor X, 4-D with
-  static spatial size (H,W) >= (oh,ow) and the same N and C as Y; everything else is a constant.
+  static spatial size (H,W) != (oh,ow) and the same N and C as Y; everything else is a constant. H < oh
+  (pooling up, e.g. VGG's 7x7 head on a 5x5 feature) is legal: windows overlap and repeat, there is no
+  AveragePool for it (its stride would be 0, also under mode=emulate) and the averaging matrices are exact.
 - The region is **confirmed numerically**: the subgraph X -> Y is run in onnxruntime on a seeded random X
   and must equal a numpy adaptive average pool of X to float tolerance. Only confirmed regions are
   rewritten, so the rewrite is exact by construction (mode=exact). Single ReduceMean/AveragePool nodes are
@@ -48,7 +51,16 @@ import onnx_graphsurgeon as gs
 
 from onnxforge.errors import ForgeError
 from onnxforge.numerics import make_session
-from onnxforge.passes._graph import Namer, const_value, inferred_types, node_label
+from onnxforge.pooling import (
+    adaptive_avg_pool_reference,
+    averaging_matrix,
+    can_emulate,
+    emulated_kernel_stride,
+    emulation_is_exact,
+    is_adaptive,
+)
+from onnxforge.passes._build import GraphBuilder
+from onnxforge.passes._graph import const_value, inferred_types, node_label
 from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip, option
 from onnxforge.passes.registry import register
 
@@ -79,41 +91,6 @@ class AdaptivePoolOptions:
     mode: Literal["exact", "emulate"] = option(
         "exact", "exact: Global/AveragePool or averaging matrices (exact); emulate: mmcv/guide AveragePool (approximate)"
     )
-
-
-# ---------------------------------------------------------------------------------------------- windows
-
-
-def adaptive_windows(n: int, m: int) -> list[tuple[int, int]]:
-    """PyTorch's adaptive pooling windows ``[start, end)`` for an axis of length n pooled to m."""
-    return [((i * n) // m, -((-(i + 1) * n) // m)) for i in range(m)]
-
-
-def emulated_kernel_stride(n: int, m: int) -> tuple[int, int]:
-    """(kernel, stride) of the mmcv / Fast-SCNN guide emulation: k = n-(m-1)*floor(n/m), s = floor(n/m)."""
-    stride = n // m
-    return n - (m - 1) * stride, stride
-
-
-def emulation_is_exact(n: int, m: int) -> bool:
-    """Whether the emulation's windows equal adaptive pooling's on one axis (always when m divides n)."""
-    k, s = emulated_kernel_stride(n, m)
-    return [(i * s, i * s + k) for i in range(m)] == adaptive_windows(n, m)
-
-
-def averaging_matrix(n: int, m: int, dtype: np.dtype = np.dtype(np.float32)) -> np.ndarray:
-    """The (m, n) matrix whose row i averages adaptive window i: pooling one axis is ``A @ x``."""
-    a = np.zeros((m, n), dtype=np.float64)
-    for i, (start, end) in enumerate(adaptive_windows(n, m)):
-        a[i, start:end] = 1.0 / (end - start)
-    return a.astype(dtype)
-
-
-def adaptive_avg_pool_reference(x: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-    """numpy reference of ``F.adaptive_avg_pool2d(x, out_hw)`` for a 4-D x, computed in float64."""
-    a_h = averaging_matrix(x.shape[-2], out_hw[0], np.dtype(np.float64))
-    a_w = averaging_matrix(x.shape[-1], out_hw[1], np.dtype(np.float64))
-    return a_h @ x.astype(np.float64) @ a_w.T
 
 
 # ---------------------------------------------------------------------------------------------- regions
@@ -224,10 +201,10 @@ class AdaptivePool(Pass):
             stats = {"already_compact": len(compact)} if compact else {}
             return PassResult(False, stats, skipped=skipped, notes=notes)
 
-        namer = Namer(graph, "adaptive_pool")
+        builder = GraphBuilder(graph, "adaptive_pool")
         regions.reverse()  # graph order, for readable reports
         for region in regions:
-            self._rewrite(graph, region, namer)
+            self._rewrite(graph, region, builder)
         alive_before = {id(n) for n in graph.nodes}
         graph.cleanup(remove_unused_graph_inputs=False)
         alive = {id(n) for n in graph.nodes}
@@ -269,8 +246,8 @@ class AdaptivePool(Pass):
         else:
             skipped.append(Skip(label, "no output_size attribute and no static output shape"))
             return None
-        if out_hw[0] > in_hw[0] or out_hw[1] > in_hw[1] or min(out_hw) < 1:
-            skipped.append(Skip(label, f"output {out_hw[0]}x{out_hw[1]} larger than input {in_hw[0]}x{in_hw[1]}"))
+        if min(out_hw) < 1:
+            skipped.append(Skip(label, f"output size {out_hw[0]}x{out_hw[1]} is not positive"))
             return None
         return _Region(label, x, y, [node], in_hw, out_hw, f"{node.op} node", dtype=xi.dtype)
 
@@ -363,9 +340,11 @@ class AdaptivePool(Pass):
             if windows is None:
                 return None
             (kh, sh), (kw, sw) = windows
-            if _is_adaptive(in_hw[0], out_hw[0], kh, sh) and _is_adaptive(in_hw[1], out_hw[1], kw, sw):
+            if is_adaptive(in_hw[0], out_hw[0], kh, sh) and is_adaptive(in_hw[1], out_hw[1], kw, sw):
                 compact.append(f"{label} (AveragePool)")
-            elif (kh, sh) == emulated_kernel_stride(*_axis(in_hw, out_hw, 0)) and (kw, sw) == emulated_kernel_stride(*_axis(in_hw, out_hw, 1)):
+            elif _uses_avgpool(in_hw, out_hw, "emulate") and ((kh, sh), (kw, sw)) == (
+                emulated_kernel_stride(*_axis(in_hw, out_hw, 0)), emulated_kernel_stride(*_axis(in_hw, out_hw, 1))
+            ):
                 skipped.append(Skip(label, (
                     f"AveragePool k={kh}x{kw} s={sh}x{sw} is the mmcv/guide emulation of adaptive pooling "
                     f"{in_hw[0]}x{in_hw[1]} -> {out_hw[0]}x{out_hw[1]}, not adaptive pooling itself; left as is"
@@ -386,33 +365,33 @@ class AdaptivePool(Pass):
 
     # ------------------------------------------------------------------------------------ rewriting
 
-    def _rewrite(self, graph: gs.Graph, region: _Region, namer: Namer) -> None:
+    def _rewrite(self, graph: gs.Graph, region: _Region, b: GraphBuilder) -> None:
         (h, w), (oh, ow) = region.in_hw, region.out_hw
         dtype = np.dtype(region.dtype if region.dtype is not None else np.float32)
         new_y = gs.Variable(region.y.name, dtype=dtype, shape=region.y.shape)
-        region.y.name = namer("replaced")
+        region.y.name = b.name("replaced")
         mode = self.options.mode
         if (oh, ow) == (1, 1):
-            graph.nodes.append(gs.Node("GlobalAveragePool", name=namer("global"), inputs=[region.x], outputs=[new_y]))
+            b.op("GlobalAveragePool", [region.x], outputs=[new_y], hint="global")
             region.form, region.exact = "GlobalAveragePool", True
-        elif mode == "emulate" or (emulation_is_exact(h, oh) and emulation_is_exact(w, ow)):
+        elif _uses_avgpool(region.in_hw, region.out_hw, mode):
             (kh, sh), (kw, sw) = emulated_kernel_stride(h, oh), emulated_kernel_stride(w, ow)
-            graph.nodes.append(gs.Node(
-                "AveragePool", name=namer("avgpool"), attrs={"kernel_shape": [kh, kw], "strides": [sh, sw]},
-                inputs=[region.x], outputs=[new_y],
-            ))
+            b.op("AveragePool", [region.x], {"kernel_shape": [kh, kw], "strides": [sh, sw]}, outputs=[new_y], hint="avgpool")
             region.form = f"AveragePool k={kh}x{kw} s={sh}x{sw}"
             region.exact = emulation_is_exact(h, oh) and emulation_is_exact(w, ow)
+        elif (oh, ow) == (h, w):  # a custom node that pools to its own size
+            b.op("Identity", [region.x], outputs=[new_y], hint="identity")
+            region.form, region.exact = "Identity", True
         else:
+            # Irregular windows, or pooling up (m > n: windows overlap and repeat, and the emulation's
+            # stride would be 0): the averaging matrices are exact for every size.
             current = region.x
             if oh != h:
-                a_h = gs.Constant(namer("pool_h"), averaging_matrix(h, oh, dtype))
-                rows = gs.Variable(namer("rows"), dtype=dtype) if ow != w else new_y
-                graph.nodes.append(gs.Node("MatMul", name=namer("matmul_h"), inputs=[a_h, current], outputs=[rows]))
-                current = rows
+                a_h = b.const(averaging_matrix(h, oh, dtype), "pool_h")
+                current = b.op("MatMul", [a_h, current], dtype=dtype, outputs=None if ow != w else [new_y], hint="matmul_h")
             if ow != w:
-                a_w_t = gs.Constant(namer("pool_w_t"), np.ascontiguousarray(averaging_matrix(w, ow, dtype).T))
-                graph.nodes.append(gs.Node("MatMul", name=namer("matmul_w"), inputs=[current, a_w_t], outputs=[new_y]))
+                a_w_t = b.const(np.ascontiguousarray(averaging_matrix(w, ow, dtype).T), "pool_w_t")
+                b.op("MatMul", [current, a_w_t], outputs=[new_y], hint="matmul_w")
             region.form = "MatMul x2 (averaging matrices)" if oh != h and ow != w else "MatMul (averaging matrix)"
             region.exact = True
         _redirect(graph, region.y, new_y)
@@ -427,6 +406,8 @@ def _describe(r: _Region) -> str:
     text = f"{r.label}: adaptive pooling {h}x{w} -> {oh}x{ow} ({r.source}; {r.removed} nodes removed) -> {r.form}"
     if not r.exact:
         text += " [emulation differs from adaptive pooling here]"
+    elif r.form.startswith("MatMul") and (oh > h or ow > w):
+        text += " [exact; pooling up: windows overlap and repeat, no AveragePool computes them]"
     elif r.form.startswith("AveragePool") or r.form.startswith("Global"):
         text += " [exact]"
     return text
@@ -441,9 +422,19 @@ def _target_ops(in_hw: tuple[int, int], out_hw: tuple[int, int], mode: str) -> C
     (h, w), (oh, ow) = in_hw, out_hw
     if (oh, ow) == (1, 1):
         return Counter({"GlobalAveragePool": 1})
-    if mode == "emulate" or (emulation_is_exact(h, oh) and emulation_is_exact(w, ow)):
+    if _uses_avgpool(in_hw, out_hw, mode):
         return Counter({"AveragePool": 1})
+    if (oh, ow) == (h, w):
+        return Counter({"Identity": 1})
     return Counter({"MatMul": int(oh != h) + int(ow != w)})
+
+
+def _uses_avgpool(in_hw: tuple[int, int], out_hw: tuple[int, int], mode: str) -> bool:
+    """Whether the compact form is one AveragePool: regular windows, or any emulable size under emulate."""
+    (h, w), (oh, ow) = in_hw, out_hw
+    if mode == "emulate":
+        return can_emulate(h, oh) and can_emulate(w, ow)
+    return emulation_is_exact(h, oh) and emulation_is_exact(w, ow)
 
 
 def _redirect(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
@@ -472,13 +463,6 @@ def _static(dims: Sequence[int | str | None]) -> bool:
 
 def _axis(in_hw: tuple[int, int], out_hw: tuple[int, int], i: int) -> tuple[int, int]:
     return in_hw[i], out_hw[i]
-
-
-def _is_adaptive(n: int, m: int, k: int, s: int) -> bool:
-    """Whether windows of kernel k and stride s over n give PyTorch's adaptive windows for m outputs."""
-    if m == 1:
-        return k == n
-    return [(i * s, i * s + k) for i in range(m)] == adaptive_windows(n, m)
 
 
 def _avgpool_windows(node: gs.Node, in_hw: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]] | None:
@@ -514,7 +498,10 @@ def _tensor_infos(model: onnx.ModelProto) -> dict[str, _TensorInfo]:
 
 
 def _fits(ctx: _Context, t: gs.Tensor, yi: _TensorInfo, out_hw: tuple[int, int]) -> bool:
-    """Whether t could be the input X of a pooling to Y: same N and C, static larger spatial size, float."""
+    """Whether t could be the input X of a pooling to Y: same N and C, another static spatial size, float.
+
+    The input may be smaller than Y on either axis: adaptive pooling up (5x5 -> 7x7, VGG-style heads at
+    small inputs) repeats and overlaps windows, and is as exact in the averaging-matrix form."""
     if isinstance(t, gs.Constant) or not t.name:
         return False
     ti = ctx.infos.get(t.name)
@@ -523,7 +510,7 @@ def _fits(ctx: _Context, t: gs.Tensor, yi: _TensorInfo, out_hw: tuple[int, int])
     if ti.dims[:2] != yi.dims[:2] or any(d is None for d in ti.dims[:2]):
         return False
     h, w = int(ti.dims[2]), int(ti.dims[3])
-    return h >= out_hw[0] and w >= out_hw[1] and (h, w) != out_hw
+    return (h, w) != out_hw
 
 
 def _cone(y: gs.Tensor, stop) -> tuple[list[gs.Node] | None, list[gs.Tensor]]:
