@@ -21,6 +21,7 @@ import numpy as np
 
 from onnxforge.errors import DatasetError
 from onnxforge.evaluate.datasets import VOC2012, Dataset, Sample
+from onnxforge.evaluate.registry import register_dataset
 from onnxforge.scenes import (  # noqa: F401  (re-exported: the generator's names as the evaluator uses them)
     DEFAULT_CLASSES, DEFAULT_COUNT, DEFAULT_SIZE, EVAL_SEED, GENERATOR_VERSION, SHAPES, TRAIN_SEED, generate_sample,
     voc_palette,
@@ -29,19 +30,62 @@ from onnxforge.scenes import (  # noqa: F401  (re-exported: the generator's name
 META_FILE = "synthetic.json"
 
 
+TASKS = ("segmentation", "binary-segmentation", "classification")
+VOID = 255
+
+
+def task_label(label: np.ndarray, task: str, classes: int, ignore_index: int | None = VOID) -> np.ndarray | int:
+    """A generated label map (255 = void) as the label of `task`.
+
+    - ``segmentation``: the map, void written as `ignore_index` (int16 when that is negative);
+    - ``binary-segmentation``: 1 where any object is, else 0 (void pixels count as background);
+    - ``classification``: the class with the most object pixels, 0 (background) when no object shows.
+    """
+    if task == "classification":
+        counts = np.bincount(label[label < classes].ravel(), minlength=classes)[:classes]
+        counts[0] = 0
+        return int(counts.argmax()) if counts.any() else 0
+    if task == "binary-segmentation":
+        return ((label > 0) & (label != VOID)).astype(np.uint8)
+    if task != "segmentation":
+        raise DatasetError(f"synthetic: unknown task '{task}'; known tasks: {', '.join(TASKS)}")
+    if ignore_index is None or ignore_index == VOID:
+        return label
+    out = label.astype(np.int16)
+    out[label == VOID] = ignore_index
+    return out
+
+
+@register_dataset
 class SyntheticDataset(Dataset):
-    """`count` synthetic samples generated on the fly (nothing is kept in memory between samples)."""
+    """`count` synthetic samples generated on the fly (nothing is kept in memory between samples).
+
+    `task` picks the label form (`task_label`); `classes` is the generator's class count (2..255, class
+    0 the background) and, except for binary segmentation (1, as DSB2018), the dataset's `num_classes`.
+    """
 
     name = "synthetic"
+    summary = "scenes the project generates (deterministic; in memory without --data-root, or written by write_synthetic)"
     task = "segmentation"
-    ignore_index = 255
+    ignore_index = VOID
+    generated = True  # scorable without a preset, for any task and input size
 
     def __init__(self, count: int = DEFAULT_COUNT, size: tuple[int, int] = DEFAULT_SIZE,
-                 classes: int = DEFAULT_CLASSES, seed: int = EVAL_SEED, void: int = 1, start: int = 0) -> None:
+                 classes: int = DEFAULT_CLASSES, seed: int = EVAL_SEED, void: int = 1, start: int = 0,
+                 task: str = "segmentation", ignore_index: int | None = VOID) -> None:
         if count <= 0:
             raise DatasetError(f"synthetic: count must be positive, got {count}")
+        if task not in TASKS:
+            raise DatasetError(f"synthetic: unknown task '{task}'; known tasks: {', '.join(TASKS)}")
         self.count, self.size, self.classes, self.seed, self.void, self.start = count, tuple(size), classes, seed, void, start
-        self.num_classes = classes
+        self.task = task
+        self.ignore_index = ignore_index if task == "segmentation" else None
+        self.num_classes = 1 if task == "binary-segmentation" else classes
+
+    @classmethod
+    def open(cls, root: str | Path | None, limit: int | None = None, **options) -> Dataset:
+        """See `open_synthetic`."""
+        return open_synthetic(root, limit=limit, **options)
 
     def __len__(self) -> int:
         return self.count
@@ -52,7 +96,7 @@ class SyntheticDataset(Dataset):
     def __iter__(self) -> Iterator[Sample]:
         for i, name in zip(range(self.start, self.start + self.count), self.names()):
             image, label = generate_sample(i, self.size, self.classes, self.seed, self.void)
-            yield Sample(name, image, label)
+            yield Sample(name, image, task_label(label, self.task, self.classes, self.ignore_index))
 
 
 def write_synthetic(root: str | Path, n: int = DEFAULT_COUNT, size: tuple[int, int] = DEFAULT_SIZE,
@@ -71,7 +115,7 @@ def write_synthetic(root: str | Path, n: int = DEFAULT_COUNT, size: tuple[int, i
     (root / "SegmentationClass").mkdir(parents=True, exist_ok=True)
     (root / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
     palette = voc_palette()
-    ds = SyntheticDataset(n, size, classes, seed, void)
+    ds = SyntheticDataset(n, size, classes, seed, void)  # segmentation labels, 255 = void
     for sample in ds:
         Image.fromarray(sample.image, "RGB").save(root / "JPEGImages" / f"{sample.name}.png")
         lab = Image.fromarray(sample.label, "P")
@@ -96,25 +140,42 @@ def read_meta(root: str | Path) -> dict:
 
 
 class SyntheticOnDisk(VOC2012):
-    """A synthetic set written by `write_synthetic`, read back through the VOC reader."""
+    """A synthetic set written by `write_synthetic`, read back through the VOC reader (labels as `task`)."""
 
     name = "synthetic"
 
-    def __init__(self, root: str | Path, split: str | None = None, limit: int | None = None) -> None:
+    def __init__(self, root: str | Path, split: str | None = None, limit: int | None = None,
+                 task: str = "segmentation", ignore_index: int | None = VOID) -> None:
+        if task not in TASKS:
+            raise DatasetError(f"synthetic: unknown task '{task}'; known tasks: {', '.join(TASKS)}")
         meta = read_meta(root)
         super().__init__(root, split=split or meta.get("split", "val"), limit=limit)
-        self.num_classes = int(meta["classes"])
         self.meta = meta
+        self.classes = int(meta["classes"])
+        self.task = task
+        self.ignore_index = ignore_index if task == "segmentation" else None
+        self.num_classes = 1 if task == "binary-segmentation" else self.classes
+
+    def __iter__(self) -> Iterator[Sample]:
+        for sample in super().__iter__():
+            sample.label = task_label(sample.label, self.task, self.classes, self.ignore_index)
+            yield sample
 
 
 def open_synthetic(root: str | Path | None, limit: int | None = None, size: tuple[int, int] | None = None,
                    classes: int | None = None, seed: int | None = None, count: int | None = None,
-                   void: int = 1) -> Dataset:
-    """On disk if `root` is given, else in memory with `count` (or `limit`, or DEFAULT_COUNT) samples."""
+                   void: int | None = None, task: str = "segmentation", ignore_index: int | None = VOID) -> Dataset:
+    """On disk if `root` is given, else in memory with `count` (or `limit`, or DEFAULT_COUNT) samples.
+
+    In memory, binary segmentation is generated without a void band (`void` defaults to 0 there, 1
+    otherwise), so every pixel has a label.
+    """
     if root is not None:
-        return SyntheticOnDisk(root, limit=limit)
+        return SyntheticOnDisk(root, limit=limit, task=task, ignore_index=ignore_index)
     n = count or limit or DEFAULT_COUNT
     if limit is not None:
         n = min(n, limit)
+    if void is None:
+        void = 0 if task == "binary-segmentation" else 1
     return SyntheticDataset(n, tuple(size or DEFAULT_SIZE), classes or DEFAULT_CLASSES,
-                            EVAL_SEED if seed is None else seed, void)
+                            EVAL_SEED if seed is None else seed, void, task=task, ignore_index=ignore_index)
