@@ -238,7 +238,10 @@ def _check_input_size(spec: EvalSpec, preset: str | None, inp: TensorInfo, label
 
 
 def model_classes(outputs: Sequence[TensorInfo]) -> int | None:
-    """The class count the first output states: C of float (N, C[, 1, 1]) logits or (N, C, H, W) with C > 1."""
+    """The class count the first output states: C of float (N, C[, 1, 1]) or (N, C, H, W) logits (1: a binary head).
+
+    None for integer label maps, whose class count the output does not carry.
+    """
     if not outputs:
         return None
     out = outputs[0]
@@ -246,7 +249,7 @@ def model_classes(outputs: Sequence[TensorInfo]) -> int | None:
         return None
     if len(out.shape) == 2 or (len(out.shape) == 4 and tuple(out.shape[2:]) == (1, 1)):
         return int(out.shape[1])
-    if len(out.shape) == 4 and out.shape[1] > 1:
+    if len(out.shape) == 4:
         return int(out.shape[1])
     return None
 
@@ -478,6 +481,9 @@ def _generated_dataset(dataset: str, data_root, ds: Dataset | None, spec: EvalSp
     what = {"segmentation": f"{classes} classes", "binary-segmentation": "objects vs background",
             "classification": f"label: the class covering most pixels, of {classes}"}[spec.task]
     notes.append(f"synthetic data generated in memory: {len(ds)} images {canvas[0]}x{canvas[1]}, {what}, seed {ds.seed}")
+    if spec.task == "classification" and classes < spec.num_classes:
+        notes.append(f"the synthetic labels use {classes} of the model's {spec.num_classes} classes: a model not trained "
+                     "on these scenes scores at chance level; compare with a reference model (--reference)")
     return ds
 
 
