@@ -75,7 +75,8 @@ class PerImage:
     - ``hits`` (``topk``): (N, len(keys)) bool, whether the label is within the top-k, k per `keys`;
     - ``score`` (``binary-iou``): (N,) float, each image's IoU (the metric is their mean).
     `agreement`, with a reference: (N,) per-image pixel agreement (segmentation) or top-1 equality
-    (classification, as 0/1).
+    (classification, as 0/1). `metrics_of(indices)` recomputes the metric on any selection of images
+    (a bootstrap resample, repeats allowed) with the upstream's formula.
     """
 
     names: list[str]
@@ -83,6 +84,11 @@ class PerImage:
     values: np.ndarray
     keys: tuple[str, ...] = ()
     agreement: np.ndarray | None = None
+    metric: Any = field(default=None, repr=False)  # the Metric that kept them (not serialised)
+
+    def metrics_of(self, indices: Sequence[int]) -> dict[str, float | None]:
+        """The metric's result on the images at `indices` (positions in `names`)."""
+        return self.metric.result_from(self.values[np.asarray(indices, dtype=np.int64)])
 
 
 @dataclass
@@ -729,7 +735,7 @@ def score(plan: EvalPlan, source: PredictionSource, *, reference: PredictionSour
     kept = None
     if per_image:
         kept = PerImage(names=names, kind=metric.per_image_kind, values=metric.per_image(), keys=tuple(metric.keys),
-                        agreement=np.asarray(image_agreement) if reference is not None else None)
+                        agreement=np.asarray(image_agreement) if reference is not None else None, metric=metric)
     return EvalResult(
         metrics=metric.result(),
         metric=spec.metric,
