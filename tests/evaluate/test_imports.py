@@ -16,10 +16,13 @@ import onnxforge
 SRC = Path(onnxforge.__file__).resolve().parent
 NOT_IN_SCOPE = ("onnxforge.passes",)
 #: what each layer may import from inside onnxforge (prefixes); cli -> evaluate -> frontends/backends/passes -> low
-LOW = ("onnxforge.numerics", "onnxforge.modelio", "onnxforge.errors", "onnxforge.scenes")
+LOW = ("onnxforge.numerics", "onnxforge.modelio", "onnxforge.errors", "onnxforge.scenes", "onnxforge.pooling",
+       "onnxforge.spec")
 ALLOWED = {
     "onnxforge.frontends": ("onnxforge.frontends",) + LOW,
     "onnxforge.scenes": ("onnxforge.errors",),
+    "onnxforge.pooling": (),  # pure arithmetic below frontends and passes
+    "onnxforge.spec": ("onnxforge.errors",),
 }
 
 
