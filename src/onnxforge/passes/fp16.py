@@ -7,6 +7,7 @@ Before -> After::
             -> Cast(f32) -> y (f32)
 
 Which nodes run in float16:
+- Selected: with `nodes=`, only the named nodes (what a per-node search tries one at a time).
 - Only nodes downstream of a graph input ("data"), not through Shape/Size: shape arithmetic (Shape ->
   Cast -> Mul -> Cast -> Resize sizes), constant folding leftovers and the like stay float32.
 - Not blocked: op types in `block` (default `DEFAULT_BLOCK`: exponentials, logarithms, powers,
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import onnx
@@ -42,6 +44,7 @@ import onnx_graphsurgeon as gs
 
 from onnxforge.errors import PipelineError
 from onnxforge.passes._graph import Namer, const_value, is_graph_output, node_label
+from onnxforge.passes._rewrite import replace_options, select
 from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip, option
 from onnxforge.passes.registry import register
 
@@ -66,6 +69,7 @@ class Fp16Options:
     keep_io: bool = option(True, "graph inputs and outputs stay float32 (Casts at the boundary); false makes them float16")
     block: tuple[str, ...] = option(DEFAULT_BLOCK, "op types kept in float32 (replaces the default list)")
     block_nodes: tuple[str, ...] = option((), "node names kept in float32")
+    nodes: tuple[str, ...] = option((), "only these nodes (by name) run in float16 (default: every node that can)")
     max_reduce: int = option(4096, "ReduceMean/ReduceSum/GlobalAveragePool/AveragePool over more elements stay float32 (0: no limit)")
 
 
@@ -89,7 +93,33 @@ class Fp16(Pass):
             raise PipelineError(f"fp16: option 'max_reduce' must be >= 0, got {self.options.max_reduce}")
 
     def run(self, state: ModelState) -> PassResult:
+        graph, types, reached, plans, skipped = self._plan(state)
+        rewrite = _Rewrite(graph, types, plans, self.options.keep_io)
+        rewrite.apply(reached)
+        stats = rewrite.stats
+        stats["nodes_fp32"] = len(skipped)
+        if not rewrite.changed:
+            note = "nothing left to convert: the float32 nodes left are kept for the reasons listed" if skipped else "no float32 computation left to convert"
+            return PassResult(False, stats, skipped=skipped, notes=[note])
+        return PassResult(True, stats, skipped=skipped)
+
+    def candidates(self, model: onnx.ModelProto) -> list[str]:
+        """Names of the nodes this pass would run in float16, in graph order (node-selecting protocol).
+
+        Unnamed nodes cannot be selected and are not listed."""
+        graph, _, _, plans, _ = self._plan(ModelState(model))
+        return [n.name for n in graph.nodes if id(n) in plans and n.name]
+
+    def with_nodes(self, names: Sequence[str]) -> "Fp16":
+        """This pass with only the nodes `names` (non-empty) in float16; other options kept."""
+        if not names:
+            raise ValueError("with_nodes needs at least one node name (an empty nodes= selects every node)")
+        return replace_options(self, nodes=tuple(names))
+
+    def _plan(self, state: ModelState) -> tuple[gs.Graph, "_TypeInfo", set[int], dict[int, _Plan], list[Skip]]:
         graph = state.graph
+        if self.options.nodes:
+            select(self.name, "node", self.options.nodes, graph.nodes)  # unknown names: PassError
         types = _TypeInfo(state, graph)
         reached = _downstream_of_inputs(graph)
         plans: dict[int, _Plan] = {}
@@ -103,21 +133,15 @@ class Fp16(Pass):
                     plans[id(node)] = verdict
                 continue
             skipped.append(Skip(node_label(node), f"kept in float32: {verdict}"))
-
-        rewrite = _Rewrite(graph, types, plans, self.options.keep_io)
-        rewrite.apply(reached)
-        stats = rewrite.stats
-        stats["nodes_fp32"] = len(skipped)
-        if not rewrite.changed:
-            note = "nothing left to convert: the float32 nodes left are kept for the reasons listed" if skipped else "no float32 computation left to convert"
-            return PassResult(False, stats, skipped=skipped, notes=[note])
-        return PassResult(True, stats, skipped=skipped)
+        return graph, types, reached, plans, skipped
 
     def _blocked(self, node: gs.Node, types: "_TypeInfo") -> str:
         if node.op in self.options.block:
             return f"op {node.op} is in the block list"
         if node.name and node.name in self.options.block_nodes:
             return "named in block_nodes"
+        if self.options.nodes and node.name not in self.options.nodes:
+            return "not selected (nodes=)"
         if node.op in _COUNTED and self.options.max_reduce:
             count = _reduced_count(node, types)
             if count is None:

@@ -7,6 +7,10 @@ Contract:
   pass, and for exact passes onnxruntime outputs against the previous stage on seeded inputs.
 - A failure raises PassError naming the pass, its position and what ran before it; a `DumpStages`
   instrument leaves the failing pass's input model and the command that reproduces the failure.
+  A pass that raises anything but a ForgeError has a bug: PassCrash ("internal error ..., please
+  report"), distinct from a user error.
+- Contract check: a pass that returns modified=False must leave the model unchanged (a structural
+  `fingerprint`, not weight bytes); otherwise PassCrash. The model then stays byte for byte as it was.
 - The manager and the passes keep no state between runs: one manager can optimize many models.
 """
 
@@ -22,7 +26,7 @@ import numpy as np
 import onnx
 
 from onnxforge import __version__
-from onnxforge.errors import ForgeError, PassError, VerificationError
+from onnxforge.errors import ForgeError, PassCrash, PassError, VerificationError
 from onnxforge.modelio import save_model, write_text_atomic
 from onnxforge.numerics import DEFAULT_SEED, compare_arrays, input_specs, run_model, seeded_inputs
 from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult
@@ -305,13 +309,16 @@ class PassManager:
             before = state.node_count()
             t = time.perf_counter()
             try:
+                snapshot = state.snapshot()
+                print_before = fingerprint(snapshot[0])
                 state.touched = False  # exporting mid-pass (to_model) must not skip the cleanup below
-                result = self._run_pass(p, state)
-                if state.touched:
-                    # the pass held the graph: any ModelProto exported mid-pass may be stale, so drop it
-                    graph = state.graph
-                    if result.modified:
-                        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+                result = self._run_pass(p, state, ctx, index)
+                if result.modified:
+                    if state.touched:
+                        # the pass held the graph: any ModelProto exported mid-pass may be stale, so drop it
+                        state.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+                else:
+                    self._check_unchanged(p, state, snapshot, print_before, ctx, index)
                 record = StageRecord(
                     index=index,
                     name=p.name,
@@ -327,6 +334,10 @@ class PassManager:
                 )
                 for inst in self.instruments:
                     inst.after_pass(ctx, p, state, record)
+            except PassCrash as exc:
+                for inst in self.instruments:
+                    inst.on_failure(ctx, p, index, exc)
+                raise
             except ForgeError as exc:
                 error = PassError(f"pass '{p}' (#{index} of {len(self.pipeline)}, after {ctx.ran_before(index)}) failed: {exc}")
                 for inst in self.instruments:
@@ -345,14 +356,66 @@ class PassManager:
         return result
 
     @staticmethod
-    def _run_pass(p: Pass, state: ModelState) -> PassResult:
+    def _run_pass(p: Pass, state: ModelState, ctx: RunContext, index: int) -> PassResult:
+        """Runs one pass; an unexpected exception (not a ForgeError) is a bug: PassCrash."""
         try:
             return p.run(state)
         except ForgeError:
             raise
-        except Exception as exc:  # a pass crashing on an unexpected graph is reported as that pass's failure
+        except Exception as exc:  # noqa: BLE001 - any other exception is a bug in the pass
             log.debug("pass %s crashed", p, exc_info=True)
-            raise PassError(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from exc
+            text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            raise PassCrash(_crash_message(p, ctx, index, f"{type(exc).__name__}: {text}" if text else type(exc).__name__)) from exc
+
+    @staticmethod
+    def _check_unchanged(p: Pass, state: ModelState, snapshot, print_before: str, ctx: RunContext, index: int) -> None:
+        """A pass that reported modified=False must have left the model as it was (contract check).
+
+        Then the state goes back to the snapshot, so the model stays byte for byte what it was (a
+        graphsurgeon round trip would not be, e.g. IR-3 weights listed as graph inputs)."""
+        if state.touched or state.view() is not snapshot[0]:
+            if fingerprint(state.view()) != print_before:
+                raise PassCrash(_crash_message(p, ctx, index, "it reported modified=False but changed the graph"))
+        state.restore(snapshot)
+
+
+def _crash_message(p: Pass, ctx: RunContext, index: int, what: str) -> str:
+    return (
+        f"internal error in pass '{p}' (#{index} of {len(ctx.pipeline)}, after {ctx.ran_before(index)}): {what}; please report; "
+        f"reproduce with: onnxforge optimize MODEL.onnx -o repro.onnx --passes '{ctx.remaining(index)}' --dump-dir DIR"
+    )
+
+
+def fingerprint(model: onnx.ModelProto) -> str:
+    """A cheap digest of a model's structure: every node's op, domain, name, inputs, outputs and
+    attributes, the graph's inputs and outputs (with types), initializer names, types and shapes, and
+    the opset imports. Weight bytes are not read (a Constant's tensor contributes its type and shape)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    g = model.graph
+
+    def add(*parts: object) -> None:
+        h.update(repr(parts).encode())
+        h.update(b"\0")
+
+    for op in model.opset_import:
+        add("opset", op.domain, op.version)
+    for vi in list(g.input) + list(g.output):
+        add("io", vi.SerializeToString())
+    add("split")
+    for t in g.initializer:
+        add("init", t.name, t.data_type, tuple(t.dims))
+    for node in g.node:
+        add("node", node.op_type, node.domain, node.name, tuple(node.input), tuple(node.output))
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                add("attr", a.name, a.t.data_type, tuple(a.t.dims))
+            elif a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                add("attr", a.name, a.type, len(a.g.node), tuple(len(x.node) for x in a.graphs))
+            else:
+                add("attr", a.name, a.type, a.f, a.i, a.s, tuple(a.floats), tuple(a.ints), tuple(a.strings))
+    return h.hexdigest()
 
 
 def optimize(model: onnx.ModelProto, pipeline: Pipeline | str, verify: bool = True, dump_dir: str | Path | None = None, seed: int = DEFAULT_SEED) -> PipelineResult:

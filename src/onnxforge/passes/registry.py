@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from onnxforge.passes.base import Pass
+from onnxforge.passes.base import NodeSelecting, Pass
 
 _REGISTRY: dict[str, type[Pass]] = {}
 
@@ -32,3 +32,9 @@ def all_passes() -> dict[str, type[Pass]]:
 
     rank = {name: i for i, name in enumerate(ORDER)}
     return {k: _REGISTRY[k] for k in sorted(_REGISTRY, key=lambda n: (rank.get(n, len(rank)), n))}
+
+
+def node_selecting(name: str) -> bool:
+    """Whether the registered pass `name` implements `base.NodeSelecting` (per-node search)."""
+    cls = get_pass(name)
+    return cls is not None and issubclass(cls, NodeSelecting)
