@@ -43,8 +43,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxforge.errors import PipelineError
-from onnxforge.passes._graph import Namer, const_value, is_graph_output, node_label
-from onnxforge.passes._rewrite import replace_options, select
+from onnxforge.passes._build import GraphBuilder
+from onnxforge.passes._graph import const_value, is_graph_output, node_label
+from onnxforge.passes._rewrite import replace_options, select, take_name
 from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip, option
 from onnxforge.passes.registry import register
 
@@ -269,7 +270,7 @@ class _Rewrite:
 
     def __init__(self, graph: gs.Graph, types: _TypeInfo, plans: dict[int, _Plan], keep_io: bool) -> None:
         self.graph, self.types, self.plans, self.keep_io = graph, types, plans, keep_io
-        self.namer = Namer(graph, "fp16")
+        self.b = GraphBuilder(graph, "fp16")
         self.half: set[str] = set()  # tensors that are float16 after the rewrite (and were float32)
         self.casts: dict[tuple[str, str], gs.Variable] = {}
         self.copies: dict[str, gs.Constant] = {}
@@ -346,10 +347,9 @@ class _Rewrite:
             return
         key = (tensor.name, want.name)
         if key not in self.casts:
-            cast = gs.Variable(self.namer(f"{want.name}"), dtype=want, shape=tensor.shape)
+            cast = gs.Variable(self.b.name(f"{want.name}"), dtype=want, shape=tensor.shape)
             to = onnx.TensorProto.FLOAT16 if want == F16 else onnx.TensorProto.FLOAT
-            self.graph.nodes.append(gs.Node("Cast", name=self.namer("Cast"), attrs={"to": to}, inputs=[tensor], outputs=[cast]))
-            self.casts[key] = cast
+            self.casts[key] = self.b.cast(tensor, to, out=cast, hint="Cast")
             self.counts["casts_inserted"] += 1
         node.inputs[index] = self.casts[key]
 
@@ -359,7 +359,7 @@ class _Rewrite:
             if clipped.any():
                 self.counts["initializers_clipped"] += 1
             half = np.asarray(np.clip(value, -FP16_MAX, FP16_MAX), dtype=np.float16)
-            self.copies[tensor.name] = gs.Constant(self.namer(f"{tensor.name}_fp16"), half)
+            self.copies[tensor.name] = self.b.const(half, f"{tensor.name}_fp16")
             self.counts["initializers_converted"] += 1
         return self.copies[tensor.name]
 
@@ -372,10 +372,9 @@ class _Rewrite:
                 self.counts["io_converted"] += 1
                 outputs.append(out)
             else:  # keep the name and dtype: the float16 tensor is renamed and cast back
-                name = out.name
-                out.name = self.namer("half")
-                back = gs.Variable(name, dtype=F32, shape=out.shape)
-                self.graph.nodes.append(gs.Node("Cast", name=self.namer("Cast"), attrs={"to": onnx.TensorProto.FLOAT}, inputs=[out], outputs=[back]))
+                back = gs.Variable(out.name, dtype=F32, shape=out.shape)
+                take_name(out, back, self.b, "half")
+                self.b.cast(out, onnx.TensorProto.FLOAT, out=back, hint="Cast")
                 self.counts["casts_inserted"] += 1
                 outputs.append(back)
         self.graph.outputs = outputs
