@@ -125,3 +125,12 @@ def test_types_in_any_order_and_fresh_after_the_graph_is_handed_out_again():
     assert "c" not in state.types()  # cached
     _ = state.graph
     assert state.types()["c"][0] == TensorProto.INT64
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_contract_check_also_when_the_state_holds_a_graph(verify):
+    """Without the verifier the state still holds the previous pass's graph: checked on the graph."""
+    with pytest.raises(PassCrash, match="modified=False but changed the graph"):
+        PassManager([get_pass("fp16-output")(), LiesAboutChanges()], verify=verify).run(parse(MODEL))
+    result = PassManager([get_pass("fp16-output")(), ReadsAndLeaves()], verify=verify).run(parse(MODEL))
+    assert [s.modified for s in result.stages] == [True, False]

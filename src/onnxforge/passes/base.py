@@ -69,6 +69,17 @@ class PassResult:
         return "nothing to do"
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A ModelState's current model at some moment (see `ModelState.snapshot`): exactly one of
+    `proto` and `graph` is set."""
+
+    proto: onnx.ModelProto | None
+    graph: gs.Graph | None
+    owned: bool
+    ir_version: int
+
+
 class ModelState:
     """The one model a pipeline works on: an onnx-graphsurgeon Graph, materialised lazily.
 
@@ -153,14 +164,23 @@ class ModelState:
             self._proto, self._owned = model, True
         return self._proto
 
-    def snapshot(self) -> tuple[onnx.ModelProto, bool, int]:
-        """The current model as it is now, to `restore` if a pass turns out to have changed nothing."""
-        return self.view(), self._owned, self._header.ir_version
+    def snapshot(self) -> Snapshot:
+        """The current model in the form the state holds it (no export), to `restore` if a pass turns
+        out to have changed nothing. A held graph is referenced, not copied."""
+        if self._proto is not None:
+            return Snapshot(self._proto, None, self._owned, self._header.ir_version)
+        return Snapshot(None, self._graph, self._owned, self._header.ir_version)
 
-    def restore(self, snapshot: tuple[onnx.ModelProto, bool, int]) -> None:
-        """Makes a `snapshot` the current model again, byte for byte (the graph is re-imported if read)."""
-        self._proto, self._owned, self._header.ir_version = snapshot
-        self._graph, self._types, self.touched = None, None, False
+    def restore(self, snapshot: Snapshot) -> None:
+        """Makes a `snapshot` the current model again: a ModelProto byte for byte (the graph is
+        re-imported if read), a graph as the object it is now."""
+        self._proto, self._graph, self._owned, self._header.ir_version = snapshot.proto, snapshot.graph, snapshot.owned, snapshot.ir_version
+        self._types, self.touched = None, False
+
+    @property
+    def holds_graph(self) -> bool:
+        """Whether the current model is the graphsurgeon graph (no up-to-date ModelProto is cached)."""
+        return self._proto is None
 
     def to_model(self) -> onnx.ModelProto:
         """A copy of the current model as a ModelProto, free to mutate, with this state's metadata."""

@@ -24,12 +24,13 @@ from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
 from onnxforge import __version__
 from onnxforge.errors import ForgeError, PassCrash, PassError, VerificationError
 from onnxforge.modelio import save_model, write_text_atomic
 from onnxforge.numerics import DEFAULT_SEED, compare_arrays, input_specs, run_model, seeded_inputs
-from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult
+from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Snapshot
 from onnxforge.passes.pipeline import Pipeline, parse_pipeline
 
 log = logging.getLogger(__name__)
@@ -310,7 +311,7 @@ class PassManager:
             t = time.perf_counter()
             try:
                 snapshot = state.snapshot()
-                print_before = fingerprint(snapshot[0])
+                print_before = fingerprint(snapshot.proto) if snapshot.proto is not None else graph_fingerprint(snapshot.graph)
                 state.touched = False  # exporting mid-pass (to_model) must not skip the cleanup below
                 result = self._run_pass(p, state, ctx, index)
                 if result.modified:
@@ -368,13 +369,20 @@ class PassManager:
             raise PassCrash(_crash_message(p, ctx, index, f"{type(exc).__name__}: {text}" if text else type(exc).__name__)) from exc
 
     @staticmethod
-    def _check_unchanged(p: Pass, state: ModelState, snapshot, print_before: str, ctx: RunContext, index: int) -> None:
+    def _check_unchanged(p: Pass, state: ModelState, snapshot: Snapshot, print_before: str, ctx: RunContext, index: int) -> None:
         """A pass that reported modified=False must have left the model as it was (contract check).
 
-        Then the state goes back to the snapshot, so the model stays byte for byte what it was (a
-        graphsurgeon round trip would not be, e.g. IR-3 weights listed as graph inputs)."""
-        if state.touched or state.view() is not snapshot[0]:
-            if fingerprint(state.view()) != print_before:
+        Then the state goes back to the snapshot, so a model held as a ModelProto stays byte for byte
+        what it was (a graphsurgeon round trip would not be, e.g. IR-3 weights listed as graph inputs).
+        Fingerprints are compared in the form the state holds (no export of the weights): ModelProto
+        against ModelProto, else graph against graph (a ModelProto side is imported, lazily)."""
+        if snapshot.proto is not None and not state.holds_graph:
+            if state.view() is not snapshot.proto and fingerprint(state.view()) != print_before:
+                raise PassCrash(_crash_message(p, ctx, index, "it reported modified=False but changed the graph"))
+        else:
+            before = print_before if snapshot.graph is not None else graph_fingerprint(gs.import_onnx(snapshot.proto))
+            after = graph_fingerprint(state.graph if state.holds_graph else gs.import_onnx(state.view()))
+            if after != before:
                 raise PassCrash(_crash_message(p, ctx, index, "it reported modified=False but changed the graph"))
         state.restore(snapshot)
 
@@ -415,6 +423,44 @@ def fingerprint(model: onnx.ModelProto) -> str:
                 add("attr", a.name, a.type, len(a.g.node), tuple(len(x.node) for x in a.graphs))
             else:
                 add("attr", a.name, a.type, a.f, a.i, a.s, tuple(a.floats), tuple(a.ints), tuple(a.strings))
+    return h.hexdigest()
+
+
+def graph_fingerprint(graph: "gs.Graph") -> str:
+    """`fingerprint` for an onnx-graphsurgeon graph (not comparable with a ModelProto's): node ops,
+    names, inputs, outputs and attributes, graph I/O with types, constants' names, types and shapes."""
+    import hashlib
+
+    h = hashlib.sha1()
+
+    def add(*parts: object) -> None:
+        h.update(repr(parts).encode())
+        h.update(b"\0")
+
+    def tensor(t: "gs.Tensor") -> tuple:
+        if isinstance(t, gs.Constant):
+            return ("const", t.name, str(t.dtype), tuple(t.shape))
+        return ("var", t.name, str(t.dtype), None if t.shape is None else tuple(str(d) for d in t.shape))
+
+    def attr(value: object) -> object:
+        if isinstance(value, gs.Tensor):
+            return tensor(value)
+        if isinstance(value, np.ndarray):
+            return (str(value.dtype), value.shape)
+        if isinstance(value, gs.Graph):
+            return ("graph", len(value.nodes))
+        if isinstance(value, (list, tuple)):
+            return tuple(attr(v) for v in value)
+        return value
+
+    add("opset", graph.opset, tuple((d.domain, d.version) for d in (graph.import_domains or [])))
+    add("io", tuple(tensor(t) for t in graph.inputs), tuple(tensor(t) for t in graph.outputs))
+    for node in graph.nodes:
+        add(
+            "node", node.op, node.domain, node.name,
+            tuple(tensor(t) for t in node.inputs), tuple(tensor(t) for t in node.outputs),
+            tuple(sorted((k, repr(attr(v))) for k, v in node.attrs.items())),
+        )
     return h.hexdigest()
 
 
