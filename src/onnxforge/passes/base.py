@@ -20,6 +20,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxforge.errors import PipelineError
+from onnxforge.passes._graph import inferred_types
 
 
 class PassKind(str, enum.Enum):
@@ -129,8 +130,6 @@ class ModelState:
         cached until the graph is handed out again or the model replaced.
         """
         if self._types is None:
-            from onnxforge.passes._graph import inferred_types
-
             if self._proto is not None:
                 model = self._proto
             else:

@@ -165,13 +165,11 @@ class _TypeInfo:
             if tensor.shape is not None:
                 self.shape[name] = list(tensor.shape)
         if any(name and name not in self.dtype for name in graph.tensors()):
-            model = onnx.shape_inference.infer_shapes(state.to_model())
-            for vi in list(model.graph.value_info) + list(model.graph.output):
-                tt = vi.type.tensor_type
-                if vi.name not in self.dtype and tt.elem_type:
-                    self.dtype[vi.name] = _np_dtype(tt.elem_type)
-                if vi.name not in self.shape and tt.HasField("shape"):
-                    self.shape[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+            for name, (elem, dims) in state.types().items():
+                if name not in self.dtype and elem:
+                    self.dtype[name] = _np_dtype(elem)
+                if name not in self.shape:
+                    self.shape[name] = [d if isinstance(d, int) else None for d in dims]
 
     def of(self, tensor: gs.Tensor) -> np.dtype | None:
         return self.dtype.get(tensor.name)
