@@ -134,3 +134,22 @@ def test_contract_check_also_when_the_state_holds_a_graph(verify):
         PassManager([get_pass("fp16-output")(), LiesAboutChanges()], verify=verify).run(parse(MODEL))
     result = PassManager([get_pass("fp16-output")(), ReadsAndLeaves()], verify=verify).run(parse(MODEL))
     assert [s.modified for s in result.stages] == [True, False]
+
+
+def test_ir3_transdata_align_padded_weights_are_graph_inputs():
+    rng = np.random.default_rng(0)
+    w = onnx.numpy_helper.from_array(rng.standard_normal((3, 2, 1, 1)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4]), helper.make_tensor_value_info("w", TensorProto.FLOAT, [3, 2, 1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=3)
+    result = PassManager("transdata-align").run(model)
+    assert result.stages[0].modified and result.stages[0].verification.status == "passed"
+    out = result.model
+    assert out.ir_version == 3
+    assert {t.name for t in out.graph.initializer} <= {vi.name for vi in out.graph.input}
+    onnx.checker.check_model(out)
