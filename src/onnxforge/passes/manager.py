@@ -428,7 +428,9 @@ def fingerprint(model: onnx.ModelProto) -> str:
 
 def graph_fingerprint(graph: "gs.Graph") -> str:
     """`fingerprint` for an onnx-graphsurgeon graph (not comparable with a ModelProto's): node ops,
-    names, inputs, outputs and attributes, graph I/O with types, constants' names, types and shapes."""
+    names, inputs, outputs and attributes, graph I/O with types, constants' names, types and shapes.
+    Inner tensors count by name only: their dtype/shape annotations differ between a held graph and
+    the same model exported and imported again."""
     import hashlib
 
     h = hashlib.sha1()
@@ -439,8 +441,12 @@ def graph_fingerprint(graph: "gs.Graph") -> str:
 
     def tensor(t: "gs.Tensor") -> tuple:
         if isinstance(t, gs.Constant):
-            return ("const", t.name, str(t.dtype), tuple(t.shape))
-        return ("var", t.name, str(t.dtype), None if t.shape is None else tuple(str(d) for d in t.shape))
+            return ("const", t.name, str(np.dtype(t.dtype)), tuple(t.shape))
+        return ("var", t.name)  # annotations of inner tensors are not structure (export/import changes them)
+
+    def typed(t: "gs.Tensor") -> tuple:
+        dtype = None if t.dtype is None else str(np.dtype(t.dtype))
+        return tensor(t) + (dtype, None if t.shape is None else tuple(str(d) for d in t.shape))
 
     def attr(value: object) -> object:
         if isinstance(value, gs.Tensor):
@@ -454,7 +460,7 @@ def graph_fingerprint(graph: "gs.Graph") -> str:
         return value
 
     add("opset", graph.opset, tuple((d.domain, d.version) for d in (graph.import_domains or [])))
-    add("io", tuple(tensor(t) for t in graph.inputs), tuple(tensor(t) for t in graph.outputs))
+    add("io", tuple(typed(t) for t in graph.inputs), tuple(typed(t) for t in graph.outputs))
     for node in graph.nodes:
         add(
             "node", node.op, node.domain, node.name,
