@@ -231,3 +231,9 @@ def test_near_miss_unknown_shape_says_so():
     result, _ = apply(LabelUpsample(), parse(NO_SHAPE))
     assert not result.modified
     assert "has no inferred shape" in result.skipped[0].reason and "not 4-D" not in result.skipped[0].reason
+
+
+def test_near_miss_opset_10_is_skipped_with_the_reason():
+    text = DYNAMIC_BATCH.replace("N,", "1,").replace("(x, , s)", "(x, s)").replace(', coordinate_transformation_mode = "half_pixel"', "")
+    result, after = apply(LabelUpsample(), parse(text, opset=10))
+    assert not result.modified and "from opset 11" in result.skipped[0].reason
