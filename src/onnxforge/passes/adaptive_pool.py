@@ -60,7 +60,7 @@ from onnxforge.pooling import (
     is_adaptive,
 )
 from onnxforge.passes._build import GraphBuilder
-from onnxforge.passes._graph import const_value, inferred_types, node_label
+from onnxforge.passes._graph import const_value, node_label
 from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip, option
 from onnxforge.passes.registry import register
 
@@ -162,12 +162,13 @@ class AdaptivePool(Pass):
         return PassKind.APPROXIMATE if self.options.mode == "emulate" else PassKind.EXACT
 
     def run(self, state: ModelState) -> PassResult:
-        model = state.view()  # read-only; taken before state.graph, which is what gets rewritten
+        model = state.view()  # read-only: regions are confirmed numerically on subgraphs of the input model
+        infos = _tensor_infos(state.types())
         graph = state.graph
         ctx = _Context(
             graph=graph,
             model=model,
-            infos=_tensor_infos(model),
+            infos=infos,
             index={id(n): i for i, n in enumerate(graph.nodes)},
             initializers={t.name: t for t in model.graph.initializer},
         )
@@ -492,9 +493,9 @@ def _reduce_axes(node: gs.Node, rank: int) -> list[int] | None:
     return sorted(int(a) % rank for a in axes)
 
 
-def _tensor_infos(model: onnx.ModelProto) -> dict[str, _TensorInfo]:
-    """Element type and dims of every tensor shape inference can name (the model is not changed)."""
-    return {name: _TensorInfo(elem, dims) for name, (elem, dims) in inferred_types(model).items()}
+def _tensor_infos(types: dict) -> dict[str, _TensorInfo]:
+    """Element type and dims of every tensor shape inference can name (`ModelState.types()`)."""
+    return {name: _TensorInfo(elem, dims) for name, (elem, dims) in types.items()}
 
 
 def _fits(ctx: _Context, t: gs.Tensor, yi: _TensorInfo, out_hw: tuple[int, int]) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -21,6 +20,7 @@ import onnx_graphsurgeon as gs
 
 from onnxforge.errors import PipelineError
 from onnxforge.passes._graph import inferred_types
+from onnxforge.spec import NoOptions, format_item, non_default_options, option, option_fields  # noqa: F401  (option, option_fields: re-exported for the passes)
 
 
 class PassKind(str, enum.Enum):
@@ -29,16 +29,6 @@ class PassKind(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
-
-
-@dataclass(frozen=True)
-class NoOptions:
-    """Options of a pass that takes none."""
-
-
-def option(default: Any, help: str) -> Any:
-    """A pass option: a dataclass field with a default and a help line (shown by `onnxforge passes`)."""
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
@@ -291,17 +281,9 @@ class Pass:
         return self.run(state)
 
     def non_default_options(self) -> dict[str, Any]:
-        out = {}
-        for f in dataclasses.fields(self.Options):
-            value = getattr(self.options, f.name)
-            default = f.default if f.default is not dataclasses.MISSING else None
-            if value != default:
-                out[f.name] = value
-        return out
+        return non_default_options(self.options)
 
     def __str__(self) -> str:
-        from onnxforge.spec import format_item
-
         return format_item(self.name, self.non_default_options())
 
     def __repr__(self) -> str:
@@ -333,8 +315,3 @@ class NodeSelecting(Protocol):
 
     def with_nodes(self, names: Sequence[str]) -> "Pass": ...
 
-
-def option_fields(options_cls: type) -> list[tuple[dataclasses.Field, Any]]:
-    """(field, resolved type) for each option of an Options dataclass, in declaration order."""
-    hints = typing.get_type_hints(options_cls)
-    return [(f, hints[f.name]) for f in dataclasses.fields(options_cls)]

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import onnx
 
 from onnxforge.errors import PassError, PipelineError
-from onnxforge.passes._graph import infer_shapes, inferred_types, node_label
+from onnxforge.passes._graph import infer_shapes, node_label
 from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, option
 from onnxforge.passes.registry import register
 from onnxforge.passes.target_opset import activations, axes, elementwise, inference, pools, resize_pad, shapes  # noqa: F401  (register converters)
@@ -100,7 +100,7 @@ class TargetOpset(Pass):
         return PassResult(True, stats)
 
     def _down(self, state: ModelState, source: int, target: int) -> PassResult:
-        types = {name: elem for name, (elem, _) in inferred_types(state.view()).items()}
+        types = {name: elem for name, (elem, _) in state.types().items()}
         if state.graph.functions:
             raise PassError(f"cannot convert to opset {target}: the model has local functions ({', '.join(f.name for f in state.graph.functions)}); inline them first")
         if any(needs_shape(n.op) and n.inputs and n.inputs[0].shape is None for n in state.graph.nodes):
