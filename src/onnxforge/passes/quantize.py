@@ -33,7 +33,13 @@ before they are quantized. The pass does NOT run it unless `preprocess=true`; pu
 Which nodes: every node of an op type onnxruntime's QDQ quantizer handles (its `QDQRegistry`: Conv,
 MatMul, Gemm, Add, Mul, Concat, Resize, MaxPool, ...), minus `exclude` (node names) and
 `exclude_types` (op types); with `nodes=` only those. Data-movement ops (MaxPool, Reshape, Resize,
-Transpose, ...) are quantized only where their input already is. A graph with no Conv, ConvTranspose,
+Transpose, ...) are quantized only where their input already is. What exclusion keeps float: in QDQ
+form precision belongs to tensors. An excluded Conv/ConvTranspose/MatMul/Gemm keeps float weights and
+runs as a float kernel; but a tensor it shares with a quantized neighbour is still quantized for that
+neighbour (the excluded node then reads its DequantizeLinear output), and an excluded elementwise op
+whose inputs and output are all quantized by neighbours may still be fused by onnxruntime into an
+integer kernel (DQ -> Add -> Q becomes QLinearAdd). To keep a tensor float, exclude its producer and
+its consumers. A graph with no Conv, ConvTranspose,
 MatMul or Gemm among the selected nodes is left unchanged, with that reason: Q/DQ pairs around
 elementwise ops alone cost time and precision and gain nothing.
 
@@ -356,6 +362,9 @@ def _quantize(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], nodes:
 
 
 def _int8_nodes(model: onnx.ModelProto) -> set[str]:
-    """Names of nodes whose first input comes from a DequantizeLinear (they run on integer data)."""
+    """Names of nodes all of whose inputs come from DequantizeLinear nodes (weights included): the
+    groups onnxruntime turns into integer kernels. A float node fed by a quantized neighbour's
+    DequantizeLinear has float weights or a float output and does not count."""
     dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    return {n.name for n in model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear") and n.input and n.input[0] in dq_out}
+    return {n.name for n in model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            and n.input and all(i in dq_out for i in n.input if i)}
