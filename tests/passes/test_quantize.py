@@ -301,3 +301,15 @@ def test_cli_bad_exclude_writes_nothing(tmp_path, cli):
     q = onnx.load(out)
     assert op_counts(q)["QuantizeLinear"] >= 2
     run_model(q, seeded_inputs(q))
+
+
+def test_unnamed_nodes_are_named_and_quantized():
+    model = _conv_matmul()
+    for node in model.graph.node:
+        node.name = ""
+    p = Quantize()
+    assert p.candidates(model) == ["Conv_quantize_0", "Relu_quantize_1", "Flatten_quantize_2", "MatMul_quantize_3"]
+    result, q = _apply(p, model)
+    assert result.modified and result.stats["nodes_named"] == 4 and result.stats["compute_int8"] == 2
+    _, q2 = _apply(Quantize(exclude=("MatMul_quantize_3",)), model)
+    assert _fed_by_dq(q2, "MatMul_quantize_3")[1] is False and _fed_by_dq(q2, "Conv_quantize_0")[1] is True

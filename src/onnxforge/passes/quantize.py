@@ -30,7 +30,8 @@ before they are quantized. The pass does NOT run it unless `preprocess=true`; pu
 (onnxsim does the same folding and shape inference, and keeps node names, which `exclude=` relies on):
 ``simplify,quantize``. Without either, onnxruntime warns and quantizes less well.
 
-Which nodes: every node of an op type onnxruntime's QDQ quantizer handles (its `QDQRegistry`: Conv,
+Which nodes: unnamed nodes are first named ``<op>_quantize_<k>`` (the quantizer selects nodes by name;
+`candidates` reports the same names). Every node of an op type onnxruntime's QDQ quantizer handles (its `QDQRegistry`: Conv,
 MatMul, Gemm, Add, Mul, Concat, Resize, MaxPool, ...), minus `exclude` (node names) and
 `exclude_types` (op types); with `nodes=` only those. Data-movement ops (MaxPool, Reshape, Resize,
 Transpose, ...) are quantized only where their input already is. What exclusion keeps float: in QDQ
@@ -158,7 +159,7 @@ class Quantize(Pass):
             PassError: `nodes=` or `exclude=` names a node the model does not have.
         """
         proto = model.view() if isinstance(model, ModelState) else model
-        selected, _ = self._select(proto)
+        selected, _ = self._select(name_nodes(proto)[0])
         return [n.name for n in selected]
 
     def with_nodes(self, names: Sequence[str]) -> "Quantize":
@@ -168,7 +169,7 @@ class Quantize(Pass):
     # -- the rewrite -------------------------------------------------------------------------------
 
     def run(self, state: ModelState) -> PassResult:
-        model = state.view()
+        model, named = name_nodes(state.view())
         _refuse_quantized(model)
         need = MIN_OPSET if self.options.per_channel else MIN_OPSET_PER_TENSOR
         if state.opset < need:
@@ -181,7 +182,9 @@ class Quantize(Pass):
                       "the other ops alone would cost time and precision and gain nothing")
             return PassResult(False, {"nodes_int8": 0}, skipped=skipped, notes=[reason])
         feeds, source = self._calibration(model)
-        quantized = _quantize(state.to_model(), feeds, [n.name for n in selected], self.options)
+        work = onnx.ModelProto()
+        work.CopyFrom(model)  # onnxruntime's quantizer may edit what it is given
+        quantized = _quantize(work, feeds, [n.name for n in selected], self.options)
         int8 = _int8_nodes(quantized)
         selected_names = {n.name for n in selected}
         for n in selected:
@@ -193,6 +196,7 @@ class Quantize(Pass):
             "compute_int8": sum(1 for n in selected if n.op_type in COMPUTE_OPS and n.name in int8),
             "compute_float": sum(1 for n in model.graph.node if n.op_type in COMPUTE_OPS and n.name not in int8),
             "qdq_nodes": sum(1 for n in quantized.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")),
+            "nodes_named": named,
             "calibration": source,
             "images": self.options.images,
             "method": self.options.method,
@@ -214,9 +218,7 @@ class Quantize(Pass):
             label = node.name or f"{node.op_type}({node.output[0] if node.output else '?'})"
             if node.op_type not in qdq:
                 continue
-            if not node.name:
-                skipped.append(Skip(label, "unnamed: onnxruntime's quantizer selects nodes by name"))
-            elif o.nodes and node.name not in o.nodes:
+            if o.nodes and node.name not in o.nodes:
                 skipped.append(Skip(label, "not selected (nodes=)"))
             elif node.name in o.exclude:
                 skipped.append(Skip(label, "excluded (exclude=)"))
@@ -233,6 +235,27 @@ class Quantize(Pass):
             feeds = [seeded_inputs(model, o.seed + i) for i in range(o.images)]
             return feeds, f"synthetic (standard normal, seeds {o.seed}..{o.seed + o.images - 1})"
         return load_calibration(o.calibration, model, o.images), f"{o.calibration} (first {o.images})"
+
+
+def name_nodes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """(model, count): a copy in which every unnamed node is named ``<op>_quantize_<k>`` (onnxruntime's
+    quantizer selects and excludes nodes by name), or `model` itself when all nodes have names.
+    Deterministic, so `candidates` and `run` agree on the names."""
+    unnamed = [i for i, n in enumerate(model.graph.node) if not n.name]
+    if not unnamed:
+        return model, 0
+    named = onnx.ModelProto()
+    named.CopyFrom(model)
+    used = {n.name for n in model.graph.node}
+    k = 0
+    for i in unnamed:
+        node = named.graph.node[i]
+        while f"{node.op_type}_quantize_{k}" in used:
+            k += 1
+        node.name = f"{node.op_type}_quantize_{k}"
+        used.add(node.name)
+        k += 1
+    return named, len(unnamed)
 
 
 def load_calibration(path: str | Path, model: onnx.ModelProto, images: int) -> list[dict[str, np.ndarray]]:
