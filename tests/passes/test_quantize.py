@@ -313,3 +313,19 @@ def test_unnamed_nodes_are_named_and_quantized():
     assert result.modified and result.stats["nodes_named"] == 4 and result.stats["compute_int8"] == 2
     _, q2 = _apply(Quantize(exclude=("MatMul_quantize_3",)), model)
     assert _fed_by_dq(q2, "MatMul_quantize_3")[1] is False and _fed_by_dq(q2, "Conv_quantize_0")[1] is True
+
+
+def test_ranges_file_reused_gives_the_same_model(tmp_path):
+    from onnxforge.passes.quantize import calibrate_ranges
+
+    path = calibrate_ranges(_convnet(), tmp_path / "ranges.json", Quantize(images=4).options)
+    assert path.is_file()
+    _, direct = _apply(Quantize(images=4, exclude=("conv2",)), _convnet())
+    result, cached = _apply(Quantize(ranges=str(path), exclude=("conv2",)), _convnet())
+    assert result.stats["calibration"] == f"ranges from {path}"
+    assert [n.op_type for n in cached.graph.node] == [n.op_type for n in direct.graph.node]
+    a = {t.name: numpy_helper.to_array(t) for t in direct.graph.initializer}
+    b = {t.name: numpy_helper.to_array(t) for t in cached.graph.initializer}
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    with pytest.raises(PassError, match="no such file"):
+        _apply(Quantize(ranges=str(tmp_path / "none.json")), _convnet())

@@ -20,7 +20,11 @@ from a dataset with the dataset's own preprocessing), or `images` seeded standar
 data suits unit-scale normalised image inputs only, and a dataset calibrates better. `method` picks
 onnxruntime's calibrator: ``minmax`` (the observed range), ``entropy`` (KL-divergence threshold over a
 histogram) or ``percentile`` (the `percentile` quantile of |x|). The pass is deterministic: the same
-model, options and data give the same bytes.
+model, options and data give the same bytes. `ranges=PATH` reuses ranges calibrated once by
+`calibrate_ranges` (onnxruntime's JSON calibration cache) instead of running the model again, so a
+search over node selections calibrates once. minmax keeps two scalars per tensor; entropy and
+percentile keep every calibrated tensor of every image in memory (onnxruntime's HistogramCalibrater):
+on large inputs use minmax or few images.
 
 Preprocessing. onnxruntime recommends running `onnxruntime.quantization.shape_inference.quant_pre_process`
 first: (1) symbolic shape inference, (2) onnxruntime's basic graph optimisations saved back to ONNX
@@ -109,6 +113,7 @@ class QuantizeOptions:
     exclude_types: tuple[str, ...] = option((), "op types kept in float")
     nodes: tuple[str, ...] = option((), "quantize only these nodes, by name (default: every quantizable node)")
     preprocess: bool = option(False, "run onnxruntime's quant_pre_process first (shape inference + basic optimisations)")
+    ranges: str = option("", "calibrated ranges to reuse instead of calibrating (a JSON file written by calibrate_ranges)")
 
 
 def _qdq_op_types() -> frozenset[str]:
@@ -181,7 +186,12 @@ class Quantize(Pass):
             reason = ("no Conv, ConvTranspose, MatMul or Gemm among the selected nodes: Q/DQ around "
                       "the other ops alone would cost time and precision and gain nothing")
             return PassResult(False, {"nodes_int8": 0}, skipped=skipped, notes=[reason])
-        feeds, source = self._calibration(model)
+        if self.options.ranges:
+            if not Path(self.options.ranges).is_file():
+                raise PassError(f"quantize: ranges file {self.options.ranges}: no such file")
+            feeds, source = [], f"ranges from {self.options.ranges}"
+        else:
+            feeds, source = self._calibration(model)
         work = onnx.ModelProto()
         work.CopyFrom(model)  # onnxruntime's quantizer may edit what it is given
         quantized = _quantize(work, feeds, [n.name for n in selected], self.options)
@@ -235,6 +245,38 @@ class Quantize(Pass):
             feeds = [seeded_inputs(model, o.seed + i) for i in range(o.images)]
             return feeds, f"synthetic (standard normal, seeds {o.seed}..{o.seed + o.images - 1})"
         return load_calibration(o.calibration, model, o.images), f"{o.calibration} (first {o.images})"
+
+
+def calibrate_ranges(model: onnx.ModelProto, path: str | Path, options: QuantizeOptions | None = None) -> Path:
+    """Calibrates `model` with the data source and method of `options` and writes the activation
+    ranges to `path` (onnxruntime's JSON calibration cache, atomically), for `quantize{ranges=PATH}`.
+
+    Ranges are kept for every tensor of every quantizable op type, whatever `nodes`/`exclude` say, so
+    one file serves every node selection of the same model, method and data (what a per-node search
+    needs: calibrate once, quantize many times).
+
+    Raises:
+        PassError: as `Quantize.run` (already quantized, opset, calibration data), or nothing to calibrate.
+    """
+    from onnxforge.modelio import write_bytes_atomic
+
+    o = dataclasses.replace(options or QuantizeOptions(), ranges="", nodes=(), exclude=(), exclude_types=())
+    p = Quantize(o)
+    proto, _ = name_nodes(model)
+    _refuse_quantized(proto)
+    selected, _ = p._select(proto)
+    if not any(n.op_type in COMPUTE_OPS for n in selected):
+        raise PassError("quantize: nothing to calibrate: no Conv, ConvTranspose, MatMul or Gemm")
+    feeds, _ = p._calibration(proto)
+    with tempfile.TemporaryDirectory(prefix="onnxforge-ranges-") as tmp:
+        cache = Path(tmp) / "ranges.json"
+        work = onnx.ModelProto()
+        work.CopyFrom(proto)
+        _quantize(work, feeds, [n.name for n in selected], o, cache=str(cache))
+        data = cache.read_bytes()
+    path = Path(path)
+    write_bytes_atomic(path, data)
+    return path
 
 
 def name_nodes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
@@ -353,7 +395,10 @@ def _quiet_ort():
             log.debug("onnxruntime.quantization printed: %s", printed.getvalue().strip())
 
 
-def _quantize(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], nodes: list[str], o: QuantizeOptions) -> onnx.ModelProto:
+def _quantize(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], nodes: list[str], o: QuantizeOptions,
+              cache: str = "") -> onnx.ModelProto:
+    """quantize_static on `model`; `o.ranges` is read (never written), `cache` (a path that does not
+    exist yet) receives the calibrated ranges."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}
@@ -372,10 +417,10 @@ def _quantize(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], nodes:
         out = Path(tmp) / "int8.onnx"
         try:
             quantize_static(
-                source, str(out), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=o.per_channel,
-                activation_type=QuantType.QUInt8 if o.activations == "uint8" else QuantType.QInt8,
+                source, str(out), _Reader(feeds) if not o.ranges else None, quant_format=QuantFormat.QDQ,
+                per_channel=o.per_channel, activation_type=QuantType.QUInt8 if o.activations == "uint8" else QuantType.QInt8,
                 weight_type=QuantType.QInt8, nodes_to_quantize=nodes, calibrate_method=methods[o.method],
-                extra_options=extra,
+                extra_options=extra, calibration_cache_path=(o.ranges or cache) or None,
             )
         except Exception as exc:  # onnxruntime raises its own types (Fail, InvalidGraph) and ValueError
             raise PassError(f"quantize: onnxruntime failed to quantize the model: {str(exc).splitlines()[0][:300]}") from None
