@@ -40,6 +40,7 @@ def calibration_inputs(
     preset: str | None = None,
     count: int = 8,
     seed: int | None = None,
+    classes: int | None = None,
 ) -> dict[str, np.ndarray]:
     """The first `count` samples of `dataset`, preprocessed for `model`, by input name.
 
@@ -51,6 +52,7 @@ def calibration_inputs(
             without one uses the evaluator's generic policy: the whole image, ImageNet mean/std).
         count: how many samples.
         seed: seed of in-memory synthetic images (default CALIBRATION_SEED).
+        classes: class count of in-memory synthetic images (default: the generator's), as the model was trained.
 
     Raises:
         EvaluationError: no preset for a real dataset, or the model has no single 4-D float image input.
@@ -71,7 +73,7 @@ def calibration_inputs(
         policy, mean, std, resize_short, ignore = "full", IMAGENET_MEAN, IMAGENET_STD, None, 255
     canvas = (int(inp.shape[2]), int(inp.shape[3]))
     if data_root is None and dataset == "synthetic":
-        ds = open_dataset(dataset, None, size=canvas, count=count, seed=CALIBRATION_SEED if seed is None else seed)
+        ds = open_dataset(dataset, None, size=canvas, count=count, seed=CALIBRATION_SEED if seed is None else seed, classes=classes)
     else:
         ds = open_dataset(dataset, data_root)
     if len(ds) < count:
@@ -85,13 +87,13 @@ def calibration_inputs(
 
 
 def write_calibration(path: str | Path, model: onnx.ModelProto | str | Path, dataset: str, data_root: str | Path | None = None,
-                      preset: str | None = None, count: int = 8, seed: int | None = None) -> Path:
+                      preset: str | None = None, count: int = 8, seed: int | None = None, classes: int | None = None) -> Path:
     """Writes `calibration_inputs(...)` to `path` (.npz, atomically; nothing is written on error).
 
     Returns:
         The path written.
     """
-    arrays = calibration_inputs(model, dataset, data_root, preset, count, seed)
+    arrays = calibration_inputs(model, dataset, data_root, preset, count, seed, classes)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     path = Path(path)
