@@ -26,7 +26,7 @@ def _named(text: str):
 
 
 def test_registry_knows_which_passes_select_nodes():
-    assert {n for n in all_passes() if node_selecting(n)} == {"resize-nearest", "fp16", "label-upsample"}
+    assert {n for n in all_passes() if node_selecting(n)} == {"resize-nearest", "fp16", "label-upsample", "quantize"}
     assert not node_selecting("no-such-pass")
     assert isinstance(get_pass("fp16")(), NodeSelecting)
 

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from onnxforge.errors import DatasetError, EvaluationError
-from onnxforge.evaluate.datasets import open_dataset
+from onnxforge.evaluate.catalog import open_dataset
 from onnxforge.evaluate.preprocess import IMAGENET_MEAN, IMAGENET_STD, prepare
 from onnxforge.modelio import load_model, write_bytes_atomic
 from onnxforge.numerics import TensorInfo, input_specs

@@ -14,7 +14,7 @@ from pathlib import Path
 
 ORDER = (
     "simplify", "static-shape", "target-opset", "adaptive-pool", "drop-softmax-argmax", "resize-nearest",
-    "label-upsample", "argmax-output", "transdata-align", "merge-slices", "fp16-output", "fp16-input", "fp16",
+    "label-upsample", "argmax-output", "transdata-align", "merge-slices", "fp16-output", "fp16-input", "fp16", "quantize",
 )
 #: Infrastructure modules of the package, not passes (underscore modules are skipped too).
 _INFRA = {"base", "registry", "pipeline", "manager", "catalog"}
