@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxforge.evaluate.ab import DataSource, auto_select, run_report
+from onnxforge.evaluate.ab import DataSource, decide_pipeline, run_report
 from onnxforge.modelio import load_model, save_model
 from onnxforge.numerics import run_model, seeded_inputs
 from onnxforge.passes import Pass, PassKind, PassResult, Pipeline, parse_pipeline

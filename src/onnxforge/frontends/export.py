@@ -168,6 +168,7 @@ def export_model(
 
     from onnxforge.modelio import save_model
 
+    proto.metadata_props.add(key="onnxforge.checkpoint", value=ckpt_path.name if ckpt_path is not None else "none")  # read by evaluate.ab
     save_model(proto, out_path)
     logger.info("wrote %s (max abs diff vs PyTorch %.3g)", out_path, max_abs)
     return ExportResult(
