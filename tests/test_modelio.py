@@ -10,7 +10,7 @@ import pytest
 from onnx import numpy_helper
 
 from onnxforge.errors import ModelLoadError, OutputPathError
-from onnxforge.modelio import check_output_path, load_model, save_model
+from onnxforge.modelio import check_output_path, load_model, save_model, staging_dir, write_text_atomic
 from tests.passes.helpers import parse
 
 MODEL = """
@@ -94,3 +94,66 @@ def test_failed_save_leaves_existing_file_untouched(tmp_path, monkeypatch):
         save_model(parse(MODEL), target)
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["out.onnx"]
+
+
+@pytest.fixture(params=[0o022, 0o077, 0o002])
+def umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def _mode(path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+def test_new_files_honour_the_umask(tmp_path, umask):
+    model = save_model(parse(MODEL), tmp_path / "m.onnx")
+    write_text_atomic(tmp_path / "r.json", "{}")
+    assert _mode(model) == 0o666 & ~umask
+    assert _mode(tmp_path / "r.json") == 0o666 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "r.json"]  # no temporary left
+
+
+def test_a_replaced_file_keeps_its_mode(tmp_path, umask):
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o640)
+    save_model(parse(MODEL), target)
+    assert _mode(target) == 0o640 and load_model(target).graph.node[0].op_type == "Relu"
+
+
+def test_staging_dir_honours_the_umask_and_swaps_in_on_success(tmp_path, umask):
+    target = tmp_path / "report"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with staging_dir(target) as stage:
+        assert stage.parent == tmp_path and stage != target
+        write_text_atomic(stage / "new.txt", "new")
+        assert (target / "old.txt").exists()  # nothing replaced before the block ends
+    assert _mode(target) == 0o777 & ~umask
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_staging_dir_leaves_the_old_directory_untouched_on_failure(tmp_path, exc):
+    target = tmp_path / "report"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(type(exc)):
+        with staging_dir(target) as stage:
+            (stage / "half.txt").write_text("half")
+            raise exc
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]
+    assert [p.name for p in target.iterdir()] == ["old.txt"]
+
+
+def test_staging_dir_refuses_a_file_target(tmp_path):
+    (tmp_path / "report").write_text("x")
+    with pytest.raises(OutputPathError, match="not a directory"):
+        with staging_dir(tmp_path / "report"):
+            pass
+    with pytest.raises(OutputPathError, match="does not exist"):
+        with staging_dir(tmp_path / "nodir" / "report"):
+            pass

@@ -5,14 +5,20 @@ Contract:
   non-ONNX file, for external data that cannot be found, and for models over the 2 GiB protobuf limit.
 - `save_model` writes to a temporary file next to the target and renames it into place, so a failure
   never leaves a half-written file and never touches an existing file until the new one is complete.
+- Files honour the umask: a new file gets mode 0666 & ~umask (0644 under umask 0022, like onnxsim or
+  `open()`), an existing file keeps its mode. `staging_dir` creates directories with 0777 & ~umask.
+  Every writer in the tool goes through `write_bytes_atomic`/`write_text_atomic`/`save_model` or
+  `staging_dir`, never `tempfile.mkstemp`/`mkdtemp` (those create 0600/0700 files only the owner can read).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
+import shutil
 from pathlib import Path
+from typing import Iterator
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -71,12 +77,23 @@ def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Writes bytes to `path` through a temporary file in the same directory and an atomic rename."""
+    """Writes bytes to `path` through a temporary file in the same directory and an atomic rename.
+
+    The new file's mode is 0666 & ~umask, or the mode of the file it replaces. On any failure
+    (KeyboardInterrupt included) the temporary file is removed and `path` is untouched.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        keep_mode = path.stat().st_mode & 0o7777 if path.is_file() else None
+    except OSError:
+        keep_mode = None
+    fd, tmp = _create_beside(parent, path.name)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        if keep_mode is not None:
+            os.chmod(tmp, keep_mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -85,7 +102,57 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
+    """`write_bytes_atomic` of UTF-8 text."""
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def _create_beside(parent: Path, name: str) -> tuple[int, Path]:
+    """A new, exclusive `.NAME.XXXX.tmp` in `parent`, opened for writing with mode 0666 (the kernel applies the umask)."""
+    for _ in range(100):
+        tmp = parent / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise OutputPathError(f"{parent / name}: cannot create a temporary file beside it")
+
+
+@contextlib.contextmanager
+def staging_dir(target: str | Path) -> Iterator[Path]:
+    """Builds a directory all-or-nothing: yields a fresh directory beside `target`; on success it replaces `target`.
+
+    The staging directory has mode 0777 & ~umask. When the block raises (KeyboardInterrupt included)
+    the staging directory is removed and an existing `target` is untouched. On success an existing
+    `target` directory is moved aside, the new one renamed into place, then the old one deleted.
+
+    Raises:
+        OutputPathError: `target` is an existing non-directory, or its parent does not exist.
+    """
+    target = Path(target)
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.exists() and not target.is_dir():
+        raise OutputPathError(f"{target}: exists and is not a directory")
+    if not parent.is_dir():
+        raise OutputPathError(f"{target}: parent directory {parent} does not exist")
+    stage = parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+    os.mkdir(stage, 0o777)
+    try:
+        yield stage
+        old = None
+        if target.is_dir():
+            old = parent / f".{target.name}.{secrets.token_hex(4)}.old"
+            os.replace(target, old)
+        try:
+            os.replace(stage, target)
+        except BaseException:
+            if old is not None:
+                os.replace(old, target)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
 
 
 def check_output_path(input_path: str | Path, output_path: str | Path) -> Path:
