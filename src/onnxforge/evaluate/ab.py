@@ -15,7 +15,7 @@ Contract of `run_report` (and `decide_pipeline`, its file-less core):
   if it is kept it is `best.onnx`, else the baseline is (and the report says why).
 - A meaningless baseline (chance-level accuracy, exported without a checkpoint, a class-count
   mismatch) switches judging to agreement with the baseline, and the report says so at the top.
-- Outputs are written all or nothing (`report_files.staged_dir`): the input model is never modified;
+- Outputs are written all or nothing (`modelio.staging_dir`): the input model is never modified;
   on an error or Ctrl-C nothing of the new run is left and an existing report stays as it was.
 """
 
@@ -563,8 +563,8 @@ def run_report(
         ForgeError: bad budget, rounds, keep_stages or per-node pass (before anything is written).
     """
     from onnxforge.evaluate.bench import round_robin
-    from onnxforge.evaluate.report_files import disk_usage, staged_dir, write_report_files
-    from onnxforge.modelio import save_model
+    from onnxforge.evaluate.report_files import disk_usage, write_report_files
+    from onnxforge.modelio import save_model, staging_dir
 
     model_path, out_dir = Path(model_path), Path(out_dir)
     pipe = pipeline if isinstance(pipeline, Pipeline) else parse_pipeline(pipeline)
@@ -624,7 +624,8 @@ def run_report(
         "seconds": 0.0,
         "commands": [c for c in (command, best_cmd) if c],
     }
-    with staged_dir(out_dir) as tmp:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with staging_dir(out_dir) as tmp:
         if keep_stages != "none":
             save_model(d.best_model, tmp / "best.onnx")
             keep = [s for s in stages if s.name in d.models and (keep_stages == "all" or s.name == "baseline")]

@@ -1,7 +1,7 @@
 """Report views over the run history: report.json, report.md, report.html and the accuracy-vs-latency plot.
 
 Every file is written atomically, and the report directory as a whole is built beside its target and
-swapped in at the end (`staged_dir`). The HTML page is rendered from a jinja2 template
+swapped in at the end (`modelio.staging_dir`). The HTML page is rendered from a jinja2 template
 (`templates/report.html.j2`) and embeds the plot (base64 PNG), so it is self-contained. It opens with
 the answer: keep/reject per pass, the combined command, its speed-up with the interval, its accuracy cost.
 """
@@ -11,12 +11,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from onnxforge.evaluate.history import StageEval, primary_metric, speed_text
 from onnxforge.modelio import write_bytes_atomic, write_text_atomic
@@ -246,40 +242,6 @@ def write_report_files(out_dir: Path, report: dict[str, Any], stages: list[Stage
     write_text_atomic(paths["md"], markdown(report, stages))
     write_text_atomic(paths["html"], html_page(report, stages, png))
     return paths
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def staged_dir(target: Path) -> Iterator[Path]:
-    """All or nothing: yields a fresh directory beside `target`; on success it replaces `target` (an
-    existing report is removed only once the new one is complete); on any error or Ctrl-C it is
-    removed and `target` is left as it was. The directory's mode follows the umask."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())
-        yield tmp
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
-            os.rename(target, old)
-        try:
-            os.rename(tmp, target)
-        except BaseException:
-            if old is not None:
-                os.rename(old, target)
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def disk_usage(directory: Path) -> int:
