@@ -598,7 +598,7 @@ def run_report(
     if best.name == "combined" and metric in source:
         rel = best.delta.get(f"{metric}_rel")
         cost = f"{metric} {source[metric]:.4f} ({rel:+.2%} vs the baseline)" if rel is not None else f"{metric} {source[metric]:.4f}"
-    base_value = stages[0].accuracy.get(primary_metric(stages[0].accuracy) or "")
+    base_value = 1.0 if d.judged_on["source"] == "agreement" else stages[0].accuracy.get(metric)
     best_cmd = (f"onnxforge optimize {shlex.quote(str(model_path))} -o best.onnx --passes {shlex.quote(d.kept_pipeline)}"
                 if best.name == "combined" else None)
     report = {

@@ -75,10 +75,10 @@ def table_rows(stages: list[StageEval], judged_on: dict[str, str] | None = None)
     return header, rows
 
 
-def pareto(stages: list[StageEval], metric: str | None) -> list[str]:
-    """Names of the stages no other stage beats on both latency and accuracy (fastest first)."""
-    pts = [(s.latency_ms["p50"], s.accuracy[metric], s.name) for s in stages
-           if metric and s.latency_ms.get("p50") and metric in s.accuracy]
+def pareto(stages: list[StageEval], points: dict[str, tuple[float, float]]) -> list[str]:
+    """Names of the stages no other stage beats on both latency and the judged metric (fastest first);
+    `points` maps a stage name to (latency, metric)."""
+    pts = [(points[s.name][0], points[s.name][1], s.name) for s in stages if s.name in points]
     front, best = [], float("-inf")
     for lat, acc, name in sorted(pts, key=lambda t: (t[0], -t[1])):
         if acc > best:
@@ -87,10 +87,12 @@ def pareto(stages: list[StageEval], metric: str | None) -> list[str]:
     return front
 
 
-def plot_png(stages: list[StageEval], title: str, budget_floor: float | None = None, best: str | None = None) -> bytes:
-    """Accuracy (primary metric) against p50 latency: one numbered point per stage with p10-p90 error
-    bars, a grey edge from each stage's parent, the Pareto front, the budget line (`budget_floor`: the
-    lowest accepted value) and the best stage ringed; a key names the numbers."""
+def plot_png(stages: list[StageEval], title: str, budget_floor: float | None = None, best: str | None = None,
+             judged_on: dict[str, str] | None = None) -> bytes:
+    """The judged metric (accuracy, or agreement with the baseline) against p50 latency: one numbered
+    point per stage with p10-p90 error bars, a grey edge from each stage's parent, the Pareto front,
+    the budget line (`budget_floor`: the lowest accepted value) and the best stage ringed; a key names
+    the numbers."""
     import textwrap
 
     import matplotlib
@@ -98,9 +100,16 @@ def plot_png(stages: list[StageEval], title: str, budget_floor: float | None = N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metric = primary_metric(stages[0].accuracy) or "accuracy"
+    metric, source = _judged(stages, judged_on)
+    metric = metric or "accuracy"
     colours = {"baseline": "#1f77b4", "accepted": "#2ca02c", "rejected": "#d62728"}
-    points = {s.name: (s.latency_ms.get("p50"), s.accuracy.get(metric)) for s in stages}
+
+    def value(s: StageEval) -> float | None:
+        if source == "agreement":
+            return 1.0 if s.name == "baseline" else s.agreement.get(metric)
+        return s.accuracy.get(metric)
+
+    points = {s.name: (s.latency_ms.get("p50"), value(s)) for s in stages}
     points = {k: v for k, v in points.items() if v[0] is not None and v[1] is not None}
     fig = plt.figure(figsize=(10, 5.2), dpi=110)
     ax = fig.add_axes((0.08, 0.11, 0.52, 0.78))
@@ -108,7 +117,7 @@ def plot_png(stages: list[StageEval], title: str, budget_floor: float | None = N
         if s.name in points and s.parent in points:
             (x0, y0), (x1, y1) = points[s.parent], points[s.name]
             ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=dict(arrowstyle="->", color="#bbbbbb", lw=1), zorder=1)
-    front = [points[n] for n in pareto(stages, metric)]
+    front = [points[n] for n in pareto(stages, points)]
     if len(front) > 1:
         ax.plot([x for x, _ in front], [y for _, y in front], "--", color="#9467bd", lw=1, zorder=2, label="Pareto front")
     if budget_floor is not None:
@@ -129,7 +138,7 @@ def plot_png(stages: list[StageEval], title: str, budget_floor: float | None = N
         ax.scatter([], [], color=colour, label=verdict, edgecolor="black", linewidth=0.5)
     fig.legend(loc="lower left", bbox_to_anchor=(0.63, 0.02), fontsize=8, title="legend", title_fontsize=8)
     ax.set_xlabel("latency p50 (ms, p10-p90 bars; lower is better)")
-    ax.set_ylabel(f"{metric} (higher is better)")
+    ax.set_ylabel(f"{metric}{' (agreement with the baseline)' if source == 'agreement' else ''} (higher is better)")
     ax.grid(True, alpha=0.3)
     ax.ticklabel_format(axis="y", useOffset=False)
     fig.suptitle("\n".join(textwrap.wrap(title, 95)), fontsize=9)
@@ -224,11 +233,8 @@ def html_page(report: dict[str, Any], stages: list[StageEval], png: bytes) -> st
 
 def write_report_files(out_dir: Path, report: dict[str, Any], stages: list[StageEval]) -> dict[str, Path]:
     """Writes report.json, report.md, report.html and accuracy_vs_latency.png; returns their paths."""
-    floor = None
-    metric = primary_metric(stages[0].accuracy) if stages else None
-    if report.get("judged_on", {}).get("source", "accuracy") == "accuracy" and metric and report.get("budget_floor") is not None:
-        floor = report["budget_floor"]
-    png = plot_png(stages, f"{report['model']}: {report['pipeline']}", floor, report["best"]["stage"])
+    png = plot_png(stages, f"{report['model']}: {report['pipeline']}", report.get("budget_floor"), report["best"]["stage"],
+                   report.get("judged_on"))
     paths = {
         "json": out_dir / "report.json",
         "md": out_dir / "report.md",
