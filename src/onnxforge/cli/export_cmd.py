@@ -50,17 +50,19 @@ def export(
 
     size = _parse_size(input_size) if input_size is not None else None
     shape = _parse_shape(input_shape) if input_shape is not None else None
-    result = export_model(
-        model,
-        output,
-        checkpoint=checkpoint,
-        variant=variant,
-        batch_size=batch_size,
-        input_size=size,
-        opset=opset,
-        with_aux=with_aux,
-        input_shape=shape,
-    )
+    with console.progress("export") as reporter:
+        result = export_model(
+            model,
+            output,
+            checkpoint=checkpoint,
+            variant=variant,
+            batch_size=batch_size,
+            input_size=size,
+            opset=opset,
+            with_aux=with_aux,
+            input_shape=shape,
+            progress=reporter.step,
+        )
     _render(result)
 
 

@@ -13,6 +13,9 @@ Contract of ``export_model``:
   scale; otherwise FrontendError and nothing is written. The PyTorch outputs are kept on the result as
   the golden reference.
 - The output file is written atomically (``modelio.save_model``): it is complete or untouched.
+- Progress: ``progress(step, index, total)`` is called when each of the ``EXPORT_STEPS`` starts (index
+  0-based; without a checkpoint the weights step is ``calibrate weights`` or ``factory weights``), then once with
+  ``("done", total, total)``; validation errors are raised before the first call.
 - Without a checkpoint the weights are deterministic (fixed seed, BatchNorm statistics calibrated on a
   seeded batch so activations stay at unit scale) and a warning says accuracy figures need real weights.
 """
@@ -46,6 +49,11 @@ DEFAULT_OPSET = 17
 WEIGHT_SEED = 0
 #: ONNX vs PyTorch: the largest allowed max-abs difference, relative to max(1, max |golden|).
 REL_TOLERANCE = 1e-3
+#: The steps reported to ``export_model``'s progress callback, in order.
+EXPORT_STEPS = ("build model", "load checkpoint", "export", "check against PyTorch")
+#: progress(step, index, total): step `index` (0-based) starts; ("done", total, total) at the end.
+ExportProgress = Callable[[str, int, int], None]
+
 NO_CHECKPOINT_WARNING = "no checkpoint: deterministic weights; accuracy figures need real weights"
 
 
@@ -90,6 +98,7 @@ def export_model(
     opset: int = DEFAULT_OPSET,
     with_aux: bool = False,
     input_shape: Sequence[int] | None = None,
+    progress: ExportProgress | None = None,
 ) -> ExportResult:
     """Builds the model, loads `checkpoint`, exports static ONNX to `out_path` and checks it against PyTorch.
 
@@ -105,6 +114,7 @@ def export_model(
         with_aux: also export the auxiliary heads' outputs (models that have them).
         input_shape: the full input shape; required for a factory, and for a named model an alternative
             to `batch_size` + `input_size` (N, 3, H, W).
+        progress: called as each step starts (see the module docstring); None: silent.
 
     Raises:
         FrontendError: bad name, variant, size, opset or batch; export or verification failed.
@@ -118,7 +128,13 @@ def export_model(
     if ckpt_path is not None and not ckpt_path.is_file():
         raise CheckpointError(f"{ckpt_path}: no such checkpoint file")
     plan = _plan(name_or_factory, variant, batch_size, input_size, with_aux, input_shape)
+    total = len(EXPORT_STEPS)
 
+    def step(index: int, name: str | None = None) -> None:
+        if progress is not None:
+            progress(name or EXPORT_STEPS[index], index, total)
+
+    step(0)
     import torch  # after validation: user errors come back without paying for the import
     result_warnings: list[str] = []
 
@@ -128,6 +144,7 @@ def export_model(
         if not isinstance(model, torch.nn.Module):
             raise FrontendError(f"{plan.name}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
         model.eval()
+        step(1, None if ckpt_path is not None else "calibrate weights" if plan.spec is not None else "factory weights")
         if ckpt_path is not None:
             from onnxforge.frontends.checkpoint import load_checkpoint, load_into
 
@@ -141,6 +158,7 @@ def export_model(
             logger.warning(msg)
             result_warnings.append(msg)
 
+    step(2)
     feeds_np = _seeded_input(plan.input_shape, plan.input_names[0])
     example = torch.from_numpy(feeds_np[plan.input_names[0]])
 
@@ -164,12 +182,15 @@ def export_model(
     golden = {n: t.detach().cpu().numpy() for n, t in zip(output_names, golden_t)}
 
     proto = _torch_export(model, example, plan.input_names, output_names, opset, plan.name)
+    step(3)
     max_abs = _verify(proto, feeds_np, golden, plan.name)
 
     from onnxforge.modelio import save_model
 
     proto.metadata_props.add(key="onnxforge.checkpoint", value=ckpt_path.name if ckpt_path is not None else "none")  # read by evaluate.ab
     save_model(proto, out_path)
+    if progress is not None:
+        progress("done", total, total)
     logger.info("wrote %s (max abs diff vs PyTorch %.3g)", out_path, max_abs)
     return ExportResult(
         path=out_path,
