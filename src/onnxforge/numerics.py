@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import onnx
 
-from onnxforge.errors import ForgeError
+from onnxforge.errors import BackendError, ForgeError
 
 DEFAULT_SEED = 1
 
@@ -117,22 +117,54 @@ def cast_feeds(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[
     return {k: (v.astype(dtypes[k]) if k in dtypes and v.dtype != dtypes[k] else v) for k, v in feeds.items() if k in dtypes}
 
 
-def make_session(model: onnx.ModelProto | bytes, threads: int = 0, optimize: bool = True, providers: Sequence[str] | None = None):
-    """An onnxruntime InferenceSession on the CPU (or the given providers)."""
+def make_session(
+    model: onnx.ModelProto | bytes,
+    *,
+    threads: int = 0,
+    inter_op_threads: int = 0,
+    providers: Sequence[str] | None = None,
+    optimize: bool = True,
+    spin: bool = True,
+):
+    """THE place an onnxruntime InferenceSession is built (the verifier, the passes and the backend use it).
+
+    Args:
+        threads: intra-op threads (0: onnxruntime's default, one per core).
+        inter_op_threads: inter-op threads (0: 1 when `threads` is set, else onnxruntime's default).
+        providers: execution providers in order of preference (default: the CPU only).
+        optimize: False disables onnxruntime's graph optimisations.
+        spin: False makes worker threads sleep instead of spin-waiting after a run (needed when several
+            sessions are timed in turn on few cores: one session's spinning threads steal the next one's cores).
+
+    Raises:
+        BackendError: onnxruntime cannot load the model (its first line quoted).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
-        opts.intra_op_num_threads = threads
+        opts.intra_op_num_threads = int(threads)
+    if inter_op_threads:
+        opts.inter_op_num_threads = int(inter_op_threads)
+    elif threads:
         opts.inter_op_num_threads = 1
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     data = model if isinstance(model, bytes) else model.SerializeToString()
     try:
         return ort.InferenceSession(data, opts, providers=list(providers or ["CPUExecutionProvider"]))
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise ForgeError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0][:300]}") from None
+        raise BackendError(f"onnxruntime cannot load the model: {first_line(exc)}") from None
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's text (onnxruntime's are long), at most 300 characters."""
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], threads: int = 0) -> dict[str, np.ndarray]:
@@ -141,8 +173,8 @@ def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], threads: 
     names = [o.name for o in sess.get_outputs()]
     try:
         values = sess.run(names, dict(cast_feeds(model, feeds)))
-    except Exception as exc:
-        raise ForgeError(f"onnxruntime failed to run the model: {str(exc).splitlines()[0][:300]}") from None
+    except Exception as exc:  # onnxruntime's own exception types
+        raise BackendError(f"onnxruntime failed to run the model: {first_line(exc)}") from None
     return dict(zip(names, values))
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from onnxforge.backends import get_backend
-from onnxforge.backends.ais_bench import AIS_BENCH_MISSING
+from onnxforge.backends.ascend import AIS_BENCH_MISSING
 from onnxforge.errors import BackendError, BackendUnavailable
 from onnxforge.numerics import run_model, seeded_inputs
 from tests.backends.fakes import install_fake_ais_bench, install_fake_atc, path_with

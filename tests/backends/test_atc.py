@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from onnxforge.backends.atc import ATC_MISSING, AtcBackend, check_model_for_atc, plan_atc, summarize_atc_failure
+from onnxforge.backends.ascend import ATC_MISSING, AtcBackend, check_model_for_atc, plan_atc, summarize_atc_failure
 from onnxforge.errors import BackendError, BackendUnavailable
 from tests.backends.fakes import install_fake_atc, path_with
 from tests.evaluate.builders import save, seg_model
@@ -109,7 +109,7 @@ def test_seed_model_ops_are_accepted():
     ops = ["Conv", "BatchNormalization", "Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "Resize",
            "Concat", "Add", "Mul", "ArgMax", "Softmax", "Gemm", "Flatten", "Reshape", "Shape", "Gather", "Slice",
            "Cast", "Constant", "ReduceMean", "GatherND", "Unsqueeze", "Squeeze", "Sigmoid", "Pad", "Transpose"]
-    from onnxforge.backends.atc import ATC_ONNX_OPS
+    from onnxforge.backends.ascend import ATC_ONNX_OPS
 
     assert set(ops) <= ATC_ONNX_OPS
 

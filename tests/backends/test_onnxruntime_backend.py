@@ -65,3 +65,43 @@ def test_infer_a_subset_of_outputs():
         (aux1,) = runner.infer(feeds, ["aux1"])
     assert len(full) == 3
     np.testing.assert_array_equal(aux1, full[2])
+
+
+def test_spec_options_reach_the_session():
+    from onnxforge.backends import parse_backend
+
+    be = parse_backend("onnxruntime{threads=1,inter_op_threads=2,optimize=false,spin=false}")
+    with be.runner(be.compile(seg_model())) as runner:
+        opts = runner.session.get_session_options()
+        assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (1, 2)
+        assert opts.graph_optimization_level.name == "ORT_DISABLE_ALL"
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert opts.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+
+
+def test_make_session_is_the_one_session_builder(monkeypatch):
+    import onnxforge.backends.onnxruntime as ortmod
+    from onnxforge import numerics
+
+    calls = []
+    real = numerics.make_session
+    monkeypatch.setattr(ortmod, "make_session", lambda model, **kw: calls.append(kw) or real(model, **kw))
+    be = get_backend("onnxruntime", threads=2)
+    with be.interleaved().runner(be.compile(seg_model())):
+        pass
+    assert calls == [{"threads": 2, "inter_op_threads": 0, "providers": ["CPUExecutionProvider"], "optimize": True, "spin": False}]
+    sess = real(seg_model(), threads=3)
+    opts = sess.get_session_options()
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (3, 1)  # threads alone: one inter-op thread
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # spinning left to onnxruntime
+        opts.get_session_config_entry("session.intra_op.allow_spinning")
+
+
+def test_unloadable_model_is_one_backend_error_line():
+    from onnxforge.numerics import make_session
+
+    model = seg_model()
+    model.graph.node[0].op_type = "NoSuchOp"
+    with pytest.raises(BackendError) as info:
+        make_session(model)
+    assert str(info.value).startswith("onnxruntime cannot load the model: ") and "\n" not in str(info.value)

@@ -105,3 +105,39 @@ def test_compile_errors(cli, tmp_path):
     assert_one_line_error(proc, "atc failed (exit 1): E10001", "m.atc.log")
     proc = cli("compile", save(seg_model(opset=17), tmp_path / "o17.onnx"), env={"PATH": path_with(tmp_path / "bin")})
     assert_one_line_error(proc, "ai.onnx opset 17 is outside what atc accepts (9..13)")
+
+
+def test_bench_takes_a_backend_spec_and_shorthands(cli, tmp_path):
+    model = save(seg_model(classes=3, size=(8, 8), batch="N"), tmp_path / "m.onnx")
+    out = tmp_path / "bench.json"
+    proc = cli("bench", model, "--backend", "onnxruntime{threads=1,spin=false}", "--device", "cpu",
+               "--batch-sizes", "2", "--warmup", "0", "--iters", "2", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert data["backend"] == "onnxruntime{threads=1,spin=false}"  # --device cpu is the default: not in the spec
+    assert [(r["spec"], r["threads"], r["backend"]) for r in data["records"]] == [("onnxruntime{threads=1,spin=false}", 1, "onnxruntime")]
+    assert_one_line_error(cli("bench", model, "--backend", "onnxruntime{threads=2}", "--threads", "1"),
+                          "--threads 1 contradicts threads=2 in backend spec 'onnxruntime{threads=2}'")
+    assert_one_line_error(cli("bench", model, "--backend", "onnxruntime{thread=2}"),
+                          "backend spec 'onnxruntime{thread=2}' column 13", "has no option 'thread'")
+    assert_one_line_error(cli("bench", model, "--backend", "atc", "--device", "cuda"),
+                          "--device cuda does not apply to backend 'atc'")
+
+
+def test_compile_takes_a_backend_spec(cli, tmp_path):
+    model = save(seg_model(classes=3, size=(8, 8)), tmp_path / "m.onnx")
+    install_fake_atc(tmp_path / "bin", tmp_path / "argv.txt")
+    env = {"PATH": path_with(tmp_path / "bin")}
+    proc = cli("compile", model, "--backend", "atc{soc_version=Ascend910,extra_args=--log=info}", "-o", tmp_path / "n", env=env)
+    assert proc.returncode == 0, proc.stderr
+    argv = (tmp_path / "argv.txt").read_text().split("\n")[:-1]
+    assert argv[3:] == ["--input_shape=image:1,3,8,8", "--soc_version=Ascend910", "--input_format=NCHW", "--log=error",
+                        "--log=info"]
+    assert (tmp_path / "n.om").is_file() and f"command: {tmp_path / 'bin' / 'atc'} --framework=5" in proc.stdout.replace("\n", "")
+    proc = cli("compile", model, "--backend", "atc", "--soc-version", "Ascend310", env=env)  # default output: next to the model
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "m.om").is_file() and "--soc_version=Ascend310" in (tmp_path / "argv.txt").read_text()
+    assert_one_line_error(cli("compile", model, "--backend", "atc{soc_version=Ascend910}", "--soc-version", "Ascend310", env=env),
+                          "--soc-version Ascend310 contradicts soc_version=Ascend910")
+    assert_one_line_error(cli("compile", model, "--backend", "onnxruntime", env=env),
+                          "compile: backend 'onnxruntime' has no compile step")

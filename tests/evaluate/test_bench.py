@@ -48,3 +48,44 @@ def test_bad_arguments():
         benchmark(seg_model(), [0])
     with pytest.raises(EvaluationError, match="need iters >= 1"):
         benchmark(seg_model(), [1], iters=0)
+
+
+def test_backend_spec_and_threads_shorthand():
+    from onnxforge.errors import BackendError
+
+    recs = benchmark(seg_model(size=(4, 4)), [1], warmup=0, iters=1, backend="onnxruntime{threads=1}")
+    assert (recs[0].backend, recs[0].spec, recs[0].threads) == ("onnxruntime", "onnxruntime{threads=1}", 1)
+    recs = benchmark(seg_model(size=(4, 4)), [1], warmup=0, iters=1, threads=1, backend_options={"optimize": False})
+    assert recs[0].spec == "onnxruntime{threads=1,optimize=false}"
+    with pytest.raises(BackendError, match="contradicts threads=2"):
+        benchmark(seg_model(), [1], backend="onnxruntime{threads=2}", threads=1)
+    with pytest.raises(BackendError, match="backend 'atc' has no option 'threads'"):
+        benchmark(seg_model(), [1], backend="atc", threads=1)
+
+
+def test_round_robin_times_onnxruntime_without_spinning(monkeypatch):
+    import onnxforge.backends.onnxruntime as ortmod
+    from onnxforge.evaluate.bench import round_robin
+
+    seen = []
+    real = ortmod.make_session
+    monkeypatch.setattr(ortmod, "make_session", lambda model, **kw: seen.append(kw) or real(model, **kw))
+    times = round_robin([seg_model(size=(4, 4)), seg_model(size=(4, 4))], backend="onnxruntime{threads=1}", warmup=0, iters=2)
+    assert [len(t) for t in times] == [2, 2]
+    assert [(kw["threads"], kw["spin"]) for kw in seen] == [(1, False), (1, False)]
+
+
+def test_file_artifacts_are_named_by_the_backend_suffix(tmp_path, monkeypatch):
+    from onnxforge.evaluate.bench import round_robin
+    from tests.backends.fakes import install_fake_ais_bench, install_fake_atc, path_with
+
+    record = tmp_path / "argv.txt"
+    install_fake_atc(tmp_path / "bin", record)
+    monkeypatch.setenv("PATH", path_with(tmp_path / "bin"))
+    install_fake_ais_bench(monkeypatch)  # reports 1.5 ms per run
+    recs = benchmark(seg_model(size=(4, 4)), [1, 2], warmup=0, iters=2, backend="ais_bench{device_id=1}")
+    assert [(r.batch_size, r.p50_ms, r.spec) for r in recs] == [(1, 1.5, "ais_bench{device_id=1}"), (2, 1.5, "ais_bench{device_id=1}")]
+    output = next(a for a in record.read_text().split("\n") if a.startswith("--output="))
+    assert output.endswith("/b2")  # atc adds .om: the artifact is b2.om, from artifact_suffix
+    assert round_robin([seg_model(size=(4, 4))], backend="atc", warmup=0, iters=1) == [[1.5]]
+    assert next(a for a in record.read_text().split("\n") if a.startswith("--output=")).endswith("/m0_b1")

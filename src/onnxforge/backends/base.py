@@ -16,25 +16,26 @@ Contract every backend keeps:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import onnx
 
+from onnxforge.backends.registry import backend_names, get_backend, register_backend  # noqa: F401  (older import path)
 from onnxforge.errors import BackendError
-from onnxforge.numerics import TensorInfo  # noqa: F401  (re-exported: backends describe I/O with it)
+from onnxforge.numerics import TensorInfo, declared_dims, np_dtype
+from onnxforge.spec import NoOptions, format_item, non_default_options
 
 log = logging.getLogger(__name__)
 
+
 def tensor_infos(values: Sequence[onnx.ValueInfoProto], skip: set[str] | None = None) -> list[TensorInfo]:
     """TensorInfo of graph inputs or outputs (initializers listed in `skip` are left out)."""
-    from onnxforge.numerics import declared_dims, np_dtype
-
     return [TensorInfo(vi.name, declared_dims(vi), np_dtype(vi.type.tensor_type.elem_type))
             for vi in values if not (skip and vi.name in skip)]
 
@@ -106,14 +107,104 @@ class Runner(ABC):
 
 
 class Backend(ABC):
-    """A way to compile and run models. Subclasses set `name` and implement the three methods."""
+    """A way to compile and run models, configured by a frozen `Options` dataclass.
 
-    name: str = ""
-    #: what `compile` produces: "model" (an in-memory ModelProto) or "file" (a path on disk)
-    artifact_kind: str = "model"
+    Subclasses set `name` (the registry name), a one-line `summary`, `Options` (fields made with
+    `onnxforge.spec.option(default, help)`: at once the keyword arguments, the `{key=value}` options of a
+    backend spec and the CLI help) and `artifact_suffix` (".om" for a file `compile` writes, None for an
+    in-memory ModelProto), and implement the three abstract methods. `str(backend)` is the canonical spec
+    (only non-default options, in declaration order); `onnxforge.backends.parse_backend` reads it back.
+    Options of a configured backend never change: `with_options` returns a new backend.
+    """
 
-    def __init__(self, **options: Any) -> None:
-        self.options = dict(options)
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    #: suffix of the file `compile` writes (".om"), or None when the artifact is an in-memory ModelProto
+    artifact_suffix: ClassVar[str | None] = None
+
+    def __init__(self, options: Any | None = None, **kwargs: Any) -> None:
+        """Give either an `Options` instance or its fields as keyword arguments.
+
+        Raises:
+            BackendError: an unknown option (listing the known ones) or a bad value (see `validate`).
+        """
+        if options is not None and kwargs:
+            raise TypeError("give either an Options object or keyword arguments, not both")
+        if options is None:
+            names = [f.name for f in dataclasses.fields(self.Options)]
+            unknown = [k for k in kwargs if k not in names]
+            if unknown:
+                raise BackendError(f"backend '{self.name}' has no option '{unknown[0]}' (options: {', '.join(names) or 'none'})")
+            options = self.Options(**kwargs)
+        elif not isinstance(options, self.Options):
+            raise TypeError(f"backend '{self.name}' takes {self.Options.__name__}, got {type(options).__name__}")
+        self.options = options
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks option values; raises BackendError naming the backend, option and value. Override where needed."""
+
+    def __getattr__(self, item: str) -> Any:
+        # option values read as attributes (backend.soc_version); only called when normal lookup fails
+        if item != "options" and "options" in self.__dict__ and item in {f.name for f in dataclasses.fields(self.options)}:
+            return getattr(self.options, item)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {item!r}")
+
+    @property
+    def artifact_kind(self) -> str:
+        """"file" when `compile` writes a file (`artifact_suffix`), else "model" (kept for older callers)."""
+        return "model" if self.artifact_suffix is None else "file"
+
+    def artifact_path(self, directory: str | Path, stem: str) -> Path | None:
+        """Where `compile` should write an artifact named `stem` in `directory` (None: it writes nothing)."""
+        return None if self.artifact_suffix is None else Path(directory) / f"{stem}{self.artifact_suffix}"
+
+    def is_artifact(self, model: str | Path | onnx.ModelProto) -> bool:
+        """True when `model` is already a compiled artifact of this backend (a path ending in `artifact_suffix`)."""
+        return (self.artifact_suffix is not None and not isinstance(model, onnx.ModelProto)
+                and str(model).endswith(self.artifact_suffix))
+
+    def non_default_options(self) -> dict[str, Any]:
+        """The options that differ from their defaults, in declaration order."""
+        return non_default_options(self.options)
+
+    def with_options(self, **changes: Any) -> "Backend":
+        """A new backend of the same kind with `changes` applied to a copy of the options.
+
+        Raises:
+            BackendError: an unknown option or a bad value.
+        """
+        names = [f.name for f in dataclasses.fields(self.options)]
+        unknown = [k for k in changes if k not in names]
+        if unknown:
+            raise BackendError(f"backend '{self.name}' has no option '{unknown[0]}' (options: {', '.join(names) or 'none'})")
+        return type(self)(dataclasses.replace(self.options, **changes))
+
+    def interleaved(self) -> "Backend":
+        """This backend configured for timing several models in turn on the same cores.
+
+        Identity by default; onnxruntime turns off spin-waiting (idle threads of one session would steal
+        the cores from the next one's run).
+        """
+        return self
+
+    def compile_notes(self) -> list[str]:
+        """Lines for a person about the last `compile` of this backend object (the command it ran, what it
+        read from the model); empty by default."""
+        return []
+
+    def __str__(self) -> str:
+        return format_item(self.name, self.non_default_options())
+
+    def __repr__(self) -> str:
+        return f"<Backend {self}>"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.options == self.options  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.options))
 
     @abstractmethod
     def check_available(self) -> None:
@@ -128,39 +219,12 @@ class Backend(ABC):
         """A runner on a compiled artifact (enter it before calling `infer`)."""
 
 
-_REGISTRY: dict[str, Callable[..., Backend]] = {}
-
-
-def register_backend(name: str, factory: Callable[..., Backend]) -> None:
-    """Makes `get_backend(name)` return `factory(**options)`."""
-    _REGISTRY[name] = factory
-
-
-def backend_names() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
-
-
-def get_backend(name: str, **options: Any) -> Backend:
-    """The backend registered as `name`, constructed with `options`.
-
-    Raises:
-        BackendError: unknown name (one line listing the known names).
-    """
-    _load_builtin()
-    if name not in _REGISTRY:
-        raise BackendError(f"unknown backend '{name}'; known backends: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**options)
-
-
-def _load_builtin() -> None:
-    if _REGISTRY:
-        return
-    from onnxforge.backends import ais_bench, atc, onnxruntime
-
-    register_backend("onnxruntime", onnxruntime.OnnxruntimeBackend)
-    register_backend("atc", atc.AtcBackend)
-    register_backend("ais_bench", ais_bench.AisBenchBackend)
+def check_non_negative(backend: Backend, *names: str) -> None:
+    """BackendError naming the backend and option when one of the integer options `names` is negative."""
+    for name in names:
+        value = getattr(backend.options, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise BackendError(f"backend '{backend.name}': option '{name}' must be a non-negative integer, got {value!r}")
 
 
 def load_model_arg(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:

@@ -102,12 +102,34 @@ def render_result(result) -> Table:
     return table
 
 
+def _backend_option_help(default: str) -> str:
+    """`--backend` help generated from the registry: the grammar, then one line per backend."""
+    from onnxforge.backends import backend_help
+
+    return (f"Backend spec: NAME or NAME{{key=value,...}} (default {default}), e.g. 'onnxruntime{{device=cuda,threads=2}}', "
+            f"'atc{{soc_version=Ascend910}}'.\n\n" + backend_help().replace("\n", "\n\n"))
+
+
+#: bench/compile flags that are shorthands for backend spec options: flag -> option
+BENCH_SHORTHANDS = {"--threads": "threads", "--device": "device"}
+COMPILE_SHORTHANDS = {"--soc-version": "soc_version", "--max-opset": "max_opset"}
+
+
+def _backend(spec: str, shorthands: dict[str, str], values: dict[str, object]):
+    """The backend `spec` names, with the shorthand flags that were given filling its options (a flag the
+    backend has no option for, or one contradicting the spec, is an error)."""
+    from onnxforge.backends import parse_backend
+
+    flags = {option: flag for flag, option in shorthands.items()}
+    return parse_backend(spec, {shorthands[f]: v for f, v in values.items()}, flags=flags)
+
+
 def bench(
     model: Path = typer.Argument(..., help="ONNX model.", show_default=False),
-    backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime | atc | ais_bench."),
+    backend: str = typer.Option("onnxruntime", "--backend", help=_backend_option_help("onnxruntime"), show_default=False),
     batch_sizes: str = typer.Option("1,4,8,16", "--batch-sizes", help="Comma-separated batch sizes."),
-    threads: int = typer.Option(0, "--threads", help="onnxruntime intra-op threads (0: one per core)."),
-    device: str = typer.Option("cpu", "--device", help="onnxruntime device: cpu | cuda | tensorrt | auto."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Shorthand for the spec option threads (onnxruntime intra-op threads; 0: one per core)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Shorthand for the spec option device (onnxruntime: cpu | cuda | tensorrt | auto)."),
     warmup: int = typer.Option(5, "--warmup", help="Untimed runs first."),
     iters: int = typer.Option(20, "--iters", help="Timed runs per batch size."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the records as JSON (atomically)."),
@@ -115,12 +137,14 @@ def bench(
     """Latency (p50/p90/p99 per run) and throughput per batch size, on seeded inputs.
 
     A model exported with a static batch runs other batch sizes on a copy whose batch dimension is
-    fixed to that size; the table says so.
+    fixed to that size; the table says so. --threads and --device fill the spec's threads and device
+    options; giving one that contradicts the spec is an error.
     """
     from onnxforge.evaluate.bench import benchmark, static_batch
     from onnxforge.modelio import load_model
 
     sizes = console.parse_int_list(batch_sizes, "--batch-sizes")
+    be = _backend(backend, BENCH_SHORTHANDS, {"--threads": threads, "--device": device})
     if json_path is not None:
         from onnxforge.modelio import check_output_path
 
@@ -128,10 +152,9 @@ def bench(
     proto = load_model(model)
     bar, update = _progress(f"benchmarking {model.name}")
     with bar:
-        records = benchmark(proto, sizes, backend=backend, threads=threads, warmup=warmup, iters=iters, progress=update,
-                            backend_options={"device": device} if backend == "onnxruntime" else None)
+        records = benchmark(proto, sizes, backend=be, warmup=warmup, iters=iters, progress=update)
     fixed = static_batch(proto)
-    table = Table(title=f"{model.name} on {backend}" + (f" (threads {threads})" if threads else ""))
+    table = Table(title=f"{model.name} on {be}")
     for col in ("batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "note"):
         table.add_column(col, justify="right" if col != "note" else "left", overflow="fold")
     for r in records:
@@ -146,7 +169,7 @@ def bench(
     if json_path is not None:
         from onnxforge.modelio import write_text_atomic
 
-        write_text_atomic(json_path, json.dumps({"model": str(model), "backend": backend,
+        write_text_atomic(json_path, json.dumps({"model": str(model), "backend": str(be),
                                                  "records": [r.to_dict() for r in records]}, indent=2) + "\n")
         console.out.print(f"wrote {json_path}")
     if all(r.error for r in records):
@@ -155,32 +178,33 @@ def bench(
 
 def compile_(
     model: Path = typer.Argument(..., help="ONNX model.", show_default=False),
-    backend: str = typer.Option("atc", "--backend", help="atc (the only backend with an ahead-of-time step)."),
-    soc_version: str = typer.Option("Ascend310P3", "--soc-version", help="Target Ascend SoC, e.g. Ascend310, Ascend310P3, Ascend910."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output .om path (default: next to the model)."),
-    max_opset: int = typer.Option(13, "--max-opset", help="Highest ai.onnx opset this CANN's atc accepts (CANN 5.x: 13, 7.0: 18)."),
+    backend: str = typer.Option("atc", "--backend", help=_backend_option_help("atc") + "\n\nOnly backends that write a file (atc, ais_bench) have a compile step.", show_default=False),
+    soc_version: Optional[str] = typer.Option(None, "--soc-version", help="Shorthand for the spec option soc_version: target Ascend SoC, e.g. Ascend310, Ascend310P3 (default), Ascend910."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output path (the backend's suffix, e.g. .om, is added if missing; default: next to the model)."),
+    max_opset: Optional[int] = typer.Option(None, "--max-opset", help="Shorthand for the spec option max_opset: highest ai.onnx opset this CANN's atc accepts (CANN 5.x: 13, default; 7.0: 18)."),
 ) -> None:
-    """Compile an ONNX model for an Ascend NPU with CANN's atc.
+    """Compile an ONNX model ahead of time for the backend (an Ascend NPU with CANN's atc).
 
     The command line is derived from the model: input shapes from the graph, --output_type=FP16 when
     the outputs are float16 (fp16-output), --input_fp16_nodes for float16 inputs (fp16-input). The
-    opset and every op are checked against what atc accepts before atc runs.
+    opset and every op are checked against what atc accepts before atc runs. --soc-version and
+    --max-opset fill the spec's soc_version and max_opset options; one that contradicts the spec is an error.
     """
-    if backend != "atc":
-        raise ForgeError(f"compile: backend '{backend}' has no compile step; use --backend atc (onnxruntime and ais_bench need none)")
-    from onnxforge.backends.atc import AtcBackend
+    be = _backend(backend, COMPILE_SHORTHANDS, {"--soc-version": soc_version, "--max-opset": max_opset})
+    if be.artifact_suffix is None:
+        raise ForgeError(f"compile: backend '{be.name}' has no compile step (it runs the ONNX model as it is); use --backend atc")
+    if output is None:
+        output = be.artifact_path(model.parent, model.stem)
+    elif not str(output).endswith(be.artifact_suffix):
+        output = output.with_name(output.name + be.artifact_suffix)
+    from onnxforge.modelio import check_output_path
 
-    if output is not None:
-        from onnxforge.modelio import check_output_path
-
-        check_output_path(model, output)
-    be = AtcBackend(soc_version=soc_version, max_opset=max_opset)
-    with console.err.status(f"atc: compiling {model.name} for {soc_version} ..."):
-        result = be.compile_full(model, output)
-    console.out.print(f"command: {' '.join(result.command)}")
-    if result.plan.pipeline:
-        console.out.print(f"pipeline recorded in the model: {result.plan.pipeline}")
-    console.out.print(f"wrote {result.om_path}")
+    check_output_path(model, output)
+    with console.err.status(f"{be.name}: compiling {model.name} ({be}) ..."):
+        artifact = be.compile(model, output)
+    for line in be.compile_notes():
+        console.out.print(line)
+    console.out.print(f"wrote {artifact}")
 
 
 def register(app: typer.Typer) -> None:

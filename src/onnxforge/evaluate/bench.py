@@ -22,7 +22,8 @@ from typing import Callable, Sequence
 import numpy as np
 import onnx
 
-from onnxforge.backends.base import get_backend, load_model_arg, model_inputs
+from onnxforge.backends import Backend, parse_backend
+from onnxforge.backends.base import load_model_arg, model_inputs
 from onnxforge.errors import BackendUnavailable, EvaluationError, ForgeError
 from onnxforge.numerics import DEFAULT_SEED, seeded_inputs
 
@@ -34,7 +35,7 @@ class BenchRecord:
     """Timings of one batch size. Latencies are per run (one batch), in milliseconds."""
 
     batch_size: int
-    backend: str
+    backend: str  # the backend's name
     iters: int
     warmup: int
     p50_ms: float | None
@@ -44,8 +45,9 @@ class BenchRecord:
     min_ms: float | None
     throughput: float | None  # images per second at the median (p50) latency
     fixed_batch: bool = False  # ran on a copy with the batch dim fixed to batch_size
-    threads: int = 0
+    threads: int = 0  # the backend's `threads` option (0: its default, or it has none)
     error: str | None = None
+    spec: str = ""  # the canonical backend spec it ran on, e.g. onnxruntime{threads=2}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,7 +88,7 @@ def _percentiles(times_s: list[float]) -> tuple[float, float, float, float, floa
 def benchmark(
     model: str | Path | onnx.ModelProto,
     batch_sizes: Sequence[int] = (1,),
-    backend: str = "onnxruntime",
+    backend: str | Backend = "onnxruntime",
     threads: int = 0,
     warmup: int = 5,
     iters: int = 20,
@@ -96,8 +98,14 @@ def benchmark(
 ) -> list[BenchRecord]:
     """Times `model` at each batch size on `backend`; see the module docstring for static batches.
 
+    Args:
+        backend: a backend spec (``onnxruntime{threads=2}``) or a configured Backend.
+        threads: shorthand for the backend's `threads` option (0: not given).
+        backend_options: more option values, filling what the spec leaves at its defaults.
+
     Raises:
         EvaluationError: bad arguments (no batch sizes, iters < 1).
+        BackendError: a bad spec, an option the backend lacks, or one given twice with different values.
         BackendUnavailable: the backend cannot run here.
     """
     if not batch_sizes or any(int(b) <= 0 for b in batch_sizes):
@@ -105,11 +113,9 @@ def benchmark(
     if iters < 1 or warmup < 0:
         raise EvaluationError(f"need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
     proto = load_model_arg(model)
-    options = dict(backend_options or {})
-    if backend == "onnxruntime" and threads:
-        options.setdefault("threads", threads)
-    be = get_backend(backend, **options)
+    be = _configured(backend, threads, backend_options)
     be.check_available()
+    ran_threads = getattr(be.options, "threads", 0)
     fixed = static_batch(proto)
     total = len(batch_sizes) * (warmup + iters)
     done = 0
@@ -121,7 +127,7 @@ def benchmark(
             m = with_batch(proto, b) if is_fixed_copy else proto
             try:
                 feeds = seeded_inputs(m, seed=seed, overrides={"batch": b})
-                artifact = be.compile(m, Path(tmp) / f"b{b}.om" if be.artifact_kind == "file" else None)
+                artifact = be.compile(m, be.artifact_path(tmp, f"b{b}"))
                 times = []
                 with be.runner(artifact) as runner:
                     for i in range(warmup + iters):
@@ -136,21 +142,22 @@ def benchmark(
                     raise
                 reason = f"cannot run with the batch fixed to {b}: {exc} (re-export with --batch-size {b})"
                 log.warning("%s", reason)
-                records.append(BenchRecord(b, backend, iters, warmup, None, None, None, None, None, None, True, threads, reason))
+                records.append(BenchRecord(b, be.name, iters, warmup, None, None, None, None, None, None, True, ran_threads,
+                                           reason, str(be)))
                 done += warmup + iters
                 if progress is not None:
                     progress(min(done, total), total)
                 continue
             p50, p90, p99, mean, mn = _percentiles(times)
-            records.append(BenchRecord(b, backend, iters, warmup, p50, p90, p99, mean, mn,
-                                       b / (p50 / 1000.0) if p50 > 0 else None, is_fixed_copy, threads))
+            records.append(BenchRecord(b, be.name, iters, warmup, p50, p90, p99, mean, mn,
+                                       b / (p50 / 1000.0) if p50 > 0 else None, is_fixed_copy, ran_threads, None, str(be)))
     return records
 
 
 def round_robin(
     models: Sequence[onnx.ModelProto],
     batch: int | None = None,
-    backend: str = "onnxruntime",
+    backend: str | Backend = "onnxruntime",
     threads: int = 0,
     warmup: int = 3,
     iters: int = 20,
@@ -159,23 +166,25 @@ def round_robin(
     """Latencies (ms per run) of several models timed in turn: one run of each per round, the order
     alternating, so machine noise hits all of them alike. Ratios between them are what to trust.
 
-    onnxruntime sessions are made without spin-waiting: a session whose idle threads spin would steal
-    the cores from the next one's run (identical graphs measured up to 12% apart with spinning on).
-    A model whose batch is fixed to another size is timed on a copy with the batch fixed to `batch`;
-    `batch=None` times each model at its own batch (1 where it is dynamic).
+    The backend (a spec or a Backend; `threads` is a shorthand for its `threads` option) runs as
+    `Backend.interleaved()` configures it: onnxruntime sessions are made without spin-waiting, since a
+    session whose idle threads spin would steal the cores from the next one's run (identical graphs
+    measured up to 12% apart with spinning on). A model whose batch is fixed to another size is timed
+    on a copy with the batch fixed to `batch`; `batch=None` times each model at its own batch (1 where it
+    is dynamic). Backends that compile to files write them in a temporary directory.
     """
     import contextlib
 
-    options: dict = {"threads": threads, "spin": False} if backend == "onnxruntime" else {}
-    be = get_backend(backend, **options)
+    be = _configured(backend, threads, None).interleaved()
     be.check_available()
     total, done = (warmup + iters) * len(models), 0
     with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="onnxforge-rr-"))
         runs = []
-        for model in models:
+        for k, model in enumerate(models):
             b = batch or static_batch(model) or 1
             m = model if static_batch(model) in (None, b) else with_batch(model, b)
-            runner = stack.enter_context(be.runner(be.compile(m)))
+            runner = stack.enter_context(be.runner(be.compile(m, be.artifact_path(tmp, f"m{k}_b{b}"))))
             runs.append((runner, seeded_inputs(m, overrides={"batch": b}), []))
         for i in range(warmup + iters):
             for runner, feeds, times in runs if i % 2 == 0 else reversed(runs):
@@ -186,3 +195,8 @@ def round_robin(
             if progress is not None:
                 progress(done, total)
     return [times for _, _, times in runs]
+
+
+def _configured(backend: str | Backend, threads: int, options: dict | None) -> Backend:
+    """The backend a spec names, with `threads` (0: not given) and `options` filling its defaults."""
+    return parse_backend(backend, {**(options or {}), "threads": threads or None})

@@ -227,7 +227,7 @@ class Pass:
         return out
 
     def __str__(self) -> str:
-        from onnxforge.passes.pipeline import format_item
+        from onnxforge.spec import format_item
 
         return format_item(self.name, self.non_default_options())
 

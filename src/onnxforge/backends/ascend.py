@@ -1,6 +1,11 @@
-"""atc backend: compiles ONNX models to Ascend offline models (.om) with CANN's `atc`.
+"""The Ascend backends: `atc` compiles ONNX to offline models (.om), `ais_bench` runs them on an NPU.
 
-The command is derived from the model itself:
+Both live here so that neither imports the other: they share `AscendOptions` (compile options for atc,
+the device for ais_bench), compile the same way (CANN's `atc`) and run the same way (ais_bench's
+InferSession). They differ in what they need installed: `atc` checks for the atc tool (compiling is
+what it is for), `ais_bench` for the ais_bench package (running is what it is for).
+
+Compiling (atc). The command is derived from the model itself:
 
     atc --framework=5 --model=M.onnx --output=OUT --input_shape=image:1,3,1024,2048
         --soc_version=Ascend310P3 [--output_type=FP16] [--input_fp16_nodes=image]
@@ -20,7 +25,10 @@ guide: "ONNX 1.8.0, Opset v9~v13"; CANN 7.0's: "Opset v9~v18"; default 9..13, ov
 A missing atc is BackendUnavailable with the exact fix; a failing atc is a BackendError quoting its
 first error-code line (``E10001: ...``) and pointing at the full log written next to the output.
 
-The atc backend runs its .om artifacts through ais_bench (see `ais_bench.py`).
+Running (ais_bench). Needs ``ais_bench`` and ``aclruntime`` (CANN's inference tools) on an Ascend host;
+anywhere else the runner raises BackendUnavailable saying so. A path that already ends in ``.om`` is
+not compiled again. On a machine without an NPU, run the model on the Ascend host with ais_bench and
+give its output directory to ``onnxforge evaluate --predictions DIR``: accuracy is then computed here.
 """
 
 from __future__ import annotations
@@ -31,15 +39,27 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Literal, Mapping, Optional, Sequence
 
+import numpy as np
 import onnx
 
-from onnxforge.backends.base import Backend, Runner, load_model_arg, model_inputs, model_outputs
+from onnxforge import spec
+from onnxforge.backends.base import (
+    Backend,
+    Runner,
+    TensorInfo,
+    check_non_negative,
+    load_model_arg,
+    model_inputs,
+    model_outputs,
+)
 from onnxforge.errors import BackendError, BackendUnavailable
 from onnxforge.modelio import write_text_atomic
+from onnxforge.spec import option
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +87,7 @@ Transpose Unsqueeze Where Xor
 """.split())
 
 _ERROR_CODE = re.compile(r"\b[EW]\d{5}\b")
+_RECORDED = spec.Grammar(what="recorded pipeline", item="a pass name", error=BackendError)
 
 
 @dataclass(frozen=True)
@@ -89,11 +110,14 @@ def recorded_pipeline(model: onnx.ModelProto) -> str | None:
 
 
 def _pipeline_passes(pipeline: str | None) -> set[str]:
+    """The pass names of a recorded pipeline (read with the pipeline grammar; unreadable: none, logged)."""
     if not pipeline:
         return set()
-    # drop {options} blocks (they may contain commas), then split on commas
-    flat = re.sub(r"\{[^}]*\}", "", pipeline)
-    return {p.strip() for p in flat.split(",") if p.strip()}
+    try:
+        return {item.name for item in spec.parse_items(pipeline, _RECORDED)}
+    except BackendError as exc:
+        log.warning("atc: cannot read the recorded pipeline: %s", exc)
+        return set()
 
 
 def ai_onnx_opset(model: onnx.ModelProto) -> int | None:
@@ -203,27 +227,124 @@ class CompileResult:
     plan: AtcPlan
 
 
-class AtcBackend(Backend):
-    """Compiles with CANN atc; runs the .om through ais_bench (see the module docstring)."""
+AIS_BENCH_MISSING = (
+    "the ais_bench package is not installed here (from ais_bench.infer.interface import InferSession failed): "
+    "install the aclruntime and ais_bench wheels from Ascend's ait/ais_bench tools on an Ascend host with CANN, "
+    "or run the model there and evaluate its outputs here with --predictions DIR"
+)
 
-    name = "atc"
-    artifact_kind = "file"
+_DTYPES = {
+    "float32": np.float32, "float16": np.float16, "float64": np.float64, "int64": np.int64,
+    "int32": np.int32, "int16": np.int16, "int8": np.int8, "uint8": np.uint8, "bool": np.bool_,
+}
 
-    def __init__(self, soc_version: str = DEFAULT_SOC_VERSION, min_opset: int = MIN_OPSET,
-                 max_opset: int = MAX_OPSET, check: bool = True, extra_ops: tuple[str, ...] = (),
-                 extra_args: tuple[str, ...] = (), log_level: str = "error", device_id: int = 0,
-                 timeout_s: float | None = None, **options: Any) -> None:
-        super().__init__(soc_version=soc_version, **options)
-        self.soc_version = soc_version
-        self.min_opset = min_opset
-        self.max_opset = max_opset
-        self.check = check
-        self.extra_ops = frozenset(extra_ops)
-        self.extra_args = tuple(extra_args)
-        self.log_level = log_level
+
+def import_infer_session():
+    """The InferSession class, or BackendUnavailable with the fix."""
+    try:
+        from ais_bench.infer.interface import InferSession
+    except (ImportError, OSError):  # OSError: the package is there but its native libraries are not
+        raise BackendUnavailable(AIS_BENCH_MISSING) from None
+    return InferSession
+
+
+def _dtype_of(datatype: object) -> np.dtype:
+    text = str(datatype).lower().rsplit(".", 1)[-1]
+    for key, dt in _DTYPES.items():
+        if key == text or text.endswith(key):
+            return np.dtype(dt)
+    return np.dtype(np.float32)
+
+
+class AisBenchRunner(Runner):
+    """An ais_bench InferSession on one .om file (device `device_id`)."""
+
+    def __init__(self, om_path: Path, device_id: int = 0) -> None:
+        super().__init__()
+        self.om_path = Path(om_path)
         self.device_id = device_id
-        self.timeout_s = timeout_s
+        self.session = None
+
+    def activate(self) -> None:
+        infer_session = import_infer_session()
+        if not self.om_path.is_file():
+            raise BackendError(f"{self.om_path}: no such .om file")
+        self.session = infer_session(self.device_id, str(self.om_path))
+
+    def deactivate(self) -> None:
+        if self.session is not None:
+            free = getattr(self.session, "free_resource", None)
+            if callable(free):
+                free()
+        self.session = None
+
+    def _infos(self, items) -> list[TensorInfo]:
+        return [TensorInfo(t.name, tuple(int(d) for d in t.shape), _dtype_of(t.datatype)) for t in items]
+
+    def inputs(self) -> list[TensorInfo]:
+        assert self.session is not None
+        return self._infos(self.session.get_inputs())
+
+    def outputs(self) -> list[TensorInfo]:
+        assert self.session is not None
+        return self._infos(self.session.get_outputs())
+
+    def _infer(self, feeds: Mapping[str, np.ndarray], names: Sequence[str] | None) -> tuple[list[np.ndarray], float | None]:
+        assert self.session is not None
+        ordered = [np.ascontiguousarray(feeds[i.name]) for i in self.inputs()]
+        start = time.perf_counter()
+        outputs = self.session.infer(ordered, mode="static")
+        wall = time.perf_counter() - start
+        measured = None
+        summary = getattr(self.session, "summary", None)
+        if callable(summary):
+            times = getattr(summary(), "exec_time_list", None) or []
+            if times:
+                last = times[-1]
+                # older releases store milliseconds, newer ones (start, end) pairs in milliseconds
+                measured = (float(last[1]) - float(last[0])) / 1000.0 if isinstance(last, (tuple, list)) else float(last) / 1000.0
+        arrays = [np.asarray(o) for o in outputs]
+        if names is not None:
+            order = [o.name for o in self.outputs()]
+            missing = [n for n in names if n not in order]
+            if missing:
+                raise BackendError(f"{self.om_path}: no output named {missing[0]!r} (outputs: {', '.join(order)})")
+            arrays = [arrays[order.index(n)] for n in names]
+        return arrays, (measured if measured and measured > 0 else wall)
+
+
+@dataclass(frozen=True)
+class AscendOptions:
+    """Options of the atc and ais_bench backends (`atc{soc_version=Ascend310P3,max_opset=18}`)."""
+
+    soc_version: str = option(DEFAULT_SOC_VERSION, "target Ascend SoC (atc --soc_version), e.g. Ascend310, Ascend310P3, Ascend910")
+    device_id: int = option(0, "NPU the .om runs on (ais_bench)")
+    min_opset: int = option(MIN_OPSET, "lowest ai.onnx opset atc accepts")
+    max_opset: int = option(MAX_OPSET, "highest ai.onnx opset this CANN's atc accepts (CANN 5.x: 13, 7.0: 18)")
+    check: bool = option(True, "check opset, ops and static shapes before atc runs")
+    extra_ops: tuple[str, ...] = option((), "op types to accept beyond CANN 5.0.4's list")
+    extra_args: tuple[str, ...] = option((), "arguments appended to the atc command line as given")
+    log_level: Literal["debug", "info", "warning", "error", "null"] = option("error", "atc --log level")
+    timeout_s: Optional[float] = option(None, "seconds atc may run (none: no limit)")
+
+
+class _AscendBackend(Backend):
+    """Compiles with CANN atc and runs the .om through ais_bench (see the module docstring)."""
+
+    Options = AscendOptions
+    artifact_suffix = ".om"
+
+    def __init__(self, options: AscendOptions | None = None, **kwargs: object) -> None:
+        super().__init__(options, **kwargs)
         self.last_result: CompileResult | None = None
+
+    def validate(self) -> None:
+        check_non_negative(self, "device_id", "min_opset", "max_opset")
+        o = self.options
+        if o.min_opset > o.max_opset:
+            raise BackendError(f"backend '{self.name}': min_opset {o.min_opset} is above max_opset {o.max_opset}")
+        if o.timeout_s is not None and o.timeout_s <= 0:
+            raise BackendError(f"backend '{self.name}': option 'timeout_s' must be positive, got {o.timeout_s}")
 
     def atc_path(self) -> str:
         found = shutil.which("atc")
@@ -231,24 +352,25 @@ class AtcBackend(Backend):
             raise BackendUnavailable(ATC_MISSING)
         return found
 
-    def check_available(self) -> None:
-        self.atc_path()
-
     def compile(self, model: str | Path | onnx.ModelProto, output: str | Path | None = None) -> Path:
         """Runs atc; returns the .om path. `output` may end in .om or not; default: next to the model.
+        A path that already is an .om is returned unchanged.
 
         Raises:
             BackendError: the model fails the opset/op checks, or atc fails (first error-code line quoted).
             BackendUnavailable: atc is not on PATH.
         """
+        if self.is_artifact(model):
+            return Path(model)  # type: ignore[arg-type]
         return self.compile_full(model, output).om_path
 
     def compile_full(self, model: str | Path | onnx.ModelProto, output: str | Path | None = None) -> CompileResult:
         """`compile`, returning the command line and log path as well."""
+        o = self.options
         proto = load_model_arg(model)
         label = str(model) if not isinstance(model, onnx.ModelProto) else (proto.graph.name or "<model>")
-        if self.check:
-            problems = check_model_for_atc(proto, self.min_opset, self.max_opset, self.extra_ops)
+        if o.check:
+            problems = check_model_for_atc(proto, o.min_opset, o.max_opset, frozenset(o.extra_ops))
             if problems:
                 more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
                 raise BackendError(f"{label}: atc would reject this model: {problems[0]}{more}")
@@ -268,13 +390,13 @@ class AtcBackend(Backend):
                 onnx.save_model(proto, str(model_path))
             else:
                 model_path = Path(model)
-            plan = plan_atc(proto, model_path, out_base, self.soc_version, atc, self.log_level, self.extra_args)
+            plan = plan_atc(proto, model_path, out_base, o.soc_version, atc, o.log_level, o.extra_args)
             log.info("atc: %s", " ".join(plan.command))
             try:
-                proc = subprocess.run(plan.command, capture_output=True, text=True, timeout=self.timeout_s,
+                proc = subprocess.run(plan.command, capture_output=True, text=True, timeout=o.timeout_s,
                                       env=dict(os.environ))
             except subprocess.TimeoutExpired:
-                raise BackendError(f"{label}: atc did not finish within {self.timeout_s:.0f} s") from None
+                raise BackendError(f"{label}: atc did not finish within {o.timeout_s:.0f} s") from None
             except OSError as exc:
                 raise BackendError(f"{label}: cannot run atc ({atc}): {exc}") from None
         text = (proc.stdout or "") + ("\n" if proc.stdout and proc.stderr else "") + (proc.stderr or "")
@@ -291,7 +413,37 @@ class AtcBackend(Backend):
         self.last_result = CompileResult(om_path, plan.command, log_path, plan)
         return self.last_result
 
-    def runner(self, artifact: str | Path) -> Runner:
-        from onnxforge.backends.ais_bench import AisBenchRunner
+    def compile_notes(self) -> list[str]:
+        """The atc command line of the last compile, and the pipeline recorded in the model, if any."""
+        result = self.last_result
+        if result is None:
+            return []
+        lines = [f"command: {' '.join(result.command)}"]
+        if result.plan.pipeline:
+            lines.append(f"pipeline recorded in the model: {result.plan.pipeline}")
+        return lines
 
-        return AisBenchRunner(Path(artifact), device_id=self.device_id)
+    def runner(self, artifact: str | Path) -> AisBenchRunner:
+        """An ais_bench runner on an .om (BackendUnavailable without the ais_bench package)."""
+        import_infer_session()
+        return AisBenchRunner(Path(artifact), device_id=self.options.device_id)
+
+
+class AtcBackend(_AscendBackend):
+    """Compiles with CANN atc (needs atc on PATH); runs the .om through ais_bench."""
+
+    name = "atc"
+    summary = "compiles ONNX to an Ascend .om with CANN's atc (opset and ops checked first); runs it with ais_bench."
+
+    def check_available(self) -> None:
+        self.atc_path()
+
+
+class AisBenchBackend(_AscendBackend):
+    """Runs .om models with ais_bench (needs the package); compiles ONNX with atc first."""
+
+    name = "ais_bench"
+    summary = "runs Ascend .om models on an NPU with ais_bench; an ONNX model is compiled with atc first."
+
+    def check_available(self) -> None:
+        import_infer_session()
