@@ -107,6 +107,28 @@ def test_compile_errors(cli, tmp_path):
     assert_one_line_error(proc, "ai.onnx opset 17 is outside what atc accepts (9..13)")
 
 
+def test_evaluate_synthetic_for_every_task(cli, tmp_path):
+    from tests.evaluate.test_plan_score import unetpp_like, vovnet_like
+
+    vov = save(vovnet_like(), tmp_path / "vovnet39.onnx")
+    proc = cli("evaluate", vov, "--dataset", "synthetic", "--limit", "3", "--reference", vov, "--json", tmp_path / "v.json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "v.json").read_text())
+    assert data["task"] == "classification" and set(data["metrics"]) == {"top1", "top5"}
+    assert (data["dataset_classes"], data["model_classes"]) == (255, 1000) and data["agreement"]["top1_agreement"] == 1.0
+    unet = save(unetpp_like(), tmp_path / "unetpp.onnx")
+    proc = cli("evaluate", unet, "--dataset", "synthetic", "--limit", "2", "--preset", "unetpp", "--json", tmp_path / "u.json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "u.json").read_text())
+    assert data["task"] == "binary-segmentation" and data["preset"] == "unetpp" and 0.0 <= data["metrics"]["IoU"] <= 1.0
+    labels = save(seg_model(classes=4, size=(16, 24), labels=True), tmp_path / "labels.onnx")
+    assert_one_line_error(cli("evaluate", labels, "--dataset", "synthetic", "--limit", "2"),
+                          f"{labels}: cannot tell the number of classes", "--num-classes")
+    proc = cli("evaluate", labels, "--dataset", "synthetic", "--limit", "2", "--num-classes", "4")
+    assert proc.returncode == 0 and "mIoU" in proc.stdout, proc.stderr
+    assert_one_line_error(cli("evaluate", labels, "--dataset", "coco"), "unknown dataset 'coco'; known datasets: voc2012")
+
+
 def test_bench_takes_a_backend_spec_and_shorthands(cli, tmp_path):
     model = save(seg_model(classes=3, size=(8, 8), batch="N"), tmp_path / "m.onnx")
     out = tmp_path / "bench.json"

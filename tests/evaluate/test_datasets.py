@@ -8,9 +8,8 @@ from PIL import Image
 
 from onnxforge.errors import DatasetError
 from onnxforge.evaluate import datasets as dsmod
-from onnxforge.evaluate.datasets import (
-    DSB2018, VOC2012, Cityscapes, ImageNetVal, labelids_to_trainids, open_dataset,
-)
+from onnxforge.evaluate.catalog import open_dataset
+from onnxforge.evaluate.datasets import DSB2018, VOC2012, Cityscapes, ImageNetVal, labelids_to_trainids
 from tests.evaluate.builders import write_cityscapes, write_dsb, write_imagenet, write_png, write_voc
 
 

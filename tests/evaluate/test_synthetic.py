@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from onnxforge.evaluate.datasets import open_dataset
+from onnxforge.evaluate.catalog import open_dataset
 from onnxforge.evaluate.synthetic import (
     EVAL_SEED, TRAIN_SEED, SyntheticDataset, generate_sample, voc_palette, write_synthetic,
 )

@@ -11,9 +11,11 @@ from rich.table import Table
 
 from onnxforge.cli import console
 from onnxforge.errors import ForgeError
+from onnxforge.evaluate.catalog import dataset_help
+from onnxforge.frontends import MODELS
 
-DATASETS_HELP = "voc2012 | imagenet | cityscapes | dsb2018 | synthetic"
-PRESETS_HELP = "refinenet | vovnet39 | pspnet | unetpp | fastscnn"
+DATASETS_HELP = dataset_help()
+PRESETS_HELP = " | ".join(MODELS)
 
 
 def _pct(value: float | None) -> str:
@@ -38,7 +40,7 @@ def evaluate(
     model: Path = typer.Argument(..., help="ONNX model (or .om with --backend ais_bench).", show_default=False),
     dataset: str = typer.Option(..., "--dataset", "-d", help=f"Dataset: {DATASETS_HELP}.", show_default=False),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder in its real layout (synthetic: optional, generated in memory without it)."),
-    preset: Optional[str] = typer.Option(None, "--preset", help=f"Model whose preprocessing and metric to use: {PRESETS_HELP}."),
+    preset: Optional[str] = typer.Option(None, "--preset", help=f"Model whose preprocessing and metric to use: {PRESETS_HELP} (with synthetic data: its preprocessing, at the model's input size)."),
     backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime | atc | ais_bench."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N samples only."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per run (a static batch must match)."),
@@ -48,6 +50,7 @@ def evaluate(
     soc_version: Optional[str] = typer.Option(None, "--soc-version", help="atc/ais_bench: target SoC (default Ascend310P3)."),
     threads: int = typer.Option(0, "--threads", help="onnxruntime intra-op threads (0: one per core)."),
     device: str = typer.Option("cpu", "--device", help="onnxruntime device: cpu | cuda | tensorrt | auto."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes the model predicts, where its output does not say (an integer label map) and no preset does."),
 ) -> None:
     """Score a model on a dataset with the metric its upstream used (mIoU, pixAcc, top-1/5, IoU).
 
@@ -57,6 +60,8 @@ def evaluate(
     """
     from onnxforge.evaluate.evaluator import evaluate as run_evaluate
 
+    if num_classes is not None and num_classes < 1:
+        raise ForgeError(f"--num-classes: expected a positive class count, got {num_classes}")
     if json_path is not None:
         from onnxforge.modelio import check_output_path
 
@@ -71,6 +76,7 @@ def evaluate(
         result = run_evaluate(
             model, dataset, data_root, preset=preset, backend=backend, limit=limit, batch_size=batch_size,
             progress=update, reference=reference, predictions=predictions, backend_options=options,
+            num_classes=num_classes,
         )
     console.out.print(render_result(result))
     for note in result.notes:

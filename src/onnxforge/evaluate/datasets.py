@@ -12,8 +12,11 @@ Layouts (``ROOT`` is ``--data-root``):
   ``_key`` table, every void id (and anything outside 0..33) becomes -1.
 - ``dsb2018``: ``ROOT/dsb2018_96/images/<id>.png``, ``ROOT/dsb2018_96/masks/0/<id>.png`` and
   ``val_ids.txt`` (in ROOT or ROOT/dsb2018_96); masks become 0/1 with ``mask/255 > 0.5``.
-- ``synthetic``: the VOC-like layout `onnxforge.evaluate.synthetic.write_synthetic` writes (images may
-  be ``.png``), or generated in memory (see `synthetic.py`).
+- ``synthetic`` (registered by `synthetic.py`): the VOC-like layout `write_synthetic` writes (images
+  may be ``.png``), or generated in memory.
+
+Every dataset class registers itself (``@register_dataset``) under its ``name`` with a one-line
+``summary``; `onnxforge.evaluate.catalog.open_dataset(name, root)` opens one by name.
 
 Contract: constructing a dataset checks the layout and that every listed image and label file exists
 (DatasetError naming the first missing path); iterating decodes one sample at a time, so memory does
@@ -33,10 +36,9 @@ from typing import Iterator
 import numpy as np
 
 from onnxforge.errors import DatasetError
+from onnxforge.evaluate.registry import register_dataset
 
 log = logging.getLogger(__name__)
-
-DATASET_NAMES = ("voc2012", "imagenet", "cityscapes", "dsb2018", "synthetic")
 
 #: SegmenTron's cityscapes `_key`: index = labelId + 1 (np.digitize over range(-1, 34)), value = trainId.
 CITYSCAPES_KEY = np.array([
@@ -61,12 +63,25 @@ class Sample:
 
 
 class Dataset(ABC):
-    """A finite, ordered, lazily decoded set of samples."""
+    """A finite, ordered, lazily decoded set of samples.
+
+    A registered dataset class declares `name`, a one-line `summary` and what its labels are (`task`,
+    `num_classes`, `ignore_index`); `open` builds it from the CLI's ``--data-root`` and options.
+    """
 
     name: str = ""
+    summary: str = ""
     task: str = "segmentation"  # segmentation | classification | binary-segmentation
     num_classes: int | None = None
     ignore_index: int | None = None
+    generated: bool = False  # True: the data is generated for the model (any task and size), no preset needed
+
+    @classmethod
+    def open(cls, root: str | Path | None, limit: int | None = None, **options) -> Dataset:
+        """The dataset read from `root` (DatasetError if it needs one and `root` is None)."""
+        if root is None:
+            raise DatasetError(f"dataset {cls.name} needs --data-root")
+        return cls(root, limit=limit, **options)
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -194,10 +209,12 @@ def find_voc_root(root: Path) -> Path:
     )
 
 
+@register_dataset
 class VOC2012(_PairDataset):
     """PASCAL VOC 2012 segmentation (21 classes, 255 = void); also reads the synthetic set's layout."""
 
     name = "voc2012"
+    summary = "PASCAL VOC 2012 val segmentation (JPEGImages, SegmentationClass, ImageSets/Segmentation/val.txt)"
     task = "segmentation"
     num_classes = 21
     ignore_index = 255
@@ -217,81 +234,12 @@ class VOC2012(_PairDataset):
         super().__init__(items)
 
 
-class Cityscapes(_PairDataset):
-    """Cityscapes fine val (19 train classes; void -> -1 via SegmenTron's `_key`)."""
-
-    name = "cityscapes"
-    task = "segmentation"
-    num_classes = 19
-    ignore_index = -1
-
-    def __init__(self, root: str | Path, split: str = "val", limit: int | None = None) -> None:
-        root = Path(root)
-        if not root.is_dir():
-            raise DatasetError(f"{root}: data root does not exist")
-        img_root = _require_dir(root / "leftImg8bit" / split, "Cityscapes images, leftImg8bit/<split>/<city>/")
-        gt_root = _require_dir(root / "gtFine" / split, "Cityscapes labels, gtFine/<split>/<city>/")
-        images = sorted(img_root.glob("*/*_leftImg8bit.png"))
-        if not images:
-            raise DatasetError(f"{img_root}: no <city>/*_leftImg8bit.png images")
-        items = []
-        for img in _limit(images, limit):
-            prefix = img.name[: -len("_leftImg8bit.png")]
-            items.append((img.stem, img, gt_root / img.parent.name / f"{prefix}_gtFine_labelIds.png"))
-        self.root = root
-        super().__init__(items)
-
-    def map_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        return labelids_to_trainids(raw)
-
-
-def labelids_to_trainids(label_ids: np.ndarray) -> np.ndarray:
-    """Cityscapes labelIds -> trainIds exactly as SegmenTron's `_class_to_index` (void -> -1).
-
-    SegmenTron asserts every value is a known id; here values outside 0..33 are treated as void too.
-    """
-    ids = label_ids.astype(np.int32)
-    out = np.full(ids.shape, -1, dtype=np.int16)
-    known = (ids >= 0) & (ids <= 33)
-    out[known] = CITYSCAPES_KEY[ids[known] + 1]
-    return out
-
-
-class DSB2018(_PairDataset):
-    """Data Science Bowl 2018 nuclei at 96x96 (binary; masks 0/255 -> 0/1)."""
-
-    name = "dsb2018"
-    task = "binary-segmentation"
-    num_classes = 1
-    ignore_index = None
-
-    def __init__(self, root: str | Path, limit: int | None = None) -> None:
-        root = Path(root)
-        if not root.is_dir():
-            raise DatasetError(f"{root}: data root does not exist")
-        base = root if (root / "images").is_dir() and root.name == "dsb2018_96" else root / "dsb2018_96"
-        images = _require_dir(base / "images", "DSB2018 images, dsb2018_96/images/<id>.png")
-        masks = _require_dir(base / "masks" / "0", "DSB2018 masks, dsb2018_96/masks/0/<id>.png")
-        candidates = [root / "val_ids.txt", base / "val_ids.txt"]
-        if base == root:
-            candidates.append(root.parent / "val_ids.txt")
-        ids_file = next((p for p in candidates if p.is_file()), None)
-        if ids_file is None:
-            raise DatasetError(f"{candidates[0]}: missing val_ids.txt (the validation ids, one per line; also looked "
-                               f"in {', '.join(str(p.parent) for p in candidates[1:])})")
-        ids = _limit(_read_list(ids_file, "val_ids.txt"), limit)
-        self.root = base
-        super().__init__([(i, images / f"{i}.png", masks / f"{i}.png") for i in ids])
-
-    def map_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
-        # upstream: mask.astype(float32) / 255, then target > 0.5
-        return (raw.astype(np.float32) / 255.0 > 0.5).astype(np.uint8)
-
-
+@register_dataset
 class ImageNetVal(Dataset):
     """ImageNet val: images + val_label.txt (``name label`` per line, 1000 classes, no offset)."""
 
     name = "imagenet"
+    summary = "ImageNet val classification (images + val_label.txt)"
     task = "classification"
     num_classes = 1000
     ignore_index = None
@@ -330,23 +278,76 @@ class ImageNetVal(Dataset):
             yield Sample(name, read_rgb(path), lab, path, None)
 
 
-def open_dataset(name: str, root: str | Path | None, limit: int | None = None, **options) -> Dataset:
-    """The dataset `name` read from `root` (see the module docstring for layouts).
+@register_dataset
+class Cityscapes(_PairDataset):
+    """Cityscapes fine val (19 train classes; void -> -1 via SegmenTron's `_key`)."""
 
-    ``synthetic`` without a root is generated in memory (options: size, classes, seed, count).
+    name = "cityscapes"
+    summary = "Cityscapes fine val (leftImg8bit/val, gtFine/val labelIds -> trainIds)"
+    task = "segmentation"
+    num_classes = 19
+    ignore_index = -1
+
+    def __init__(self, root: str | Path, split: str = "val", limit: int | None = None) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise DatasetError(f"{root}: data root does not exist")
+        img_root = _require_dir(root / "leftImg8bit" / split, "Cityscapes images, leftImg8bit/<split>/<city>/")
+        gt_root = _require_dir(root / "gtFine" / split, "Cityscapes labels, gtFine/<split>/<city>/")
+        images = sorted(img_root.glob("*/*_leftImg8bit.png"))
+        if not images:
+            raise DatasetError(f"{img_root}: no <city>/*_leftImg8bit.png images")
+        items = []
+        for img in _limit(images, limit):
+            prefix = img.name[: -len("_leftImg8bit.png")]
+            items.append((img.stem, img, gt_root / img.parent.name / f"{prefix}_gtFine_labelIds.png"))
+        self.root = root
+        super().__init__(items)
+
+    def map_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        return labelids_to_trainids(raw)
+
+
+def labelids_to_trainids(label_ids: np.ndarray) -> np.ndarray:
+    """Cityscapes labelIds -> trainIds exactly as SegmenTron's `_class_to_index` (void -> -1).
+
+    SegmenTron asserts every value is a known id; here values outside 0..33 are treated as void too.
     """
-    if name not in DATASET_NAMES:
-        raise DatasetError(f"unknown dataset '{name}'; known datasets: {', '.join(DATASET_NAMES)}")
-    if name == "synthetic":
-        from onnxforge.evaluate.synthetic import open_synthetic
+    ids = label_ids.astype(np.int32)
+    out = np.full(ids.shape, -1, dtype=np.int16)
+    known = (ids >= 0) & (ids <= 33)
+    out[known] = CITYSCAPES_KEY[ids[known] + 1]
+    return out
 
-        return open_synthetic(root, limit=limit, **options)
-    if root is None:
-        raise DatasetError(f"dataset {name} needs --data-root")
-    if name == "voc2012":
-        return VOC2012(root, limit=limit, **options)
-    if name == "cityscapes":
-        return Cityscapes(root, limit=limit, **options)
-    if name == "dsb2018":
-        return DSB2018(root, limit=limit, **options)
-    return ImageNetVal(root, limit=limit, **options)
+
+@register_dataset
+class DSB2018(_PairDataset):
+    """Data Science Bowl 2018 nuclei at 96x96 (binary; masks 0/255 -> 0/1)."""
+
+    name = "dsb2018"
+    summary = "Data Science Bowl 2018 nuclei (dsb2018_96/images, masks/0, val_ids.txt)"
+    task = "binary-segmentation"
+    num_classes = 1
+    ignore_index = None
+
+    def __init__(self, root: str | Path, limit: int | None = None) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise DatasetError(f"{root}: data root does not exist")
+        base = root if (root / "images").is_dir() and root.name == "dsb2018_96" else root / "dsb2018_96"
+        images = _require_dir(base / "images", "DSB2018 images, dsb2018_96/images/<id>.png")
+        masks = _require_dir(base / "masks" / "0", "DSB2018 masks, dsb2018_96/masks/0/<id>.png")
+        candidates = [root / "val_ids.txt", base / "val_ids.txt"]
+        if base == root:
+            candidates.append(root.parent / "val_ids.txt")
+        ids_file = next((p for p in candidates if p.is_file()), None)
+        if ids_file is None:
+            raise DatasetError(f"{candidates[0]}: missing val_ids.txt (the validation ids, one per line; also looked "
+                               f"in {', '.join(str(p.parent) for p in candidates[1:])})")
+        ids = _limit(_read_list(ids_file, "val_ids.txt"), limit)
+        self.root = base
+        super().__init__([(i, images / f"{i}.png", masks / f"{i}.png") for i in ids])
+
+    def map_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        # upstream: mask.astype(float32) / 255, then target > 0.5
+        return (raw.astype(np.float32) / 255.0 > 0.5).astype(np.uint8)

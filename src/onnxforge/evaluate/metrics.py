@@ -19,6 +19,14 @@ Every metric accumulates over the dataset with `update(prediction, target)` and 
 - ``topk``: top-1 and top-5 accuracy of the logits against the integer label (ties: first index).
 - ``binary-iou`` (the UNet++ guide): per image IoU = (|P & T| + 1e-5) / (|P | T| + 1e-5) with
   T = target > 0, P = the thresholded prediction; **mean over images**.
+
+Each metric class registers itself (``@register_metric``) with its `name`, a one-line `summary` and the
+`keys` its `result()` reports; `make_metric(name, ...)` builds one by name.
+
+Per-image contributions (``per_image=True``), so that a bootstrap over images can resample them:
+segmentation metrics keep one confusion matrix per image (rows: target class, columns: predicted
+class, over pixels whose target and prediction are both in 0..C-1), ``topk`` one row of hits per image
+(top-k for each k), ``binary-iou`` each image's IoU.
 """
 
 from __future__ import annotations
@@ -29,8 +37,8 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from onnxforge.errors import EvaluationError
+from onnxforge.evaluate.registry import METRICS, register_metric
 
-METRIC_NAMES = ("miou-segmentron", "miou-mmseg", "miou-densetorch", "topk", "binary-iou")
 SEGMENTRON_EPS = 2.220446049250313e-16
 BINARY_SMOOTH = 1e-5
 
@@ -46,10 +54,44 @@ def _frac(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
+def confusion(pred: np.ndarray, target: np.ndarray, n: int) -> np.ndarray:
+    """(n, n) counts of (target class, predicted class) over pixels where both are in 0..n-1."""
+    p = pred.astype(np.int64, copy=False).ravel()
+    t = target.astype(np.int64, copy=False).ravel()
+    ok = (t >= 0) & (t < n) & (p >= 0) & (p < n)
+    return np.bincount(t[ok] * n + p[ok], minlength=n * n).reshape(n, n)
+
+
 class Metric(ABC):
-    """Accumulates over the dataset; `result()` gives fractions in [0, 1] (None where undefined)."""
+    """Accumulates over the dataset; `result()` gives fractions in [0, 1] (None where undefined).
+
+    A registered metric declares `name`, `summary`, the `keys` of `result()` and builds itself from
+    the evaluation's class count and ignore label with `create`.
+    """
 
     name: str = ""
+    summary: str = ""
+    keys: tuple[str, ...] = ()
+    per_image_kind: str = ""  # "confusion" | "hits" | "score"
+
+    @classmethod
+    def create(cls, num_classes: int, ignore_index: int | None = None) -> Metric:
+        return cls(num_classes)
+
+    def keep_per_image(self) -> None:
+        """From now on, keep each image's contribution (see the module docstring)."""
+        self._per_image: list[np.ndarray] = []
+
+    def _record(self, prediction: np.ndarray, target: np.ndarray) -> None:
+        if getattr(self, "_per_image", None) is not None:
+            self._per_image.append(confusion(prediction, target, self.num_classes))
+
+    def per_image(self) -> np.ndarray | None:
+        """The kept contributions stacked over images (None unless `keep_per_image` was called)."""
+        kept = getattr(self, "_per_image", None)
+        if kept is None:
+            return None
+        return np.stack(kept) if kept else np.zeros((0,))
 
     @abstractmethod
     def update(self, prediction, target) -> None: ...
@@ -66,8 +108,12 @@ def _check_pair(pred: np.ndarray, target: np.ndarray) -> None:
         raise EvaluationError(f"prediction shape {pred.shape} does not match the label's {target.shape}")
 
 
+@register_metric
 class SegmentronMIoU(Metric):
     name = "miou-segmentron"
+    summary = "SegmenTron mIoU (void -1, plain mean over all classes) and pixAcc"
+    keys = ("mIoU", "pixAcc")
+    per_image_kind = "confusion"
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
@@ -87,6 +133,7 @@ class SegmentronMIoU(Metric):
         inter = _hist(p[p == t], self.num_classes)
         self.inter += inter
         self.union += _hist(p, self.num_classes) + _hist(t, self.num_classes) - inter
+        self._record(p, t)
 
     def iou(self) -> np.ndarray:
         return self.inter / (SEGMENTRON_EPS + self.union)
@@ -98,8 +145,12 @@ class SegmentronMIoU(Metric):
         return [float(x) for x in self.iou()]
 
 
+@register_metric
 class MmsegMIoU(Metric):
     name = "miou-mmseg"
+    summary = "mmseg mIoU (ignore 255, nanmean over classes) and aAcc"
+    keys = ("mIoU", "pixAcc")
+    per_image_kind = "confusion"
 
     def __init__(self, num_classes: int, ignore_index: int | None = 255) -> None:
         self.num_classes = num_classes
@@ -108,6 +159,10 @@ class MmsegMIoU(Metric):
         self.union = np.zeros(num_classes, np.int64)
         self.area_pred = np.zeros(num_classes, np.int64)
         self.area_label = np.zeros(num_classes, np.int64)
+
+    @classmethod
+    def create(cls, num_classes: int, ignore_index: int | None = None) -> Metric:
+        return cls(num_classes, 255 if ignore_index is None else ignore_index)
 
     def update(self, prediction: np.ndarray, target: np.ndarray) -> None:
         _check_pair(prediction, target)
@@ -122,6 +177,7 @@ class MmsegMIoU(Metric):
         self.area_pred += ap
         self.area_label += al
         self.union += ap + al - inter
+        self._record(pred, tgt)
 
     def iou(self) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -137,8 +193,12 @@ class MmsegMIoU(Metric):
         return [_frac(float(x)) for x in self.iou()]
 
 
+@register_metric
 class DensetorchMIoU(Metric):
     name = "miou-densetorch"
+    summary = "densetorch mIoU (confusion over gt < C, mean over classes with IU <= 1) and pixAcc"
+    keys = ("mIoU", "pixAcc")
+    per_image_kind = "confusion"
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
@@ -147,10 +207,12 @@ class DensetorchMIoU(Metric):
     def update(self, prediction: np.ndarray, target: np.ndarray) -> None:
         _check_pair(prediction, target)
         n = self.num_classes
-        pred = prediction.astype(np.int64, copy=False).ravel()
-        gt = target.astype(np.int64, copy=False).ravel()
-        idx = (gt >= 0) & (gt < n) & (pred >= 0) & (pred < n)
-        self.cm += np.bincount(gt[idx] * n + pred[idx], minlength=n * n).reshape(n, n)
+        pred = prediction
+        gt = target
+        cm = confusion(pred, gt, n)
+        self.cm += cm
+        if getattr(self, "_per_image", None) is not None:
+            self._per_image.append(cm)
 
     def iou(self) -> np.ndarray:
         pi = self.cm.sum(axis=0)
@@ -175,31 +237,50 @@ class DensetorchMIoU(Metric):
         return [None if x > 1.0 else float(x) for x in self.iou()]
 
 
+@register_metric
 class TopK(Metric):
     name = "topk"
+    summary = "top-1 and top-5 accuracy of classification logits"
+    keys = ("top1", "top5")
+    per_image_kind = "hits"
 
     def __init__(self, ks: tuple[int, ...] = (1, 5)) -> None:
         self.ks = ks
         self.hits = {k: 0 for k in ks}
         self.count = 0
 
+    @classmethod
+    def create(cls, num_classes: int, ignore_index: int | None = None) -> Metric:
+        return cls()
+
     def update(self, prediction: np.ndarray, target: int) -> None:
         logits = np.asarray(prediction, dtype=np.float64).ravel()
         order = np.argsort(-logits, kind="stable")
-        for k in self.ks:
-            self.hits[k] += int(int(target) in order[:k])
+        row = [int(int(target) in order[:k]) for k in self.ks]
+        for k, hit in zip(self.ks, row):
+            self.hits[k] += hit
         self.count += 1
+        if getattr(self, "_per_image", None) is not None:
+            self._per_image.append(np.array(row, dtype=bool))
 
     def result(self) -> dict[str, float | None]:
         return {f"top{k}": (self.hits[k] / self.count if self.count else None) for k in self.ks}
 
 
+@register_metric
 class BinaryIoU(Metric):
     name = "binary-iou"
+    summary = "binary IoU with 1e-5 smoothing, mean over images (UNet++)"
+    keys = ("IoU",)
+    per_image_kind = "score"
 
     def __init__(self) -> None:
         self.total = 0.0
         self.count = 0
+
+    @classmethod
+    def create(cls, num_classes: int, ignore_index: int | None = None) -> Metric:
+        return cls()
 
     def update(self, prediction: np.ndarray, target: np.ndarray) -> None:
         _check_pair(prediction, target)
@@ -207,23 +288,21 @@ class BinaryIoU(Metric):
         t = target > 0
         inter = float((p & t).sum())
         union = float((p | t).sum())
-        self.total += (inter + BINARY_SMOOTH) / (union + BINARY_SMOOTH)
+        iou = (inter + BINARY_SMOOTH) / (union + BINARY_SMOOTH)
+        self.total += iou
         self.count += 1
+        if getattr(self, "_per_image", None) is not None:
+            self._per_image.append(np.array(iou))
 
     def result(self) -> dict[str, float | None]:
         return {"IoU": self.total / self.count if self.count else None}
 
 
 def make_metric(name: str, num_classes: int, ignore_index: int | None = None) -> Metric:
-    """The metric called `name` (see the module docstring)."""
-    if name == "miou-segmentron":
-        return SegmentronMIoU(num_classes)
-    if name == "miou-mmseg":
-        return MmsegMIoU(num_classes, 255 if ignore_index is None else ignore_index)
-    if name == "miou-densetorch":
-        return DensetorchMIoU(num_classes)
-    if name == "topk":
-        return TopK()
-    if name == "binary-iou":
-        return BinaryIoU()
-    raise EvaluationError(f"unknown metric '{name}'; known metrics: {', '.join(METRIC_NAMES)}")
+    """The registered metric called `name` (see the module docstring); EvaluationError listing the known ones."""
+    return METRICS.get(name).create(num_classes, ignore_index)
+
+
+def metric_keys(name: str) -> tuple[str, ...]:
+    """The keys `result()` of metric `name` reports."""
+    return METRICS.get(name).keys

@@ -1,7 +1,9 @@
 """Train a seed model on the project's synthetic segmentation data (for the embedded demo).
 
 The demo's accuracy figures must mean something, so its Fast-SCNN is trained, not random: on
-`SyntheticDataset(seed=TRAIN_SEED)` samples (disjoint from the evaluation seed), with the same
+`onnxforge.scenes.generate_sample(i, seed=TRAIN_SEED)` scenes (disjoint from the evaluation seed; the
+evaluator's synthetic dataset streams the same generator, so the trainer needs nothing above the
+frontends layer), with the same
 preprocessing the evaluator uses for the synthetic set (RGB/255, ImageNet mean/std). Training is
 deterministic for a given config on one machine (fixed seeds, single process). The result is a plain
 state_dict in the upstream key layout (aux heads included, as SegmenTron saves), stored as float16 to
@@ -53,16 +55,15 @@ def train(config: TrainConfig, progress: Progress | None = None) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from onnxforge.evaluate.synthetic import TRAIN_SEED, SyntheticDataset
     from onnxforge.frontends import get_spec
+    from onnxforge.scenes import TRAIN_SEED, generate_sample
 
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     spec = get_spec(config.model)
     model = spec.build("upstream", with_aux=False)
     model.train()
-    data = SyntheticDataset(count=config.steps * config.batch, size=config.size, classes=config.classes, seed=TRAIN_SEED)
-    samples = iter(data)
+    samples = (generate_sample(i, config.size, config.classes, TRAIN_SEED) for i in range(config.steps * config.batch))
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -70,13 +71,13 @@ def train(config: TrainConfig, progress: Progress | None = None) -> dict:
     t0 = time.perf_counter()
     for step in range(1, config.steps + 1):
         batch = [next(samples) for _ in range(config.batch)]
-        x = torch.from_numpy(np.stack([s.image for s in batch])).permute(0, 3, 1, 2).float().div_(255)
+        x = torch.from_numpy(np.stack([image for image, _ in batch])).permute(0, 3, 1, 2).float().div_(255)
         x = (x - mean) / std
         if step % 2 == 0:  # horizontal flips: the classes do not depend on orientation
             x = x.flip(-1)
-            y = torch.from_numpy(np.stack([s.label[:, ::-1].copy() for s in batch]).astype(np.int64))
+            y = torch.from_numpy(np.stack([label[:, ::-1].copy() for _, label in batch]).astype(np.int64))
         else:
-            y = torch.from_numpy(np.stack([s.label for s in batch]).astype(np.int64))
+            y = torch.from_numpy(np.stack([label for _, label in batch]).astype(np.int64))
         out = model(x)
         logits = out[0] if isinstance(out, (tuple, list)) else out
         loss = F.cross_entropy(logits, y, ignore_index=255)
