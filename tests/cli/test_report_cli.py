@@ -170,10 +170,28 @@ def test_no_checkpoint_metadata_switches_to_agreement(tmp_path):
     assert isinstance(onnx.load(str(tmp_path / "r" / "best.onnx")), onnx.ModelProto)
 
 
-def test_class_count_mismatch_is_said(model_path, tmp_path):
-    r = run_report(model_path, "simplify", tmp_path / "r", DataSource("synthetic", None, None, 2, num_classes=19),
-                   timing=FAST, clock=fake_clock(), candidates_factory=fake_candidates())
-    assert any("predicts 4 classes but the data has 19" in w for w in r.report["warnings"])
+def test_class_count_mismatch_is_said():
+    """A classifier scored on synthetic labels of another class count (what the evaluation reports as
+    dataset_classes) is judged on agreement, and the report says why."""
+    from types import SimpleNamespace
+
+    from onnxforge.evaluate.ab import _meaningless
+
+    base = StageEval("baseline", "", None, None, None, "0" * 64, 10)
+    base.accuracy = {"top1": 0.9}
+    runner = SimpleNamespace(data=DataSource("synthetic", None, None, 2), dataset_classes=10, model_classes=1000,
+                             num_classes=1000)
+    assert _meaningless(base, tiny_segmenter(), runner) == ["the model predicts 1000 classes but the data has 10"]
+    runner.dataset_classes = 1000
+    assert _meaningless(base, tiny_segmenter(), runner) == []
+
+
+def test_num_classes_the_model_contradicts_is_one_error_line(cli, model_path, tmp_path):
+    from tests.conftest import assert_one_line_error
+
+    proc = cli("report", model_path, "--passes", "simplify", "--synthetic", "2", "--num-classes", "19", "-o", tmp_path / "r")
+    assert_one_line_error(proc, "19")
+    assert not (tmp_path / "r").exists()
 
 
 def test_absolute_budget_in_points(model_path, tmp_path):

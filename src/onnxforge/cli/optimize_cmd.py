@@ -43,7 +43,7 @@ def optimize(
     synthetic: Optional[int] = typer.Option(None, "--synthetic", help="--auto: N synthetic images instead of a dataset."),
     limit: Optional[int] = typer.Option(None, help="--auto: evaluate only the first N images."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="--auto: classes the data has, where the model cannot tell."),
-    backend: str = typer.Option("onnxruntime", help="--auto: backend the speed is measured on."),
+    backend: str = typer.Option("onnxruntime", help="--auto: backend spec the stages are evaluated and timed on, e.g. 'onnxruntime{device=cuda}'."),
     threads: int = typer.Option(0, help="--auto: onnxruntime threads."),
     min_rounds: int = typer.Option(10, "--min-rounds", help="--auto: interleaved timing rounds always run (>= 2)."),
     max_rounds: int = typer.Option(200, "--max-rounds", help="--auto: most timing rounds."),

@@ -22,7 +22,7 @@ def report(
     synthetic: Optional[int] = typer.Option(None, "--synthetic", help="Use N synthetic images generated in memory instead of a dataset."),
     preset: Optional[str] = typer.Option(None, help="Model preset for preprocessing and metric (refinenet, vovnet39, pspnet, unetpp, fastscnn)."),
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N images of the dataset."),
-    backend: str = typer.Option("onnxruntime", help="Backend that runs every stage."),
+    backend: str = typer.Option("onnxruntime", help="Backend spec that evaluates and times every stage, e.g. 'onnxruntime{device=cuda,threads=2}'."),
     batch_sizes: str = typer.Option("1", "--batch-sizes", help="Batch sizes to time, e.g. 1,4 (latency columns use the first)."),
     isolated: bool = typer.Option(False, "--isolated", help="Apply each pass alone to the baseline instead of cumulatively."),
     budget: str = typer.Option("1%", help="Largest accepted accuracy drop: relative (1%, 0.5%) or in metric points (0.5pt)."),

@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 import onnx
 
+from onnxforge.backends import Backend
 from onnxforge.errors import ForgeError, OutputPathError, PassError
 from onnxforge.evaluate.history import Budget, StageEval, decide, fill_deltas, judge_accuracy, model_sha256, primary_metric
 from onnxforge.evaluate.timing import TimingPolicy, Timings, analyse, measure_interleaved
@@ -117,7 +118,7 @@ def _classes_of(model: onnx.ModelProto) -> int | None:
 class StageRunner:
     """Evaluates stage models against one baseline (kept for agreement)."""
 
-    def __init__(self, baseline: onnx.ModelProto, data: DataSource, backend: str, threads: int,
+    def __init__(self, baseline: onnx.ModelProto, data: DataSource, backend: str | Backend, threads: int,
                  progress: Progress | None) -> None:
         self.baseline = baseline
         self.data = data
@@ -126,6 +127,8 @@ class StageRunner:
         self.progress = progress
         self.model_classes = _classes_of(baseline)
         self.num_classes = data.num_classes or self.model_classes
+        self.per_image: dict[str, object] = {}  # stage name -> EvalResult.per_image (for the bootstrap)
+        self.dataset_classes: int | None = None  # as the baseline's evaluation reported it
 
     def measure(self, stage: StageEval, model: onnx.ModelProto, with_reference: bool) -> None:
         from onnxforge.evaluate.evaluator import evaluate
@@ -134,9 +137,13 @@ class StageRunner:
         result = evaluate(
             model, self.data.dataset, self.data.data_root, preset=self.data.preset, backend=self.backend,
             limit=self.data.limit, progress=cb, reference=self.baseline if with_reference else None,
-            num_classes=self.num_classes,
-            backend_options={"threads": self.threads} if self.backend == "onnxruntime" and self.threads else None,
+            num_classes=self.num_classes, per_image=True,
         )
+        if result.per_image is not None:
+            self.per_image[stage.name] = result.per_image
+        if not with_reference:
+            self.dataset_classes = result.dataset_classes
+            self.model_classes = result.model_classes or self.model_classes
         stage.accuracy = {k: float(v) for k, v in result.metrics.items() if v is not None}
         stage.agreement = {k: float(v) for k, v in (result.agreement or {}).items() if v is not None}
 
@@ -214,8 +221,9 @@ def _meaningless(base: StageEval, model: onnx.ModelProto, runner: StageRunner) -
     meta = {p.key: p.value for p in model.metadata_props}
     if meta.get(CHECKPOINT_METADATA_KEY) == "none":
         why.append("the model was exported without a checkpoint (deterministic weights)")
-    if runner.data.num_classes and runner.model_classes and runner.data.num_classes != runner.model_classes:
-        why.append(f"the model predicts {runner.model_classes} classes but the data has {runner.data.num_classes}")
+    data_classes = runner.data.num_classes or runner.dataset_classes
+    if data_classes and runner.model_classes and data_classes != runner.model_classes and data_classes > 1:
+        why.append(f"the model predicts {runner.model_classes} classes but the data has {data_classes}")
     metric = primary_metric(base.accuracy)
     k = runner.num_classes
     if metric and k and k >= 3 and base.accuracy[metric] <= 1.0 / k:
@@ -228,7 +236,7 @@ def decide_pipeline(
     model: onnx.ModelProto,
     pipeline: str | Pipeline,
     data: DataSource,
-    backend: str = "onnxruntime",
+    backend: str | Backend = "onnxruntime",
     budget: Budget | str | float = "1%",
     isolated: bool = False,
     per_node: str | None = None,
@@ -243,6 +251,8 @@ def decide_pipeline(
     """Measures the baseline and every stage, decides each, and measures the combined stage.
 
     Args:
+        backend: a backend spec (``onnxruntime{device=cuda,threads=2}``) or Backend; every stage is
+            evaluated and timed on it (`threads`, when not 0, fills its threads option).
         candidates_factory: builds the timing candidates from {name: model} (default: a backend session
             per model, see `backend_candidates`); tests pass fake runners with a fake `clock`.
 
@@ -253,6 +263,7 @@ def decide_pipeline(
     timing.validate()
     pipe = pipeline if isinstance(pipeline, Pipeline) else parse_pipeline(pipeline)
     node_pass = _node_protocol(per_node) if per_node else None
+    backend = resolve_backend(backend, threads)
     runner = StageRunner(model, data, backend, threads, progress)
     base = _stage_from("baseline", None, "", None, model)
     base.verdict, base.reason = "baseline", "the input model"
@@ -301,7 +312,7 @@ def decide_pipeline(
     if node_pass is not None:
         stages += _per_node(node_pass, model, base, runner, budget, judged, seed, verify, models, passes, node_of)
 
-    factory = candidates_factory or (lambda ms: backend_candidates(ms, backend, threads))
+    factory = candidates_factory or (lambda ms: backend_candidates(ms, backend))
     timed = [s for s in stages if s.name in models]
     t1 = _time(timed, models, timing, factory, clock, progress, "timing all stages (interleaved)")
     for s in stages[1:]:
@@ -326,8 +337,9 @@ def decide_pipeline(
             best, best_model = combined, combined_model
         else:
             warnings.append(f"the combined pipeline of the kept passes was not kept ({combined.reason}): best.onnx is the baseline")
+    noise = bootstrap_noise(runner.per_image.get("baseline"), primary_metric(base.accuracy), seed)
     for s in stages[1:]:
-        flag_suspicious_gain(s, base, meaningless)
+        flag_suspicious_gain(s, base, meaningless, noise)
     return Decision(stages, best, best_model, combined, kept, models, judged, warnings, timings)
 
 
@@ -471,12 +483,44 @@ def _fill_latency(stages: list[StageEval], t: Timings) -> None:
             s.latency_ms = {"p10": round(c.p10_ms, 3), "p50": round(c.median_ms, 3), "p90": round(c.p90_ms, 3)}
 
 
+def _metric_of(kind: str, values: np.ndarray, keys: tuple[str, ...], metric: str) -> float:
+    """The metric over a set of images from their per-image contributions (see `evaluator.PerImage`)."""
+    if kind == "confusion":
+        cm = values.sum(axis=0).astype(np.float64)
+        if metric == "pixAcc":
+            return float(np.trace(cm) / cm.sum()) if cm.sum() else 0.0
+        inter = np.diag(cm)
+        union = cm.sum(axis=0) + cm.sum(axis=1) - inter
+        present = union > 0
+        return float((inter[present] / union[present]).mean()) if present.any() else 0.0
+    if kind == "hits":
+        col = keys.index(metric) if metric in keys else 0
+        return float(values[:, col].mean())
+    return float(np.mean(values))
+
+
+def bootstrap_noise(per_image, metric: str | None, seed: int = DEFAULT_SEED, resamples: int = 500,
+                    confidence: float = 0.95) -> float | None:
+    """The evaluation's own noise: half-width of the bootstrap interval (images resampled, seeded) of the
+    baseline's metric, i.e. how much it moves by the choice of images alone. None without per-image data."""
+    if per_image is None or metric is None:
+        return None
+    values = np.asarray(per_image.values)
+    n = len(values)
+    if n < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    got = [_metric_of(per_image.kind, values[rng.integers(0, n, n)], tuple(per_image.keys), metric) for _ in range(resamples)]
+    lo, hi = np.quantile(got, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(hi - lo) / 2
+
+
 def flag_suspicious_gain(stage: StageEval, base: StageEval, meaningless: bool, noise: float | None = None) -> None:
     """Flags an approximate stage that 'improves' accuracy beyond the evaluation's own noise.
 
-    The noise is `noise` (e.g. a bootstrap half-width over images) where known, else what the agreement
-    with the baseline can explain (the metric moved by more than the fraction of predictions that
-    changed). On a meaningless baseline (chance level, no checkpoint) any gain is flagged: it is noise."""
+    The noise is `noise` (`bootstrap_noise`: the baseline metric's spread over resampled images) where
+    known, else what the agreement with the baseline can explain (the metric moved by more than the
+    fraction of predictions that changed). On a meaningless baseline (chance level, no checkpoint) any gain is flagged: it is noise."""
     metric = primary_metric(base.accuracy)
     if stage.kind != "approximate" or not metric or metric not in stage.accuracy:
         return
@@ -491,17 +535,25 @@ def flag_suspicious_gain(stage: StageEval, base: StageEval, meaningless: bool, n
                            f"{why}; check the data and the baseline")
 
 
-def backend_candidates(models: dict[str, onnx.ModelProto], backend: str, threads: int, batch: int | None = None):
-    """Timing candidates: one backend session per model (the A/A copy gets its own session), each
-    running seeded inputs; the returned mapping has `close()` to release the sessions."""
-    import contextlib
+def resolve_backend(backend: str | Backend, threads: int = 0) -> Backend:
+    """A configured Backend from a spec (``onnxruntime{device=cuda,threads=2}``) or a Backend; `threads`
+    (0: not given) fills the spec's threads option."""
+    from onnxforge.backends import parse_backend
 
-    from onnxforge.backends.base import get_backend
+    return parse_backend(backend, {"threads": threads or None}, flags={"threads": "--threads"})
+
+
+def backend_candidates(models: dict[str, onnx.ModelProto], backend: str | Backend, batch: int | None = None) -> dict:
+    """Timing candidates: one session per model on the backend as `Backend.interleaved()` configures it
+    (the A/A copy gets its own session), each running seeded inputs; the returned mapping has `close()`
+    to release the sessions (and any compiled files)."""
+    import contextlib
+    import tempfile
+
     from onnxforge.evaluate.bench import static_batch, with_batch
     from onnxforge.numerics import seeded_inputs
 
-    options: dict = {"threads": threads, "spin": False} if backend == "onnxruntime" else {}
-    be = get_backend(backend, **options)
+    be = resolve_backend(backend).interleaved()
     be.check_available()
 
     class _Candidates(dict):
@@ -511,10 +563,11 @@ def backend_candidates(models: dict[str, onnx.ModelProto], backend: str, threads
     stack = contextlib.ExitStack()
     out = _Candidates()
     try:
-        for name, model in models.items():
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="onnxforge-ab-"))
+        for k, (name, model) in enumerate(models.items()):
             b = batch or static_batch(model) or 1
             m = model if static_batch(model) in (None, b) else with_batch(model, b)
-            r = stack.enter_context(be.runner(be.compile(m)))
+            r = stack.enter_context(be.runner(be.compile(m, be.artifact_path(tmp, f"m{k}_b{b}"))))
             feeds = seeded_inputs(m, overrides={"batch": b})
 
             def run(r=r, f=feeds) -> float:
@@ -538,7 +591,7 @@ def run_report(
     pipeline: str | Pipeline,
     out_dir: str | Path,
     data: DataSource,
-    backend: str = "onnxruntime",
+    backend: str | Backend = "onnxruntime",
     batch_sizes: Sequence[int] = (1,),
     isolated: bool = False,
     budget: Budget | str | float = "1%",
@@ -576,6 +629,7 @@ def run_report(
         raise OutputPathError(f"{out_dir}: exists and is not a directory")
     if per_node:
         _node_protocol(per_node)
+    backend = resolve_backend(backend, threads)
     baseline_model = load_model(model_path)
     t0 = time.perf_counter()
     d = decide_pipeline(baseline_model, pipe, data, backend, budget, isolated, per_node, threads, seed, timing,
@@ -588,7 +642,7 @@ def run_report(
                     s.throughput[str(b)] = round(b * 1000.0 / s.latency_ms["p50"], 2)
             continue
         timed = [s for s in stages if s.name in d.models]
-        samples = round_robin([d.models[s.name] for s in timed], b, backend, threads, 2, timing.min_rounds)
+        samples = round_robin([d.models[s.name] for s in timed], b, backend, 0, 2, timing.min_rounds)
         for s, times in zip(timed, samples):
             s.throughput[str(b)] = round(b * 1000.0 / float(np.median(times)), 2)
 
@@ -606,7 +660,7 @@ def run_report(
         "pipeline": str(pipe),
         "mode": "isolated" if isolated else "cumulative",
         "data": data.describe(),
-        "backend": backend,
+        "backend": str(backend),
         "batch_sizes": list(batch_sizes),
         "budget": str(budget),
         "budget_text": budget.describe(d.judged_on["metric"]),
@@ -620,7 +674,7 @@ def run_report(
         "budget_floor": (base_value - budget.allowed_drop(base_value)) if base_value is not None else None,
         "timing": d.timing,
         "keep_stages": keep_stages,
-        "environment": environment(backend, threads, seed),
+        "environment": environment(str(backend), threads, seed),
         "seconds": 0.0,
         "commands": [c for c in (command, best_cmd) if c],
     }
