@@ -242,3 +242,18 @@ def test_decision_page_fits_1280px_in_headless_chromium(tmp_path):
     assert probe["answer"][1] <= probe["vw"]
     assert probe["answer"][2] < probe["cells"][0][3] < probe["plot"][2]  # the answer first, then decisions, then the plot
     assert len(r.stages) >= 12
+
+
+def test_report_formats_outside_a_terminal(cli, model_path, tmp_path):
+    args = ["report", model_path, "--passes", "simplify,fp16-output", "--synthetic", "2", "--min-rounds", "3", "--max-rounds", "4"]
+    proc = cli(*args, "-o", tmp_path / "t")
+    assert proc.returncode == 0, proc.stderr
+    row = next(ln for ln in proc.stdout.splitlines() if ln.startswith("1-simplify"))
+    assert "simplify" in row and ("keep" in row or "reject" in row)  # one line per stage, not folded
+    assert "best stage:" in proc.stdout and "MB on disk" in proc.stdout
+    js = cli(*args, "-o", tmp_path / "j", "--format", "json")
+    assert js.returncode == 0, js.stderr
+    data = json.loads(js.stdout)
+    assert data["best"]["stage"] and [s["name"] for s in data["stages"]][:3] == ["baseline", "1-simplify", "2-fp16-output"]
+    quiet = cli(*args, "-o", tmp_path / "q", "--quiet")
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "" and (tmp_path / "q" / "report.html").exists()

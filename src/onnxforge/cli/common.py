@@ -1,14 +1,11 @@
-"""CLI helpers shared by `report`, `optimize --auto` and `demo`: data options, budget, timing policy, progress."""
+"""CLI helpers shared by `report`, `optimize --auto` and `demo`: data options, budget, timing policy, the
+decision table (progress and output formats are `cli.console`'s)."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-from onnxforge.cli import console
 from onnxforge.errors import ForgeError
 
 
@@ -35,22 +32,6 @@ def timing_policy(min_rounds: int, max_rounds: int, max_seconds: float, seed: in
     policy = TimingPolicy(min_rounds=min_rounds, max_rounds=max_rounds, max_seconds=max_seconds, seed=seed)
     policy.validate()
     return policy
-
-
-@contextmanager
-def progress_bars():
-    """A rich progress display on stderr; yields a callback (phase, done, total)."""
-    bars = Progress(TextColumn("{task.description:<36}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console.err, transient=False)
-    tasks: dict[str, int] = {}
-
-    def update(phase: str, done: int, total: int) -> None:
-        if phase not in tasks:
-            tasks[phase] = bars.add_task(phase, total=total)
-        bars.update(tasks[phase], completed=done, total=total)
-
-    with bars:
-        yield update
 
 
 def data_source(dataset: Optional[str], data_root: Optional[Path], synthetic: Optional[int], preset: Optional[str],

@@ -96,16 +96,16 @@ def _optimize_auto(proto, model, pipeline, budget, policy, source, backend, thre
     """--auto: decide every pass on evidence (`evaluate.ab.decide_pipeline`, cumulative), print the
     decision table, and return the kept pipeline (which the plain path then applies and writes, so
     --dump-dir, --json and --no-verify apply to exactly what is stored) and the decisions for --json."""
-    from onnxforge.cli.common import decision_table, progress_bars
+    from onnxforge.cli.common import decision_table
     from onnxforge.evaluate.ab import decide_pipeline
     from onnxforge.passes.pipeline import Pipeline
 
-    with progress_bars() as update:
+    with console.progress("--auto") as update:
         decision = decide_pipeline(proto, pipeline, source, backend=backend, budget=budget, threads=threads,
                                    timing=policy, verify=verify, progress=update)
-    console.out.print(decision_table(decision.stages, f"{model.name}: --auto over {pipeline}", decision.judged_on, full=False))
+    console.Output().table(decision_table(decision.stages, f"{model.name}: --auto over {pipeline}", decision.judged_on, full=False))
     for w in decision.warnings:
-        console.out.print(f"warning: {w}", style="bold yellow", markup=False)
+        console.err.print(f"warning: {w}", style="bold yellow", markup=False)
     for s in decision.stages[1:]:
         if s.verdict != "accepted":
             console.out.print(f"dropped {s.name}: {s.reason}", markup=False)

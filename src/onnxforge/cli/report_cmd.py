@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 
 from onnxforge.cli import console
-from onnxforge.cli.common import data_source, decision_table, parse_budget, progress_bars, timing_policy
+from onnxforge.cli.common import data_source, decision_table, parse_budget, timing_policy
+from onnxforge.cli.console import OutputFormat, format_option, quiet_option
 
 
 def report(
@@ -33,6 +34,8 @@ def report(
     max_rounds: int = typer.Option(200, "--max-rounds", help="Most timing rounds; timing stops earlier once every verdict is stable."),
     max_seconds: float = typer.Option(30.0, "--max-seconds", help="Time limit of one timing run (seconds)."),
     keep_stages: str = typer.Option("best", "--keep-stages", help="Models kept: best (the baseline and best.onnx), all (every stage), none."),
+    fmt: OutputFormat = format_option(),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Evaluate the baseline and every stage of a pipeline and decide which passes to keep.
 
@@ -49,43 +52,54 @@ def report(
     source = data_source(dataset, data_root, synthetic, preset, limit, num_classes)
     policy = timing_policy(min_rounds, max_rounds, max_seconds)
     command = "onnxforge " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    with progress_bars() as update:
+    out = console.Output(fmt, quiet)
+    with out.progress("report") as update:
         result = run_report(model, passes, output, source, backend=backend, batch_sizes=sizes, isolated=isolated,
                             budget=parse_budget(budget), per_node=per_node, threads=threads, timing=policy,
                             keep_stages=keep_stages, progress=update, command=command)
-    print_result(result)
+    print_result(result, out)
 
 
-def print_result(result) -> None:
-    """The decision table, the answer, and where the files are."""
+def print_result(result, out: console.Output) -> None:
+    """The decision table, the answer (warnings also on stderr), and where the files are; with
+    --format json the report as report.json holds it."""
+    import json
+
     from onnxforge.evaluate.report_files import summary_lines
 
     r = result.report
-    console.out.print(decision_table(result.stages, f"{r['model']}: {r['pipeline']} ({r['mode']})", r.get("judged_on")))
     for line in summary_lines(r):
-        console.out.print(line, style="bold yellow" if line.startswith("warning") else None, markup=False)
-    console.out.print(f"best stage: {result.best.name} -> {result.files.get('best', 'not written (--keep-stages none)')}", markup=False)
-    console.out.print(f"report: {result.files['html']} (also report.md, report.json, {result.files['plot'].name}); "
-                      f"{result.disk_bytes / 1e6:.1f} MB on disk", markup=False)
+        if line.startswith("warning"):
+            console.err.print(line, style="bold yellow", markup=False)
+    data = json.loads(result.files["json"].read_text())
+    out.table(decision_table(result.stages, f"{r['model']}: {r['pipeline']} ({r['mode']})", r.get("judged_on")), data=data)
+    for line in summary_lines(r):
+        out.line(line)
+    out.line(f"best stage: {result.best.name} -> {result.files.get('best', 'not written (--keep-stages none)')}")
+    out.line(f"report: {result.files['html']} (also report.md, report.json, {result.files['plot'].name}); "
+             f"{result.disk_bytes / 1e6:.1f} MB on disk")
 
 
 def demo(
     output: Path = typer.Option(Path("demo-out"), "-o", "--output", help="Directory for the model, weights note and report."),
     images: int = typer.Option(24, help="Synthetic evaluation images."),
     threads: int = typer.Option(2, help="onnxruntime threads for every stage."),
+    fmt: OutputFormat = format_option(),
+    quiet: bool = quiet_option(),
 ) -> None:
     """The whole job on the embedded default: Fast-SCNN trained on the project's synthetic data, exported,
     optimized pass by pass, every stage evaluated and timed, and the A/B report written.
     """
     from onnxforge.demo import DEMO_PIPELINE, run_demo
 
-    with progress_bars() as update:
+    out = console.Output(fmt, quiet)
+    with out.progress("demo") as update:
         def train_progress(step: int, total: int, loss: float) -> None:
             update("training Fast-SCNN on synthetic data", step, total)
 
         result = run_demo(output, train_progress, update, images=images, threads=threads)
-    console.out.print(f"weights: {result.weights} ({result.weights_source}); model: {result.model}", markup=False)
-    print_result(result.report)
+    out.line(f"weights: {result.weights} ({result.weights_source}); model: {result.model}")
+    print_result(result.report, out)
 
 
 def register(app: typer.Typer) -> None:
