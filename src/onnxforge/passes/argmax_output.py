@@ -25,8 +25,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxforge.passes._graph import Namer, select_names
-from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip, option
+from onnxforge.passes._build import GraphBuilder
+from onnxforge.passes._rewrite import GraphIORule, Rule, RuleContext, RulePass
+from onnxforge.passes.base import PassKind, option
 from onnxforge.passes.registry import register
 
 
@@ -38,36 +39,21 @@ class ArgmaxOutputOptions:
     outputs: tuple[str, ...] = option((), "graph outputs to convert (default: the first output only; auxiliary heads stay)")
 
 
-@register
-class ArgmaxOutput(Pass):
-    name = "argmax-output"
-    summary = "appends ArgMax over the class axis to segmentation outputs (labels leave the device)"
-    kind = PassKind.EXACT
-    Options = ArgmaxOutputOptions
+class LabelOutput(GraphIORule):
+    """A float N,C,H,W graph output becomes ArgMax over the class axis [+ Cast], under the same name."""
 
-    def run(self, state: ModelState) -> PassResult:
-        graph = state.graph
-        names = [t.name for t in graph.outputs]
-        wanted = select_names(self.name, "output", self.options.outputs, names) if self.options.outputs else set(names[:1])
-        namer = Namer(graph, "argmax_output")
-        skipped: list[Skip] = []
-        new_outputs = []
-        converted = 0
-        for out in graph.outputs:
-            reason = self._why_not(out) if out.name in wanted else None
-            if out.name not in wanted or reason:
-                if reason:
-                    skipped.append(Skip(out.name, reason))
-                new_outputs.append(out)
-                continue
-            new_outputs.append(self._labels(graph, out, namer))
-            converted += 1
-        graph.outputs = new_outputs
-        if not converted:
-            return PassResult(False, skipped=skipped)
-        return PassResult(True, {"outputs_labelled": converted, "dtype": self.options.dtype}, skipped=skipped)
+    name = "outputs_labelled"
+    side = "output"
+    option = "outputs"
+    hint = "logits"
 
-    def _why_not(self, out: gs.Tensor) -> str:
+    def __init__(self, options: ArgmaxOutputOptions) -> None:
+        self.options = options
+
+    def default_selection(self, tensors: list[gs.Tensor]) -> list[gs.Tensor]:
+        return tensors[:1]
+
+    def why_not(self, out: gs.Tensor, ctx: RuleContext) -> str:
         dtype = np.dtype(out.dtype) if out.dtype is not None else None
         if dtype is None:
             return "dtype unknown"
@@ -84,23 +70,31 @@ class ArgmaxOutput(Pass):
             return f"{classes} channel(s) on axis {self.options.axis}: nothing to choose between"
         return ""
 
-    def _labels(self, graph: gs.Graph, out: gs.Variable, namer: Namer) -> gs.Variable:
-        """Renames `out` to an internal tensor and returns the label tensor that takes its name."""
-        name = out.name
-        out.name = namer("logits")
+    def replace(self, out: gs.Tensor, builder: GraphBuilder) -> gs.Variable:
         axis = self.options.axis % 4
         shape = list(out.shape)
         if self.options.keepdims:
             shape[axis] = 1
         else:
             del shape[axis]
-        int64 = gs.Variable(namer("labels") if self.options.dtype == "int32" else name, dtype=np.int64, shape=shape)
-        graph.nodes.append(gs.Node("ArgMax", name=namer("ArgMax"), attrs={"axis": axis, "keepdims": int(self.options.keepdims)}, inputs=[out], outputs=[int64]))
+        labels = builder.op("ArgMax", [out], {"axis": axis, "keepdims": int(self.options.keepdims)}, dtype=np.int64, shape=shape, hint="labels")
         if self.options.dtype == "int64":
-            return int64
-        int32 = gs.Variable(name, dtype=np.int32, shape=shape)
-        graph.nodes.append(gs.Node("Cast", name=namer("Cast"), attrs={"to": onnx.TensorProto.INT32}, inputs=[int64], outputs=[int32]))
-        return int32
+            return labels
+        return builder.cast(labels, onnx.TensorProto.INT32, out=gs.Variable(builder.name("labels"), shape=shape), hint="Cast")
+
+
+@register
+class ArgmaxOutput(RulePass):
+    name = "argmax-output"
+    summary = "appends ArgMax over the class axis to segmentation outputs (labels leave the device)"
+    kind = PassKind.EXACT
+    Options = ArgmaxOutputOptions
+
+    def rules(self) -> list[Rule]:
+        return [LabelOutput(self.options)]
+
+    def extra_stats(self, ctx: RuleContext, counts: dict[str, int], rewritten: list[str]) -> dict[str, str]:
+        return {"dtype": self.options.dtype}
 
     def expected_outputs(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The previous logits through the same ArgMax, for the outputs `run` converts."""

@@ -77,6 +77,11 @@ class ModelState:
     again). Passes that work on a ModelProto (onnxsim, the version converter) call `to_model()` and
     `replace()` and so never pay for a graphsurgeon round trip. Header fields graphsurgeon does not carry
     (ir_version, producer, metadata) are kept here.
+
+    `types()` (shape/type inference of the current model) may be called at any time, before or after
+    `graph` is first read: it is cached, and the cache is dropped when the graph is handed out again,
+    set or replaced. A pass that rewrote the graph and wants types of the result calls
+    `invalidate_types()` first (the state cannot see changes made to the graph it handed out).
     """
 
     def __init__(self, model: onnx.ModelProto) -> None:
@@ -87,20 +92,49 @@ class ModelState:
         self._proto: onnx.ModelProto | None = model  # read-only: passes get copies (to_model) or replace it
         self._owned = False  # whether _proto is ours (a pass's or an export's), not the caller's input
         self._graph: gs.Graph | None = None
+        self._types: dict[str, tuple[int, tuple]] | None = None
         self.touched = False  # the graph was handed out since the manager reset this (before each pass) or replace()
 
     @property
     def graph(self) -> gs.Graph:
         """The graph to rewrite. Reading it means the cached ModelProto may go stale."""
         if self._graph is None:
-            self._graph = gs.import_onnx(self._proto)
+            self._graph = gs.import_onnx(self._proto)  # the same model: cached types stay valid
+        else:
+            self._types = None  # the graph may have changed since it was last handed out
         self._proto = None
         self.touched = True
         return self._graph
 
     @graph.setter
     def graph(self, value: gs.Graph) -> None:
-        self._graph, self._proto, self.touched = value, None, True
+        self._graph, self._proto, self._types, self.touched = value, None, None, True
+
+    def types(self) -> dict[str, tuple[int, tuple[int | str | None, ...]]]:
+        """(ONNX element type, dims) of every tensor shape inference can name in the current model.
+
+        See `onnxforge.passes._graph.inferred_types`. Callable in any order with `graph`: computed on
+        the model as it is now (exported from the graph if one is held, without caching that export),
+        cached until the graph is handed out again or the model replaced.
+        """
+        if self._types is None:
+            from onnxforge.passes._graph import inferred_types
+
+            if self._proto is not None:
+                model = self._proto
+            else:
+                model = self._export()
+            self._types = inferred_types(model)
+        return self._types
+
+    def invalidate_types(self) -> None:
+        """Drops cached `types()` (after changing the graph in place)."""
+        self._types = None
+
+    def _export(self) -> onnx.ModelProto:
+        model = gs.export_onnx(self._graph, do_type_check=False)
+        model.ir_version = self._header.ir_version
+        return model
 
     def view(self) -> onnx.ModelProto:
         """The current model as a ModelProto, not to be mutated (exported and cached if needed)."""
@@ -128,7 +162,7 @@ class ModelState:
     def replace(self, model: onnx.ModelProto) -> None:
         """Makes `model` the current model (keeping this state's header fields, except ir_version)."""
         self._header.ir_version = model.ir_version
-        self._proto, self._graph, self.touched, self._owned = model, None, False, True
+        self._proto, self._graph, self._types, self.touched, self._owned = model, None, None, False, True
 
     def release(self) -> onnx.ModelProto:
         """The final model with this state's metadata; the state must not be used afterwards.

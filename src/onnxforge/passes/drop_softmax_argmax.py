@@ -19,82 +19,64 @@ undecided to within float precision.
 
 from __future__ import annotations
 
-from typing import Callable
-
-import onnx
 import onnx_graphsurgeon as gs
 
+from onnxforge.passes._build import GraphBuilder
 from onnxforge.passes._graph import is_graph_output, node_label
-from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip
+from onnxforge.passes._rewrite import Match, Rule, RuleContext, RulePass, replace_all_uses
+from onnxforge.passes.base import PassKind, Skip
 from onnxforge.passes.registry import register
 
 
+class DropSoftmaxBeforeArgmax(Rule):
+    """Softmax/LogSoftmax -> ArgMax(s) over the same axis: the ArgMaxes read the logits directly."""
+
+    name = "softmax_removed"
+    op_types = ("Softmax", "LogSoftmax")
+
+    def match(self, node: gs.Node, ctx: RuleContext) -> Match | Skip:
+        out = node.outputs[0]
+        if is_graph_output(ctx.graph, out):
+            return self.skip(node, "its output is a graph output")
+        consumers = list(out.outputs)
+        if not consumers:
+            return self.skip(node, "its output is unused")
+        others = sorted({c.op for c in consumers if c.op != "ArgMax"})
+        if others:
+            return self.skip(node, f"its output also feeds {', '.join(others)}")
+        axis = int(node.attrs.get("axis", -1 if ctx.opset >= 13 else 1))
+        for argmax in consumers:
+            arg_axis = int(argmax.attrs.get("axis", 0))
+            if axis == arg_axis:
+                continue
+            rank = _rank(node, ctx)
+            if rank is None and (axis < 0) != (arg_axis < 0):
+                return self.skip(node, f"the rank is unknown, so axis {axis} and ArgMax axis {arg_axis} cannot be compared")
+            if rank is None or axis % rank != arg_axis % rank:
+                return self.skip(node, f"{node_label(argmax)} reduces axis {arg_axis}, the {node.op} normalizes axis {axis}")
+        return Match(node_label(node), node=node)
+
+    def rewrite(self, match: Match, builder: GraphBuilder) -> None:
+        node = match.node
+        replace_all_uses(builder.graph, node.outputs[0], node.inputs[0])
+
+
+def _rank(node: gs.Node, ctx: RuleContext) -> int | None:
+    for tensor in (node.outputs[0], node.inputs[0]):
+        if getattr(tensor, "shape", None) is not None:
+            return len(tensor.shape)
+    dims = ctx.types().get(node.outputs[0].name, (0, None))[1]
+    return len(dims) if dims is not None else None
+
+
 @register
-class DropSoftmaxArgmax(Pass):
+class DropSoftmaxArgmax(RulePass):
     name = "drop-softmax-argmax"
     summary = "removes a Softmax/LogSoftmax whose only consumers are ArgMax over the same axis"
     kind = PassKind.EXACT
 
-    def run(self, state: ModelState) -> PassResult:
-        graph = state.graph
-        opset = int(graph.opset)
-        removed = 0
-        skipped: list[Skip] = []
-        inferred: dict[str, int] = {}  # ranks by shape inference, computed once and only if needed
+    def rules(self) -> list[Rule]:
+        return [DropSoftmaxBeforeArgmax()]
 
-        def rank_of(node: gs.Node) -> int | None:
-            for tensor in (node.outputs[0], node.inputs[0]):
-                if getattr(tensor, "shape", None) is not None:
-                    return len(tensor.shape)
-            if not inferred:
-                inferred.update(_inferred_ranks(state))
-            return inferred.get(node.outputs[0].name)
-
-        for node in list(graph.nodes):
-            if node.op not in ("Softmax", "LogSoftmax") or node.domain not in (None, "", "ai.onnx"):
-                continue
-            reason = _why_not(graph, node, opset, rank_of)
-            if reason:
-                skipped.append(Skip(node_label(node), reason))
-                continue
-            x = node.inputs[0]
-            for argmax in list(node.outputs[0].outputs):
-                argmax.inputs[0] = x
-            removed += 1
-        if not removed:
-            return PassResult(False, skipped=skipped, notes=[] if skipped else ["no Softmax or LogSoftmax in the graph"])
-        return PassResult(True, {"softmax_removed": removed}, skipped=skipped)
-
-
-def _inferred_ranks(state: ModelState) -> dict[str, int]:
-    """Tensor ranks by ONNX shape inference on a copy (the model itself is not annotated)."""
-    model = onnx.shape_inference.infer_shapes(state.to_model())
-    ranks = {}
-    for vi in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input):
-        if vi.type.tensor_type.HasField("shape"):
-            ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
-    return ranks
-
-
-def _why_not(graph: gs.Graph, node: gs.Node, opset: int, rank_of: Callable[[gs.Node], int | None]) -> str:
-    """Empty when the (log-)softmax can go; else why it stays."""
-    out = node.outputs[0]
-    if is_graph_output(graph, out):
-        return "its output is a graph output"
-    consumers = list(out.outputs)
-    if not consumers:
-        return "its output is unused"
-    others = sorted({c.op for c in consumers if c.op != "ArgMax"})
-    if others:
-        return f"its output also feeds {', '.join(others)}"
-    axis = int(node.attrs.get("axis", -1 if opset >= 13 else 1))
-    for argmax in consumers:
-        arg_axis = int(argmax.attrs.get("axis", 0))
-        if axis == arg_axis:
-            continue
-        rank = rank_of(node)
-        if rank is None and (axis < 0) != (arg_axis < 0):
-            return f"the rank is unknown, so axis {axis} and ArgMax axis {arg_axis} cannot be compared"
-        if rank is None or axis % rank != arg_axis % rank:
-            return f"{node_label(argmax)} reduces axis {arg_axis}, the {node.op} normalizes axis {axis}"
-    return ""
+    def nothing_to_do(self, ctx: RuleContext) -> str:
+        return "no Softmax or LogSoftmax in the graph"

@@ -20,8 +20,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxforge.passes._graph import Namer, select_names, is_graph_output
-from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip, option
+from onnxforge.passes._build import GraphBuilder
+from onnxforge.passes._graph import is_graph_output
+from onnxforge.passes._rewrite import GraphIORule, Rule, RuleContext, RulePass
+from onnxforge.passes.base import PassKind, option
 from onnxforge.passes.registry import register
 
 
@@ -30,50 +32,41 @@ class Fp16InputOptions:
     inputs: tuple[str, ...] = option((), "only these graph inputs (default: every float32 input)")
 
 
+class HalfInput(GraphIORule):
+    """A float32 graph input becomes float16 under the same name, cast to float32 inside."""
+
+    name = "inputs_cast"
+    side = "input"
+    option = "inputs"
+    hint = "fp32"
+
+    def why_not(self, inp: gs.Tensor, ctx: RuleContext) -> str:
+        if inp.dtype is None:
+            return "dtype unknown"
+        dtype = np.dtype(inp.dtype)
+        if dtype == np.float16:
+            return "already float16"
+        if dtype != np.float32:
+            return f"dtype is {dtype.name}, not float32"
+        if is_graph_output(ctx.graph, inp):
+            return "it is also a graph output"
+        return ""
+
+    def replace(self, inp: gs.Tensor, builder: GraphBuilder) -> gs.Variable:
+        half = gs.Variable(inp.name, dtype=np.float16, shape=inp.shape)
+        builder.cast(half, onnx.TensorProto.FLOAT, out=inp, hint="Cast")
+        return half
+
+
 @register
-class Fp16Input(Pass):
+class Fp16Input(RulePass):
     name = "fp16-input"
     summary = "graph float32 inputs become float16, cast to float32 inside (atc: --input_fp16_nodes)"
     kind = PassKind.APPROXIMATE
     Options = Fp16InputOptions
 
-    def run(self, state: ModelState) -> PassResult:
-        graph = state.graph
-        names = [t.name for t in graph.inputs]
-        wanted = select_names(self.name, "input", self.options.inputs, names)
-        namer = Namer(graph, "fp16_input")
-        skipped: list[Skip] = []
-        new_inputs = []
-        converted = 0
-        for inp in graph.inputs:
-            if inp.name not in wanted:
-                new_inputs.append(inp)
-                continue
-            reason = _why_not(graph, inp)
-            if reason:
-                skipped.append(Skip(inp.name, reason))
-                new_inputs.append(inp)
-                continue
-            name = inp.name
-            inp.name = namer("fp32")
-            half = gs.Variable(name, dtype=np.float16, shape=inp.shape)
-            graph.nodes.append(gs.Node("Cast", name=namer("Cast"), attrs={"to": onnx.TensorProto.FLOAT}, inputs=[half], outputs=[inp]))
-            new_inputs.append(half)
-            converted += 1
-        graph.inputs = new_inputs
-        if not converted:
-            return PassResult(False, skipped=skipped, notes=[] if skipped else ["the graph has no inputs"])
-        return PassResult(True, {"inputs_cast": converted}, skipped=skipped)
+    def rules(self) -> list[Rule]:
+        return [HalfInput()]
 
-
-def _why_not(graph: gs.Graph, inp: gs.Tensor) -> str:
-    if inp.dtype is None:
-        return "dtype unknown"
-    dtype = np.dtype(inp.dtype)
-    if dtype == np.float16:
-        return "already float16"
-    if dtype != np.float32:
-        return f"dtype is {dtype.name}, not float32"
-    if is_graph_output(graph, inp):
-        return "it is also a graph output"
-    return ""
+    def nothing_to_do(self, ctx: RuleContext) -> str:
+        return "the graph has no inputs"

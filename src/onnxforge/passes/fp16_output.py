@@ -14,10 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
-from onnxforge.passes._graph import Namer, select_names
-from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip, option
+from onnxforge.passes._build import GraphBuilder
+from onnxforge.passes._rewrite import GraphIORule, Rule, RuleContext, RulePass
+from onnxforge.passes.base import PassKind, option
 from onnxforge.passes.registry import register
 
 
@@ -26,41 +28,32 @@ class Fp16OutputOptions:
     outputs: tuple[str, ...] = option((), "only these graph outputs (default: every float32 output)")
 
 
+class HalfOutput(GraphIORule):
+    """A float32 graph output is cast to float16; the float16 tensor takes the output's name."""
+
+    name = "outputs_cast"
+    side = "output"
+    option = "outputs"
+    hint = "fp32"
+
+    def why_not(self, out: gs.Tensor, ctx: RuleContext) -> str:
+        if out.dtype != np.float32:
+            return f"dtype is {np.dtype(out.dtype).name if out.dtype is not None else 'unknown'}, not float32"
+        return ""
+
+    def replace(self, out: gs.Tensor, builder: GraphBuilder) -> gs.Variable:
+        return builder.cast(out, onnx.TensorProto.FLOAT16, out=gs.Variable(out.name, shape=out.shape), hint="cast")
+
+
 @register
-class Fp16Output(Pass):
+class Fp16Output(RulePass):
     name = "fp16-output"
     summary = "graph outputs become float16 (atc: --output_type=FP16)"
     kind = PassKind.APPROXIMATE
     Options = Fp16OutputOptions
 
-    def run(self, state: ModelState) -> PassResult:
-        graph = state.graph
-        wanted = select_names(self.name, "output", self.options.outputs, [t.name for t in graph.outputs])
-        skipped: list[Skip] = []
-        namer = Namer(graph, "fp16_output")
-        converted = 0
-        new_outputs = []
-        for out in graph.outputs:
-            if out.name not in wanted:
-                new_outputs.append(out)
-                continue
-            if out.dtype != np.float32:
-                skipped.append(Skip(out.name, f"dtype is {np.dtype(out.dtype).name if out.dtype is not None else 'unknown'}, not float32"))
-                new_outputs.append(out)
-                continue
-            name = out.name
-            out.name = namer("fp32")
-            half = gs.Variable(name, dtype=np.float16, shape=out.shape)
-            graph.nodes.append(gs.Node("Cast", name=namer("cast"), attrs={"to": int(gs_onnx_float16())}, inputs=[out], outputs=[half]))
-            new_outputs.append(half)
-            converted += 1
-        graph.outputs = new_outputs
-        if not converted:
-            return PassResult(False, skipped=skipped, notes=["no float32 graph output to convert"] if not skipped else [])
-        return PassResult(True, {"outputs_cast": converted}, skipped=skipped)
+    def rules(self) -> list[Rule]:
+        return [HalfOutput()]
 
-
-def gs_onnx_float16() -> int:
-    import onnx
-
-    return onnx.TensorProto.FLOAT16
+    def nothing_to_do(self, ctx: RuleContext) -> str:
+        return "no float32 graph output to convert"

@@ -34,13 +34,15 @@ halves that traffic again for up to 256 classes, ``float`` suits backends that r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxforge.passes._graph import Namer, inferred_types, node_label
+from onnxforge.passes._build import GraphBuilder
+from onnxforge.passes._graph import node_label
+from onnxforge.passes._rewrite import replace_all_uses, replace_options, sole_consumer, take_name
 from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip, option
 from onnxforge.passes.registry import register
 from onnxforge.passes.resize_nearest import nearest_attrs
@@ -90,9 +92,22 @@ class LabelUpsample(Pass):
     Options = LabelUpsampleOptions
 
     def run(self, state: ModelState) -> PassResult:
-        types = inferred_types(state.view())  # before state.graph, which is what gets rewritten
+        matches, skipped = self._matches(state)
+        if not matches:
+            return PassResult(False, {"outputs_rewritten": 0}, skipped=skipped)
+        builder = GraphBuilder(state.graph, "label_upsample")
+        rewritten = [m.out.name for m in matches]
+        notes = [self._rewrite(builder, m) for m in matches]
+        return PassResult(
+            True,
+            {"outputs_rewritten": len(matches), "rewritten": ", ".join(rewritten)},
+            skipped=skipped,
+            notes=notes,
+        )
+
+    def _matches(self, state: ModelState) -> tuple[list[_Match], list[Skip]]:
+        types = state.types()  # any order is fine; first is cheaper (no export of the graph)
         graph = state.graph
-        opset = state.opset
         wanted = set(self.options.outputs)
         names = {t.name for t in graph.outputs}
         skipped = [Skip(m, "no graph output of that name") for m in sorted(wanted - names)]
@@ -100,22 +115,22 @@ class LabelUpsample(Pass):
         for out in graph.outputs:
             if wanted and out.name not in wanted:
                 continue
-            found = self._match(graph, out, types, opset)
+            found = self._match(graph, out, types, state.opset)
             if isinstance(found, str):
                 skipped.append(Skip(out.name, found))
             else:
                 matches.append(found)
-        if not matches:
-            return PassResult(False, {"outputs_rewritten": 0}, skipped=skipped)
-        namer = Namer(graph, "label_upsample")
-        rewritten = [m.out.name for m in matches]
-        notes = [self._rewrite(graph, m, namer, opset) for m in matches]
-        return PassResult(
-            True,
-            {"outputs_rewritten": len(matches), "rewritten": ", ".join(rewritten)},
-            skipped=skipped,
-            notes=notes,
-        )
+        return matches, skipped
+
+    def candidates(self, model: onnx.ModelProto) -> list[str]:
+        """The graph outputs this pass would rewrite, in graph order (node-selecting protocol)."""
+        return [m.out.name for m in self._matches(ModelState(model))[0]]
+
+    def with_nodes(self, names: Sequence[str]) -> "LabelUpsample":
+        """This pass limited to the graph outputs `names` (non-empty)."""
+        if not names:
+            raise ValueError("with_nodes needs at least one output name (an empty outputs= selects every output)")
+        return replace_options(self, outputs=tuple(names))
 
     # ------------------------------------------------------------------------------------ matching
 
@@ -141,7 +156,7 @@ class LabelUpsample(Pass):
             keepdims = bool(int(node.attrs.get("keepdims", 1)))
             with_argmax = True
             t = node.inputs[0]
-            if not _sole_use(graph, t, types):
+            if sole_consumer(graph, t, _folded_shape(t, types)) is None:
                 return f"the tensor ArgMax reads ({t.name}) feeds other nodes or is a graph output"
             node = _producer(t)
             if node is not None and node.op in ("Softmax", "LogSoftmax"):
@@ -152,14 +167,14 @@ class LabelUpsample(Pass):
                 with_softmax = True
                 softmax_out = t
                 t = node.inputs[0]
-                if not _sole_use(graph, t, types):
+                if sole_consumer(graph, t, _folded_shape(t, types)) is None:
                     return f"the tensor {node.op} reads ({t.name}) feeds other nodes or is a graph output"
                 node = _producer(t)
         elif tail and (node is None or node.op != "Resize"):
             return f"produced by {_producer(out).op}, not by a Resize or an ArgMax of one"
         resizes = []
         while node is not None and node.op == "Resize":
-            if resizes and not _sole_use(graph, node.outputs[0], types):
+            if resizes and sole_consumer(graph, node.outputs[0], _folded_shape(node.outputs[0], types)) is None:
                 return f"the output of Resize {node_label(node)} feeds other nodes or is a graph output"
             resizes.append(node)
             t = node.inputs[0]
@@ -177,8 +192,10 @@ class LabelUpsample(Pass):
         if not with_argmax and _data_consumers(last.outputs[0], types):
             return f"the Resize output {out.name} also feeds other nodes; turning it into labels would change them"
         elem, dims = types.get(t.name, (0, None))
-        if dims is None or len(dims) != 4:
-            return f"the Resize input {t.name} is not 4-D (N,C,H,W)"
+        if dims is None:
+            return f"the Resize input {t.name} has no inferred shape (run simplify or static-shape first)"
+        if len(dims) != 4:
+            return f"the Resize input {t.name} is not 4-D (N,C,H,W): rank {len(dims)}"
         if elem not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE):
             return f"the Resize input {t.name} is not float logits"
         if not isinstance(dims[1], int) or dims[1] < 2:
@@ -186,8 +203,10 @@ class LabelUpsample(Pass):
         if self.options.label_dtype == "uint8" and dims[1] > 256:
             return f"{dims[1]} classes do not fit label_dtype=uint8"
         _, out_dims = types.get(last.outputs[0].name, (0, None))
-        if out_dims is None or len(out_dims) != 4:
-            return f"the output of Resize {node_label(last)} is not 4-D"
+        if out_dims is None:
+            return f"the output of Resize {node_label(last)} has no inferred shape (sizes computed at run time; run simplify first)"
+        if len(out_dims) != 4:
+            return f"the output of Resize {node_label(last)} is not 4-D: rank {len(out_dims)}"
         if not all(isinstance(d, int) and d > 0 for d in out_dims[2:]):
             return f"Resize {node_label(last)}: output size unknown (scales computed at run time)"
         if out_dims[:2] != dims[:2]:
@@ -202,56 +221,35 @@ class LabelUpsample(Pass):
 
     # ------------------------------------------------------------------------------------ rewriting
 
-    def _rewrite(self, graph: gs.Graph, m: _Match, namer: Namer, opset: int) -> str:
+    def _rewrite(self, b: GraphBuilder, m: _Match) -> str:
         n, c, h, w = m.dims
         big_h, big_w = m.out_hw
         elem, np_type = _LABEL_TYPES[self.options.label_dtype]
         first = m.resizes[0]
-        low = gs.Variable(namer("labels_low"), dtype=np.int64, shape=[n, 1, h, w])
-        graph.nodes.append(gs.Node("ArgMax", name=namer("argmax"), attrs={"axis": 1, "keepdims": 1}, inputs=[m.logits], outputs=[low]))
-        cast = gs.Variable(namer("labels_cast"), dtype=np_type, shape=[n, 1, h, w])
-        graph.nodes.append(gs.Node("Cast", name=namer("cast"), attrs={"to": elem}, inputs=[low], outputs=[cast]))
+        low = b.op("ArgMax", [m.logits], {"axis": 1, "keepdims": 1}, dtype=np.int64, shape=[n, 1, h, w], hint="labels_low")
+        cast = b.cast(low, elem, hint="labels_cast")
+        cast.shape = [n, 1, h, w]
         attrs = {k: v for k, v in nearest_attrs(first, (n, c, big_h, big_w) if isinstance(n, int) else None).items()
                  if k in ("coordinate_transformation_mode", "mode", "nearest_mode")}
         if isinstance(n, int):
-            sizes = gs.Constant(namer("sizes"), np.array([n, 1, big_h, big_w], dtype=np.int64))
-        elif opset >= 18:
+            sizes = b.ints([n, 1, big_h, big_w], "sizes")
+        elif b.opset >= 18:  # Resize over the spatial axes only: no size computation needed
             attrs["axes"] = [2, 3]
-            sizes = gs.Constant(namer("sizes"), np.array([big_h, big_w], dtype=np.int64))
-        else:  # N symbolic before opset 18: sizes = concat(shape(labels)[0:2], [H, W])
-            head = gs.Variable(namer("batch_and_one"), dtype=np.int64, shape=[2])
-            if opset >= 15:
-                graph.nodes.append(gs.Node("Shape", name=namer("shape"), attrs={"start": 0, "end": 2}, inputs=[low], outputs=[head]))
-            else:
-                shape = gs.Variable(namer("shape"), dtype=np.int64, shape=[4])
-                graph.nodes.append(gs.Node("Shape", name=namer("shape"), inputs=[low], outputs=[shape]))
-                graph.nodes.append(gs.Node("Slice", name=namer("slice"), inputs=[
-                    shape, gs.Constant(namer("s0"), np.array([0], np.int64)), gs.Constant(namer("s2"), np.array([2], np.int64))], outputs=[head]))
-            sizes = gs.Variable(namer("sizes"), dtype=np.int64, shape=[4])
-            graph.nodes.append(gs.Node("Concat", name=namer("concat"), attrs={"axis": 0}, inputs=[
-                head, gs.Constant(namer("hw"), np.array([big_h, big_w], np.int64))], outputs=[sizes]))
-        up = gs.Variable(namer("labels_up"), dtype=np_type, shape=[n, 1, big_h, big_w])
-        graph.nodes.append(gs.Node(
-            "Resize", name=namer("resize"), attrs=attrs, inputs=[cast, gs.Variable.empty(), gs.Variable.empty(), sizes], outputs=[up],
-        ))
+            sizes = b.ints([big_h, big_w], "sizes")
+        else:  # N symbolic: sizes = concat(shape(labels)[0:2], [H, W])
+            sizes = b.concat([b.shape(low, 0, 2, hint="batch_and_one"), b.ints([big_h, big_w], "hw")], 0, hint="sizes")
+        up = b.resize(cast, sizes=sizes, hint="labels_up", **attrs)
+        up.dtype, up.shape = np_type, [n, 1, big_h, big_w]
         target = m.target
         out_name = m.out.name  # before renaming: target may be the output itself
-        final_shape = [n, 1, big_h, big_w] if m.keepdims else [n, big_h, big_w]
-        new = gs.Variable(target.name, dtype=np.int64, shape=final_shape)
-        target.name = namer("replaced")
+        new = gs.Variable(target.name, dtype=np.int64, shape=[n, 1, big_h, big_w] if m.keepdims else [n, big_h, big_w])
+        take_name(target, new, b)
         if m.keepdims:
-            graph.nodes.append(gs.Node("Cast", name=namer("to_int64"), attrs={"to": onnx.TensorProto.INT64}, inputs=[up], outputs=[new]))
+            b.cast(up, onnx.TensorProto.INT64, out=new, hint="to_int64")
         else:
-            wide = gs.Variable(namer("labels_int64"), dtype=np.int64, shape=[n, 1, big_h, big_w])
-            graph.nodes.append(gs.Node("Cast", name=namer("to_int64"), attrs={"to": onnx.TensorProto.INT64}, inputs=[up], outputs=[wide]))
-            if opset >= 13:
-                graph.nodes.append(gs.Node("Squeeze", name=namer("squeeze"), inputs=[wide, gs.Constant(namer("axis1"), np.array([1], np.int64))], outputs=[new]))
-            else:
-                graph.nodes.append(gs.Node("Squeeze", name=namer("squeeze"), attrs={"axes": [1]}, inputs=[wide], outputs=[new]))
-        _fold_shapes(m.chain, m.types)
-        for consumer in list(target.outputs):
-            consumer.inputs = [new if x is target else x for x in consumer.inputs]
-        graph.outputs = [new if x is target else x for x in graph.outputs]
+            b.squeeze(b.cast(up, onnx.TensorProto.INT64, hint="labels_int64"), [1], out=new, hint="squeeze")
+        _fold_shapes(b.graph, m.chain, m.types)
+        replace_all_uses(b.graph, target, new)
         coord = attrs["coordinate_transformation_mode"]
         form = "logits output becomes int64 labels (N,1,H,W)" if not m.with_argmax else "ArgMax output keeps its form"
         dropped = " and Softmax" if m.with_softmax else ""
@@ -265,11 +263,6 @@ def _producer(t: gs.Tensor) -> gs.Node | None:
     return t.inputs[0] if t.inputs else None
 
 
-def _sole_use(graph: gs.Graph, t: gs.Tensor, types: dict) -> bool:
-    """t feeds exactly one node besides Shape nodes of a static t (folded on rewrite), and is not a graph output."""
-    return len(_data_consumers(t, types)) == 1 and not any(o is t for o in graph.outputs)
-
-
 def _static_dims(t: gs.Tensor, types: dict) -> tuple[int, ...] | None:
     dims = types.get(t.name, (0, None))[1]
     if dims is None or not all(isinstance(d, int) and d >= 0 for d in dims):
@@ -277,12 +270,18 @@ def _static_dims(t: gs.Tensor, types: dict) -> tuple[int, ...] | None:
     return tuple(dims)
 
 
-def _data_consumers(t: gs.Tensor, types: dict) -> list[gs.Node]:
+def _folded_shape(t: gs.Tensor, types: dict):
+    """Readers of t that do not count as uses: Shape nodes of a static t (folded on rewrite)."""
     static = _static_dims(t, types) is not None
-    return [n for n in t.outputs if not (static and n.op == "Shape")]
+    return lambda n: static and n.op == "Shape"
 
 
-def _fold_shapes(chain: list[gs.Tensor], types: dict) -> None:
+def _data_consumers(t: gs.Tensor, types: dict) -> list[gs.Node]:
+    ignore = _folded_shape(t, types)
+    return [n for n in t.outputs if not ignore(n)]
+
+
+def _fold_shapes(graph: gs.Graph, chain: list[gs.Tensor], types: dict) -> None:
     """Replaces Shape nodes reading static tensors of the old chain (the legacy exporter's size
     computations) by constants, so that the old chain becomes dead."""
     for t in chain:
@@ -294,9 +293,7 @@ def _fold_shapes(chain: list[gs.Tensor], types: dict) -> None:
             start, end = int(node.attrs.get("start", 0)), node.attrs.get("end")
             value = dims[start:] if end is None else dims[start:int(end)]
             out = node.outputs[0]
-            const = gs.Constant(out.name, value)
-            for consumer in list(out.outputs):
-                consumer.inputs = [const if x is out else x for x in consumer.inputs]
+            replace_all_uses(graph, out, gs.Constant(out.name, value))
             node.outputs = []
 
 

@@ -37,12 +37,16 @@ evaluator measure. Upsampling a label map (see label-upsample) or an already blo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
+import onnx
 import onnx_graphsurgeon as gs
 
 from onnxforge.errors import PassError, PipelineError
-from onnxforge.passes._graph import inferred_types, node_label
-from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip, option
+from onnxforge.passes._build import GraphBuilder
+from onnxforge.passes._graph import node_label
+from onnxforge.passes._rewrite import Match, Rule, RuleContext, RulePass, replace_options
+from onnxforge.passes.base import PassKind, Skip, option
 from onnxforge.passes.registry import register
 
 NEAREST_MODE = "round_prefer_ceil"
@@ -82,12 +86,58 @@ def _resized_axes_longer_than_one(node: gs.Node, out_shape: tuple[int, ...]) -> 
     return all(d > 1 for d in out_shape[2:])  # N and C are not resized by the exporters' Resizes
 
 
+class ToNearest(Rule):
+    """A linear/cubic Resize becomes nearest with the alignment-keeping modes (`nearest_attrs`)."""
+
+    name = "resize_rewritten"
+    op_types = ("Resize", "Upsample")
+
+    def targets(self, ctx: RuleContext) -> list[gs.Node]:
+        resizes = list(super().targets(ctx))
+        names = {n.name for n in resizes if n.name}
+        unknown = [n for n in (*ctx.options.nodes, *ctx.options.exclude) if n not in names]
+        if unknown:
+            available = ", ".join(sorted(names)) or "none"
+            raise PassError(f"no Resize node named {', '.join(repr(u) for u in unknown)}; Resize nodes: {available}")
+        return resizes
+
+    def match(self, node: gs.Node, ctx: RuleContext) -> Match | Skip:
+        opts = ctx.options
+        if node.op == "Upsample" or ctx.opset < 11:
+            return self.skip(node, f"{node.op} at opset {ctx.opset} has no nearest_mode; convert to opset >= 11 first (target-opset)")
+        if opts.nodes and node.name not in opts.nodes:
+            return self.skip(node, "not selected (nodes=)")
+        if node.name in opts.exclude:
+            return self.skip(node, "excluded (exclude=)")
+        mode = _text(node.attrs.get("mode", "nearest"))
+        if mode == "nearest":
+            return self.skip(node, "already nearest")
+        if mode not in ("linear", "cubic"):
+            return self.skip(node, f"unknown mode {mode!r}")
+        before = _text(node.attrs.get("coordinate_transformation_mode", "half_pixel"))
+        out_shape = None
+        if before == "pytorch_half_pixel":  # only then do shapes matter: infer them only then
+            dims = ctx.types().get(node.outputs[0].name, (0, None))[1]
+            out_shape = tuple(dims) if dims is not None and all(isinstance(d, int) and d > 0 for d in dims) else None
+        return Match(node_label(node), node=node, values={"mode": mode, "before": before, "out_shape": out_shape})
+
+    def rewrite(self, match: Match, builder: GraphBuilder) -> str:
+        node = match.node
+        node.attrs = nearest_attrs(node, match["out_shape"])
+        after = _text(node.attrs["coordinate_transformation_mode"])
+        note = f"{match.target}: {match['mode']}/{match['before']} -> nearest/{after} {NEAREST_MODE}"
+        if match["before"] == "pytorch_half_pixel" and after == match["before"]:
+            note += " (output size unknown or 1 on a resized axis: pytorch_half_pixel kept)"
+        return note
+
+
 @register
-class ResizeNearest(Pass):
+class ResizeNearest(RulePass):
     """Switches linear/cubic Resize nodes to nearest with alignment-keeping modes.
 
     Contract: only the `mode`, `nearest_mode` and (pytorch_half_pixel -> half_pixel, where equal)
     `coordinate_transformation_mode` attributes change; inputs, outputs and names stay.
+    Node-selecting (`candidates`/`with_nodes`): the candidates are the named linear/cubic Resize nodes.
 
     Raises:
         PassError: `nodes` or `exclude` names a node that is not a Resize of the model (the message lists
@@ -104,53 +154,31 @@ class ResizeNearest(Pass):
         if both:
             raise PipelineError(f"pass 'resize-nearest': {', '.join(both)} both selected (nodes=) and excluded (exclude=)")
 
-    def run(self, state: ModelState) -> PassResult:
-        # Shapes only decide pytorch_half_pixel -> half_pixel; infer them (before state.graph, which is
-        # what gets rewritten) only when such a Resize exists.
-        view = state.view()
-        needs_shapes = any(
-            n.op_type == "Resize" and any(a.name == "coordinate_transformation_mode" and a.s == b"pytorch_half_pixel" for a in n.attribute)
-            for n in view.graph.node
-        )
-        types = inferred_types(view) if needs_shapes else {}
-        graph = state.graph
-        resizes = [n for n in graph.nodes if n.op in ("Resize", "Upsample")]
-        names = {n.name for n in resizes if n.name}
-        unknown = [n for n in (*self.options.nodes, *self.options.exclude) if n not in names]
-        if unknown:
-            available = ", ".join(sorted(names)) or "none"
-            raise PassError(f"no Resize node named {', '.join(repr(u) for u in unknown)}; Resize nodes: {available}")
-        selected, excluded = set(self.options.nodes), set(self.options.exclude)
-        skipped: list[Skip] = []
-        done: list[str] = []
-        notes: list[str] = []
-        for node in resizes:
-            label = node_label(node)
-            if node.op == "Upsample" or state.opset < 11:
-                skipped.append(Skip(label, f"{node.op} at opset {state.opset} has no nearest_mode; convert to opset >= 11 first (target-opset)"))
+    def rules(self) -> list[Rule]:
+        return [ToNearest()]
+
+    def nothing_to_do(self, ctx: RuleContext) -> str:
+        return "no Resize nodes"
+
+    def extra_stats(self, ctx: RuleContext, counts: dict[str, int], rewritten: list[str]) -> dict[str, str]:
+        return {"rewritten": ", ".join(rewritten)}
+
+    def candidates(self, model: onnx.ModelProto) -> list[str]:
+        """Names of the Resize nodes this pass would rewrite (linear/cubic, opset >= 11), in graph order."""
+        opset = next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        if opset < 11:
+            return []
+        out = []
+        for n in model.graph.node:
+            if n.op_type != "Resize" or not n.name or n.domain not in ("", "ai.onnx") or n.name in self.options.exclude:
                 continue
-            if selected and node.name not in selected:
-                skipped.append(Skip(label, "not selected (nodes=)"))
-                continue
-            if node.name in excluded:
-                skipped.append(Skip(label, "excluded (exclude=)"))
-                continue
-            mode = _text(node.attrs.get("mode", "nearest"))
-            if mode == "nearest":
-                skipped.append(Skip(label, "already nearest"))
-                continue
-            if mode not in ("linear", "cubic"):
-                skipped.append(Skip(label, f"unknown mode {mode!r}"))
-                continue
-            before = _text(node.attrs.get("coordinate_transformation_mode", "half_pixel"))
-            dims = types.get(node.outputs[0].name, (0, None))[1]
-            out_shape = tuple(dims) if dims is not None and all(isinstance(d, int) and d > 0 for d in dims) else None
-            node.attrs = nearest_attrs(node, out_shape)
-            after = _text(node.attrs["coordinate_transformation_mode"])
-            done.append(label)
-            notes.append(f"{label}: {mode}/{before} -> nearest/{after} {NEAREST_MODE}")
-            if before == "pytorch_half_pixel" and after == before:
-                notes[-1] += " (output size unknown or 1 on a resized axis: pytorch_half_pixel kept)"
-        if not done:
-            return PassResult(False, {"resize_rewritten": 0}, skipped=skipped, notes=[] if resizes else ["no Resize nodes"])
-        return PassResult(True, {"resize_rewritten": len(done), "rewritten": ", ".join(done)}, skipped=skipped, notes=notes)
+            mode = next((a.s.decode() for a in n.attribute if a.name == "mode"), "nearest")
+            if mode in ("linear", "cubic") and (not self.options.nodes or n.name in self.options.nodes):
+                out.append(n.name)
+        return out
+
+    def with_nodes(self, names: Sequence[str]) -> "ResizeNearest":
+        """This pass limited to the Resize nodes `names` (non-empty; its `exclude=` kept)."""
+        if not names:
+            raise ValueError("with_nodes needs at least one node name (an empty nodes= selects every Resize)")
+        return replace_options(self, nodes=tuple(names))
