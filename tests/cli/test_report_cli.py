@@ -257,3 +257,20 @@ def test_report_formats_outside_a_terminal(cli, model_path, tmp_path):
     assert data["best"]["stage"] and [s["name"] for s in data["stages"]][:3] == ["baseline", "1-simplify", "2-fp16-output"]
     quiet = cli(*args, "-o", tmp_path / "q", "--quiet")
     assert quiet.returncode == 0 and quiet.stdout.strip() == "" and (tmp_path / "q" / "report.html").exists()
+
+
+@pytest.mark.parametrize("which", ["vovnet39", "unetpp"])
+def test_report_synthetic_on_classifier_and_binary_segmenter_exports(cli, tmp_path, which):
+    """vovnet39-like (image -> class, 1000 logits) and unetpp-like (actual_input_1 -> output1, 1 channel)."""
+    from tests.evaluate.test_plan_score import unetpp_like, vovnet_like
+
+    path = save_model(vovnet_like() if which == "vovnet39" else unetpp_like(), tmp_path / f"{which}.onnx")
+    proc = cli("report", path, "--passes", "simplify,fp16-output", "--synthetic", "4", "--min-rounds", "3",
+               "--max-rounds", "4", "-o", tmp_path / "r", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    base = data["stages"][0]
+    assert base["accuracy"], base
+    assert [s["name"] for s in data["stages"]][:3] == ["baseline", "1-simplify", "2-fp16-output"]
+    assert all(s["agreement"] for s in data["stages"][1:3])
+    assert (tmp_path / "r" / "best.onnx").exists()
