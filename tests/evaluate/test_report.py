@@ -238,3 +238,12 @@ def test_report_dir_that_is_a_file_is_refused(cli, model_path, tmp_path):
     assert target.read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["r", "tiny.onnx"]
 
 
+
+
+def test_combined_stage_reuses_a_stage_measured_already(model_path, tmp_path):
+    """Isolated, only simplify kept: the combined stage is that graph, so no second timing run."""
+    r = run_report(model_path, "simplify,fp16-output", tmp_path / "r", DataSource("synthetic", None, None, 3), isolated=True,
+                   timing=FAST, clock=fake_clock(), candidates_factory=fake_candidates())
+    assert r.report["kept_pipeline"] == "simplify" and r.best.name == "combined"
+    assert len(r.report["timing"]) == 1 and "faster than baseline" in r.best.reason
+    assert r.report["commands"][-1].endswith("-o best.onnx --passes simplify")

@@ -413,7 +413,9 @@ def _combined(kept, model, base, stages, models, runner, budget, judged, seed, v
     statuses = [r.verification.status for r in result.stages if r.modified]
     stage.verification = {"status": "failed" if "failed" in statuses else ("passed" if statuses and all(s == "passed" for s in statuses) else ",".join(sorted(set(statuses))) or "unchanged"),
                           "detail": f"{len(result.stages)} passes"}
-    same = next((s for s in stages if s.name in models and s.model_sha256 == stage.model_sha256 and s.name != "baseline"), None)
+    # the same graph measured already (metadata aside: the manager records the pipeline only at the end)
+    key = _graph_sha256(cm)
+    same = next((s for s in stages if s.name in models and s.name != "baseline" and _graph_sha256(models[s.name]) == key), None)
     t2 = None
     if same is not None:
         stage.accuracy, stage.agreement = dict(same.accuracy), dict(same.agreement)
@@ -439,6 +441,12 @@ def _combined(kept, model, base, stages, models, runner, budget, judged, seed, v
     if stage.verdict == "accepted" and not any(r.modified for r in result.stages):
         stage.verdict, stage.reason = "rejected", "the kept passes change nothing together"
     return stage, cm, t2
+
+
+def _graph_sha256(model: onnx.ModelProto) -> str:
+    import hashlib
+
+    return hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest()
 
 
 def _time(stages: list[StageEval], models: dict[str, onnx.ModelProto], policy: TimingPolicy, factory, clock,
