@@ -247,3 +247,23 @@ def test_combined_stage_reuses_a_stage_measured_already(model_path, tmp_path):
     assert r.report["kept_pipeline"] == "simplify" and r.best.name == "combined"
     assert len(r.report["timing"]) == 1 and "faster than baseline" in r.best.reason
     assert r.report["commands"][-1].endswith("-o best.onnx --passes simplify")
+
+
+def test_when_the_kept_passes_do_not_pay_together_the_exact_ones_are_tried(model_path, tmp_path):
+    def factory(models):
+        rng = np.random.default_rng(0)
+
+        def ms(m):
+            n = len(m.graph.node)
+            return 3.0 if _nearest(m) and n == 2 else n * (0.8 if _nearest(m) else 1.0)  # together they clash
+
+        return {name: (lambda t=ms(m): t / 1000.0 * (1.0 + 0.005 * rng.standard_normal())) for name, m in models.items()}
+
+    r = run_report(model_path, "simplify,resize-nearest", tmp_path / "r", DataSource("synthetic", None, None, 3), isolated=True,
+                   timing=FAST, clock=fake_clock(), candidates_factory=factory)
+    by = {s.name: s for s in r.stages}
+    assert by["1-simplify"].verdict == by["2-resize-nearest"].verdict == "accepted"
+    assert by["combined"].verdict == "rejected" and by["combined"].speed["verdict"] == "same"
+    assert r.best.name == "combined-exact" and r.report["kept_pipeline"] == "simplify"
+    assert any("were not kept" in w for w in r.report["warnings"])
+    assert r.report["commands"][-1].endswith("--passes simplify")

@@ -109,7 +109,7 @@ def _optimize_auto(proto, model, pipeline, budget, policy, source, backend, thre
     for s in decision.stages[1:]:
         if s.verdict != "accepted":
             console.out.print(f"dropped {s.name}: {s.reason}", markup=False)
-    kept = decision.kept_pipeline if decision.best.name == "combined" else ""
+    kept = decision.kept_pipeline
     console.out.print(f"kept: {kept or 'nothing (the model is written unchanged)'}", markup=False)
     record = {
         "kept_pipeline": kept, "judged_on": decision.judged_on, "warnings": decision.warnings,

@@ -12,7 +12,8 @@ Contract of `run_report` (and `decide_pipeline`, its file-less core):
 - Verdicts follow `history.judge_accuracy` + `history.decide`: two axes (accuracy within/over budget;
   speed faster/same/slower than the parent, with its interval). Deterministic for the same samples.
 - The combined stage is the pipeline of every kept pass, applied to the baseline, measured against it;
-  if it is kept it is `best.onnx`, else the baseline is (and the report says why).
+  if it is kept it is `best.onnx`; if not, the exact kept passes alone (``combined-exact``) are tried
+  the same way; else the baseline is best.onnx (and the report says why).
 - A meaningless baseline (chance-level accuracy, exported without a checkpoint, a class-count
   mismatch) switches judging to agreement with the baseline, and the report says so at the top.
 - Outputs are written all or nothing (`modelio.staging_dir`): the input model is never modified;
@@ -85,8 +86,8 @@ class Decision:
     stages: list[StageEval]
     best: StageEval
     best_model: onnx.ModelProto
-    combined: StageEval | None  # None when nothing was kept
-    kept: list[Pass]  # the kept pipeline, in pipeline order (the combined stage's passes)
+    combined: StageEval | None  # the combined stage that became best (None: best is the baseline)
+    kept: list[Pass]  # the pipeline of best.onnx, in pipeline order (empty: best is the baseline)
     models: dict[str, onnx.ModelProto]
     judged_on: dict[str, str]  # {"metric": ..., "source": accuracy|agreement}
     warnings: list[str]
@@ -324,23 +325,31 @@ def decide_pipeline(
     timings = [t1.to_dict()]
 
     kept = _kept_passes(pipe, stages, passes, node_pass, node_of)
-    combined, best, best_model = None, base, model
-    if kept:
-        combined, combined_model, t2 = _combined(kept, model, base, stages, models, runner, budget, judged, seed,
-                                                 verify, timing, factory, clock, progress, t1)
+    combined, best, best_model, chosen = None, base, model, []
+    # the kept passes together; if that does not pay, the exact ones among them (they cost no accuracy)
+    attempts = [("combined", kept)]
+    exact = [p for p in kept if p.effective_kind().value == "exact"]
+    if exact and len(exact) < len(kept):
+        attempts.append(("combined-exact", exact))
+    for name, group in attempts if kept else []:
+        stage, stage_model, t2 = _combined(name, group, model, base, stages, models, runner, budget, judged, seed,
+                                           verify, timing, factory, clock, progress, t1)
         if t2 is not None:
             timings.append(t2.to_dict())
-        stages.append(combined)
-        if combined_model is not None:
-            models["combined"] = combined_model
-        if combined.verdict == "accepted":
-            best, best_model = combined, combined_model
-        else:
-            warnings.append(f"the combined pipeline of the kept passes was not kept ({combined.reason}): best.onnx is the baseline")
+        stages.append(stage)
+        if stage_model is not None:
+            models[name] = stage_model
+        if stage.verdict == "accepted":
+            combined, best, best_model, chosen = stage, stage, stage_model, list(group)
+            break
+        warnings.append(f"{'the kept passes' if name == 'combined' else 'the exact kept passes'} together "
+                        f"({stage.pipeline}) were not kept: {stage.reason}")
+    if kept and combined is None:
+        warnings.append("best.onnx is the baseline")
     noise = bootstrap_noise(runner.per_image.get("baseline"), primary_metric(base.accuracy), seed)
     for s in stages[1:]:
         flag_suspicious_gain(s, base, meaningless, noise)
-    return Decision(stages, best, best_model, combined, kept, models, judged, warnings, timings)
+    return Decision(stages, best, best_model, combined, chosen, models, judged, warnings, timings)
 
 
 def _per_node(node_pass, model, base, runner, budget, judged, seed, verify, models, passes, node_of) -> list[StageEval]:
@@ -397,17 +406,17 @@ def _kept_passes(pipe: Pipeline, stages: list[StageEval], passes: dict[str, Pass
     return kept
 
 
-def _combined(kept, model, base, stages, models, runner, budget, judged, seed, verify, timing, factory, clock, progress, t1):
-    """The combined stage: the kept pipeline on the baseline, judged against the baseline."""
+def _combined(name, kept, model, base, stages, models, runner, budget, judged, seed, verify, timing, factory, clock, progress, t1):
+    """A combined stage `name`: the passes `kept` on the baseline, judged against the baseline."""
     pipe = Pipeline(tuple(kept))
     try:
         result = PassManager(pipe, verify=verify, seed=seed).run(model)
     except PassError as exc:
-        stage = _failed_stage("combined", kept[-1], str(pipe), "baseline", model, exc)
+        stage = _failed_stage(name, kept[-1], str(pipe), "baseline", model, exc)
         stage.pass_ = str(pipe)
         return stage, None, None
     cm = result.model
-    stage = _stage_from("combined", None, str(pipe), "baseline", cm)
+    stage = _stage_from(name, None, str(pipe), "baseline", cm)
     stage.pass_, stage.kind = str(pipe), "exact" if all(p.effective_kind().value == "exact" for p in kept) else "approximate"
     stage.modified = any(r.modified for r in result.stages)
     statuses = [r.verification.status for r in result.stages if r.modified]
@@ -424,15 +433,15 @@ def _combined(kept, model, base, stages, models, runner, budget, judged, seed, v
         _fill_speed(stage, tim, "baseline", name=same.name)
     else:
         runner.measure(stage, cm, with_reference=True)
-        t2 = _time([base, stage], {"baseline": model, "combined": cm}, timing, factory, clock, progress,
-                   "timing the combined stage")
+        t2 = _time([base, stage], {"baseline": model, name: cm}, timing, factory, clock, progress,
+                   f"timing the {name} stage")
         _fill_speed(stage, t2, "baseline")
         # placed on the first run's scale (baseline latency there times the measured ratio), so the plot
         # and the table compare it with the other stages; the raw numbers of its own run are kept too
-        c, b2 = t2.candidates["combined"], t2.candidates["baseline"]
+        c, b2 = t2.candidates[name], t2.candidates["baseline"]
         scale = (base.latency_ms.get("p50") or b2.median_ms) / b2.median_ms
         stage.latency_ms = {"p10": round(c.p10_ms * scale, 3), "p50": round(c.median_ms * scale, 3), "p90": round(c.p90_ms * scale, 3)}
-        stage.speed["measured_ms"] = {"combined": round(c.median_ms, 3), "baseline": round(b2.median_ms, 3)}
+        stage.speed["measured_ms"] = {name: round(c.median_ms, 3), "baseline": round(b2.median_ms, 3)}
     if same is not None:
         stage.latency_ms = dict(same.latency_ms)
     judge_accuracy(stage, base, budget, judged["metric"] or None, judged["source"])
@@ -657,12 +666,12 @@ def run_report(
     metric = d.judged_on["metric"]
     source = best.agreement if d.judged_on["source"] == "agreement" else best.accuracy
     cost = None
-    if best.name == "combined" and metric in source:
+    if d.combined is not None and metric in source:
         rel = best.delta.get(f"{metric}_rel")
         cost = f"{metric} {source[metric]:.4f} ({rel:+.2%} vs the baseline)" if rel is not None else f"{metric} {source[metric]:.4f}"
     base_value = 1.0 if d.judged_on["source"] == "agreement" else stages[0].accuracy.get(metric)
     best_cmd = (f"onnxforge optimize {shlex.quote(str(model_path))} -o best.onnx --passes {shlex.quote(d.kept_pipeline)}"
-                if best.name == "combined" else None)
+                if d.combined is not None else None)
     report = {
         "model": str(model_path),
         "pipeline": str(pipe),
@@ -684,7 +693,7 @@ def run_report(
         "keep_stages": keep_stages,
         "environment": environment(str(backend), threads, seed),
         "seconds": 0.0,
-        "commands": [c for c in (command, best_cmd) if c],
+        "commands": [c for c in (command or _report_command(model_path, pipe, out_dir, data, isolated, per_node, budget), best_cmd) if c],
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with staging_dir(out_dir) as tmp:
@@ -706,6 +715,17 @@ def run_report(
     if keep_stages != "none":
         files["best"] = out_dir / "best.onnx"
     return ReportResult(stages, best, files, report, disk_bytes=report["disk_bytes"])
+
+
+def _report_command(model_path: Path, pipe: Pipeline, out_dir: Path, data: DataSource, isolated: bool,
+                    per_node: str | None, budget: Budget) -> str:
+    """The `onnxforge report` command for a library call (the CLI passes the command it ran)."""
+    q = shlex.quote
+    src = (f"--synthetic {data.limit}" if data.dataset == "synthetic" and data.data_root is None else
+           f"--dataset {q(data.dataset)} --data-root {q(str(data.data_root))}" + (f" --preset {q(data.preset)}" if data.preset else "")
+           + (f" --limit {data.limit}" if data.limit else ""))
+    return (f"onnxforge report {q(str(model_path))} --passes {q(str(pipe))} {src} --budget {budget}"
+            + (" --isolated" if isolated else "") + (f" --per-node {q(per_node)}" if per_node else "") + f" -o {q(str(out_dir))}")
 
 
 def environment(backend: str, threads: int, seed: int) -> dict[str, str]:

@@ -159,13 +159,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     lines = [f"warning: {w}" for w in report.get("warnings", [])]
     best = report["best"]
     sp = best.get("speed") or {}
-    if best["stage"] == "combined":
+    if best.get("command"):
         acc = best.get("accuracy_cost") or "none measured"
         lines.append(f"keep {report['kept_pipeline']}: {_interval(sp)} vs the baseline ({sp.get('verdict')}), accuracy cost {acc}")
         lines.append(f"reproduce: {best['command']}")
     else:
-        lines.append("no pass pays within the budget: best.onnx is the baseline"
-                     + (f" (kept passes {report['kept_pipeline']!r} did not pay together)" if report.get("kept_pipeline") else ""))
+        lines.append("no pass pays within the budget: best.onnx is the baseline")
     return lines
 
 
