@@ -267,3 +267,31 @@ def test_when_the_kept_passes_do_not_pay_together_the_exact_ones_are_tried(model
     assert r.best.name == "combined-exact" and r.report["kept_pipeline"] == "simplify"
     assert any("were not kept" in w for w in r.report["warnings"])
     assert r.report["commands"][-1].endswith("--passes simplify")
+
+
+def test_optimize_auto_no_verify_is_honoured(cli, model_path, tmp_path):
+    out = tmp_path / "auto.onnx"
+    js = tmp_path / "auto.json"
+    proc = cli("optimize", model_path, "-o", out, "--passes", "simplify", "--auto", "--synthetic", "2", "--no-verify",
+               "--min-rounds", "3", "--max-rounds", "4", "--json", js)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(js.read_text())
+    assert all(s["verification"]["status"] == "off" for s in record["stages"])
+    assert all(s["verification"].get("status") in ("off", "unchanged") for s in record["auto"]["stages"][1:])
+
+
+def test_same_graph_is_recognised_when_constants_were_marked():
+    """onnx-graphsurgeon's import marks the caller's Constant tensors with an explicitly empty name: the
+    graph is the same, so the combined stage must still reuse the stage measured already."""
+    from onnxforge.evaluate.ab import _graph_sha256
+    from onnxforge.evaluate.history import model_sha256
+
+    m = tiny_segmenter()
+    m.graph.node.insert(0, helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.zeros((1,), np.float32))))
+    marked = onnx.ModelProto()
+    marked.CopyFrom(m)
+    marked.graph.node[0].attribute[0].t.name = ""
+    assert model_sha256(marked) != model_sha256(m)  # serialised differently ...
+    assert _graph_sha256(marked) == _graph_sha256(m)  # ... but the same graph
+    marked.graph.node[0].attribute[0].t.float_data[:] = [1.0]
+    assert _graph_sha256(marked) != _graph_sha256(m)

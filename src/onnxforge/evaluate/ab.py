@@ -453,9 +453,29 @@ def _combined(name, kept, model, base, stages, models, runner, budget, judged, s
 
 
 def _graph_sha256(model: onnx.ModelProto) -> str:
+    """A hash of the graph that ignores an explicitly empty name on attribute tensors (onnx-graphsurgeon's
+    import sets one on the caller's Constant nodes, so the same graph can serialise two ways)."""
     import hashlib
 
-    return hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest()
+    h = hashlib.sha256()
+    g = model.graph
+    for node in g.node:
+        if any(a.HasField("t") and a.t.HasField("name") and not a.t.name for a in node.attribute):
+            node = _without_empty_tensor_names(node)
+        h.update(node.SerializeToString(deterministic=True))
+    for part in (g.initializer, g.input, g.output):
+        for item in part:
+            h.update(item.SerializeToString(deterministic=True))
+    return h.hexdigest()
+
+
+def _without_empty_tensor_names(node: onnx.NodeProto) -> onnx.NodeProto:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    for a in copy.attribute:
+        if a.HasField("t") and a.t.HasField("name") and not a.t.name:
+            a.t.ClearField("name")
+    return copy
 
 
 def _time(stages: list[StageEval], models: dict[str, onnx.ModelProto], policy: TimingPolicy, factory, clock,

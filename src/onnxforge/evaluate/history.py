@@ -165,7 +165,8 @@ def decide(stage: StageEval, parent: StageEval | None) -> None:
     if stage.verdict == "rejected" and stage.verification.get("status") == "failed":
         return
     acc = stage.accuracy_verdict
-    exact_verified = stage.kind == "exact" and stage.verification.get("status") in ("passed", "unchanged")
+    # "off": verification was turned off (--no-verify), so the pass's declared kind is trusted
+    exact_verified = stage.kind == "exact" and stage.verification.get("status") in ("passed", "unchanged", "off")
     if not stage.modified:
         stage.verdict, stage.reason = "rejected", "changed nothing: " + "; ".join(stage.pass_notes)
         return
