@@ -195,3 +195,28 @@ def test_bad_names_are_errors():
     t = run({"base": 10.0, "copy": 10.0}, [])
     with pytest.raises(EvaluationError, match="no timing comparison x/base"):
         t.ratio("x", "base")
+
+
+def test_a_runner_callback_instead_of_callables():
+    clock, seen = FakeClock(), []
+
+    def runner(name: str) -> float:
+        seen.append(name)
+        return {"base": 0.010, "fast": 0.006}[name]
+
+    t = measure_interleaved(["base", "fast"], [("fast", "base")], TimingPolicy(min_rounds=3, max_rounds=3, warmup=1),
+                            clock=clock, runner=runner)
+    assert sorted(seen) == ["base"] * 4 + ["fast"] * 4
+    assert t.ratio("fast", "base").ratio == pytest.approx(0.6) and t.verdict("fast", "base") == FASTER
+    with pytest.raises(EvaluationError, match="need a runner"):
+        measure_interleaved(["base", "fast"], [("fast", "base")], clock=clock)
+    with pytest.raises(EvaluationError, match="not both"):
+        measure_interleaved({"base": lambda: 0.01}, [], clock=clock, runner=runner)
+
+
+def test_summary_says_what_stopped_the_rounds_and_where_the_floor_came_from():
+    t = run({"base": 10.0, "copy": 10.0, "fast": 8.0}, [("fast", "base")], noise=0.01)
+    assert t.summary().startswith(f"{t.rounds} rounds (stopped: stable), noise floor ")
+    assert "(A/A copy/base)" in t.summary() and "95% intervals" in t.summary()
+    t = run({"base": 10.0, "fast": 8.0}, [("fast", "base")], aa=None, noise=0.01)
+    assert "no A/A pair measured" in t.summary()

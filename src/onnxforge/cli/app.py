@@ -63,9 +63,9 @@ def _register() -> None:
 
     for module in (optimize_cmd, export_cmd, evaluate_cmd, report_cmd):
         module.register(app)
-
-
-_register()
+    for info in app.registered_commands:  # every command, whoever registered it, accepts -v after its name
+        if info.callback is not None:
+            info.callback = _with_verbose(info.callback)
 
 
 def _with_verbose(callback: Callable) -> Callable:
@@ -87,9 +87,7 @@ def _with_verbose(callback: Callable) -> Callable:
     return command
 
 
-for _info in app.registered_commands:
-    if _info.callback is not None:
-        _info.callback = _with_verbose(_info.callback)
+_register()
 
 
 def _error(message: str, hint: str | None = None) -> None:

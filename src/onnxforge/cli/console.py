@@ -215,7 +215,7 @@ class Output:
         self._write(json.dumps(data, indent=2, default=str))
 
     def progress(self, label: str | None = None, every_s: float = 5.0) -> "ProgressReporter":
-        """`progress(...)` that stays silent with --quiet or json (json keeps stdout parseable anyway)."""
+        """`progress(...)` on stderr, silent with --quiet (stdout, and so json, is never touched)."""
         return progress(label, quiet=self.quiet, every_s=every_s)
 
     def _write(self, text: str) -> None:

@@ -6,7 +6,8 @@ How a comparison is measured (`measure_interleaved`):
 - **Candidates** are named callables that run one inference. A callable may return the seconds the
   backend measured for that run (e.g. `runner.last_inference_s`); when it returns None the clock is
   read around the call. Build them like
-  `def run(r=runner, f=feeds): r.infer(f); return r.last_inference_s`.
+  `def run(r=runner, f=feeds): r.infer(f); return r.last_inference_s`. Or pass the names and one
+  `runner(name)` callback.
 - **Rounds**: every candidate runs once per round. The order rotates every round through a seeded
   permutation (a fresh permutation every `len(candidates)` rounds), so each candidate takes each
   position equally often and machine drift hits all of them alike. `policy.warmup` untimed rounds
@@ -38,7 +39,7 @@ Results: `Timings` (per candidate `CandidateStats`: median/p10/p90 ms and sample
 result from samples collected elsewhere.
 
 Public API (stable; extend, don't rename): `TimingPolicy`, `measure_interleaved`, `analyse`,
-`Timings` (`.ratio(stage, parent)`, `.verdict(stage, parent)`, `.to_dict()`), `RatioCI`
+`Timings` (`.ratio(stage, parent)`, `.verdict(stage, parent)`, `.summary()`, `.to_dict()`), `RatioCI`
 (`.verdict`, `.speedup`, `.speedup_low`, `.speedup_high`, `.stable`, `.to_dict()`), `CandidateStats`,
 `verdict_of`, the verdict constants `FASTER`/`SLOWER`/`SAME` and the stop reasons
 `STOP_STABLE`/`STOP_MAX_ROUNDS`/`STOP_TIME_LIMIT`.
@@ -46,6 +47,7 @@ Public API (stable; extend, don't rename): `TimingPolicy`, `measure_interleaved`
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -203,6 +205,14 @@ class Timings:
     def verdict(self, stage: str, parent: str) -> str:
         return self.ratio(stage, parent).verdict
 
+    def summary(self) -> str:
+        """One line for reports, e.g. '42 rounds (stopped: stable), noise floor 1.8% (A/A copy/base), 95% intervals'."""
+        floor = f"noise floor {self.floor:.1%} " + (
+            f"(A/A {self.aa[0]}/{self.aa[1]})" if self.aa else "(minimum; no A/A pair measured)")
+        stop = {STOP_STABLE: "stable", STOP_MAX_ROUNDS: "round limit reached",
+                STOP_TIME_LIMIT: "time limit reached"}.get(self.stopped_by, self.stopped_by)
+        return f"{self.rounds} rounds (stopped: {stop}), {floor}, {self.policy.confidence:.0%} intervals"
+
     def to_dict(self) -> dict:
         return {
             "candidates": {n: s.to_dict() for n, s in self.candidates.items()},
@@ -295,22 +305,26 @@ def _orders(n: int, seed: int):
 
 
 def measure_interleaved(
-    candidates: Mapping[str, Candidate],
+    candidates: Mapping[str, Candidate] | Sequence[str],
     pairs: Sequence[tuple[str, str]],
     policy: TimingPolicy = TimingPolicy(),
     aa: tuple[str, str] | None = None,
     clock: Callable[[], float] = time.perf_counter,
     progress: RoundProgress | None = None,
+    runner: Callable[[str], "float | None"] | None = None,
 ) -> Timings:
     """Times `candidates` in interleaved rounds until the verdicts of `pairs` are stable (module docstring).
 
     Args:
-        candidates: name -> callable running one inference (returns seconds measured, or None).
+        candidates: name -> callable running one inference (returns seconds measured, or None); or just
+            the names, with `runner`.
         pairs: (stage, parent) comparisons wanted; the A/A pair is added if missing.
         policy: rounds, time budget, confidence, seed, minimum floor.
         aa: (copy, parent) where `copy` is an identical copy of `parent`; it measures the noise floor.
         clock: seconds, monotonic; inject a fake one in tests.
         progress: called with (timed rounds done, policy.max_rounds) after every timed round.
+        runner: `runner(name)` runs one inference of `name` (same return convention); required when
+            `candidates` is a list of names, not allowed with callables.
 
     Raises:
         EvaluationError: a bad policy, unknown or self-compared names, a candidate reporting a
@@ -318,8 +332,15 @@ def measure_interleaved(
     """
     policy.validate()
     names = list(candidates)
+    if isinstance(candidates, Mapping):
+        if runner is not None:
+            raise EvaluationError("timing: give candidates as callables or a runner, not both")
+        runs = [candidates[n] for n in names]
+    else:
+        if runner is None:
+            raise EvaluationError("timing: candidates given by name need a runner")
+        runs = [functools.partial(runner, n) for n in names]
     _check_names(names, pairs, aa)
-    runs = [candidates[n] for n in names]
     samples: dict[str, list[float]] = {n: [] for n in names}
     orders = _orders(len(names), policy.seed)
     start = clock()
