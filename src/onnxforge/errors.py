@@ -27,6 +27,10 @@ class PassError(ForgeError):
     """A pass failed, or the model after it failed verification."""
 
 
+class PassCrash(PassError):
+    """A pass raised an unexpected exception: a bug in onnxforge, not the user's fault (please report)."""
+
+
 class VerificationError(PassError):
     """The checker or the numeric comparison rejected a pass's output."""
 

@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 
 from onnxforge.numerics import run_model, seeded_inputs
-from onnxforge.passes.base import ModelState
 
 
 def parse(text: str, opset: int = 17) -> onnx.ModelProto:
@@ -27,11 +26,10 @@ def op_counts(model: onnx.ModelProto) -> Counter:
 
 
 def apply(pass_obj, model: onnx.ModelProto):
-    """Runs one pass directly (no manager) and returns (result, new model)."""
-    state = ModelState(model)
-    result = pass_obj.run(state)
-    state.graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    return result, state.to_model()
+    """Runs one pass through the verifying PassManager and returns (its PassResult, the new model)."""
+    from tests.passes.conftest import run_verified
+
+    return run_verified(pass_obj, model)
 
 
 def outputs(model: onnx.ModelProto, seed: int = 1) -> dict[str, np.ndarray]:

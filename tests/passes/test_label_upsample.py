@@ -202,3 +202,38 @@ def test_near_miss_not_4d():
     result, after = apply(LabelUpsample(), model)
     assert not result.modified and "is not 4-D" in result.skipped[0].reason
     assert op_counts(after) == op_counts(model)
+
+
+def test_opset_11_export_gets_a_resize_with_a_real_roi(tmp_path):
+    """Issue 11: at opset 11 roi and scales are required inputs; an empty name there is invalid."""
+    import torch
+
+    model = export(_module(), (torch.randn(1, 3, 32, 32),), tmp_path / "seg11.onnx", dynamo=False, opset=11, input_names=["x"], output_names=NAMES)
+    result, after = apply(LabelUpsample(outputs=("main",)), model)
+    assert result.modified
+    new = [n for n in after.graph.node if n.op_type == "Resize" and n.name.startswith("label_upsample")]
+    assert len(new) == 1 and len(new[0].input) == 4 and all(new[0].input), "roi/scales must be named tensors at opset 11"
+    onnx.checker.check_model(after, full_check=True)
+    x = seeded_inputs(after, 0)
+    assert run_model(after, x)["main"].shape == (1, 1, 32, 32)
+
+
+NO_SHAPE = """
+g (float[1,5,4,4] a, int64[K] shape) => (float[1,5,8,8] y) {
+  x = Reshape(a, shape)
+  s = Constant<value = float[4] {1.0, 1.0, 2.0, 2.0}>()
+  y = Resize<mode = "linear">(x, , s)
+}"""
+
+
+def test_near_miss_unknown_shape_says_so():
+    """Issue 11: an input without an inferred shape is not called 'not 4-D'."""
+    result, _ = apply(LabelUpsample(), parse(NO_SHAPE))
+    assert not result.modified
+    assert "has no inferred shape" in result.skipped[0].reason and "not 4-D" not in result.skipped[0].reason
+
+
+def test_near_miss_opset_10_is_skipped_with_the_reason():
+    text = DYNAMIC_BATCH.replace("N,", "1,").replace("(x, , s)", "(x, s)").replace(', coordinate_transformation_mode = "half_pixel"', "")
+    result, after = apply(LabelUpsample(), parse(text, opset=10))
+    assert not result.modified and "from opset 11" in result.skipped[0].reason

@@ -132,3 +132,18 @@ def test_near_miss_c0_1_rejected_and_aligned_channels_untouched_at_c0_4(model):
     assert changed in (["19->20", "3->4", "5->8"], ["19->20", "3->4", "5->8", "7->8"])
     reasons = {s.target: s.reason for s in result.skipped}
     assert "already a multiple of c0=4" in reasons["dw"] and "already a multiple" in reasons["feat16"]
+
+
+def test_opset_9_export_gets_an_opset_9_slice(tmp_path):
+    """Issue 11: an opset-9 graph gets Slice with attributes (inputs arrived in opset 10)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = export(nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU()), (torch.randn(1, 3, 8, 8),), tmp_path / "c9.onnx", dynamo=False, opset=9)
+    result, after = apply(TransdataAlign(), model)
+    assert result.modified and result.stats["padded"] == 1
+    (sl,) = [n for n in after.graph.node if n.op_type == "Slice"]
+    assert len(sl.input) == 1 and {a.name for a in sl.attribute} == {"starts", "ends", "axes"}
+    onnx.checker.check_model(after, full_check=True)
+    np.testing.assert_allclose(outputs(after)[after.graph.output[0].name], outputs(model)[model.graph.output[0].name], rtol=1e-5, atol=1e-5)

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip, option
+from onnxforge.passes.base import ModelState, NodeSelecting, Pass, PassKind, PassResult, Skip, option
 from onnxforge.passes.manager import (
     DumpStages,
     Instrument,
@@ -17,10 +17,10 @@ from onnxforge.passes.manager import (
     optimize,
 )
 from onnxforge.passes.pipeline import Pipeline, parse_pipeline
-from onnxforge.passes.registry import all_passes, get_pass, register
+from onnxforge.passes.registry import all_passes, get_pass, node_selecting, register
 
 __all__ = [
-    "DumpStages", "Instrument", "ModelState", "Pass", "PassKind", "PassManager", "PassResult", "Pipeline",
-    "PipelineResult", "Skip", "StageRecord", "Verifier", "all_passes", "get_pass", "optimize", "option",
+    "DumpStages", "Instrument", "ModelState", "NodeSelecting", "Pass", "PassKind", "PassManager", "PassResult", "Pipeline",
+    "PipelineResult", "Skip", "StageRecord", "Verifier", "all_passes", "get_pass", "node_selecting", "optimize", "option",
     "parse_pipeline", "register",
 ]

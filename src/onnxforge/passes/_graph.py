@@ -151,13 +151,3 @@ def _numel(dims) -> int:
     for d in dims:
         n *= int(d)
     return n
-
-
-def select_names(pass_name: str, what: str, wanted: "tuple[str, ...]", available: "list[str]") -> "set[str]":
-    """The names a pass option selects (all of `available` when empty); an unknown name is a PassError."""
-    from onnxforge.errors import PassError
-
-    missing = [n for n in wanted if n not in available]
-    if missing:
-        raise PassError(f"{pass_name}: no graph {what} '{missing[0]}' ({what}s: {', '.join(available) or 'none'})")
-    return set(wanted or available)

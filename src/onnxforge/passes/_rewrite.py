@@ -9,8 +9,9 @@ language: a rule is a small class with
 - ``rewrite(match, builder) -> str | None``: changes the graph through a `GraphBuilder` (opset-aware,
   unique names); returns an optional note for the pass result.
 
-``RulePass`` (a `Pass`) runs its rules in order: for each rule it matches every target first, then
-rewrites the matches, counts them in the result's statistics under the rule's ``name`` and collects the
+``RulePass`` (a `Pass`) runs its rules in order: each rule's targets are listed first, then each
+target is matched and, on a match, rewritten at once (so a later match sees the earlier rewrites:
+a chain of three Slices merges in one run); it counts the rewrites in the result's statistics under the rule's ``name`` and collects the
 skips. The rewiring helpers exist once, here: `sole_consumer`, `replace_all_uses`, `take_name`, and
 `GraphIORule`, the one base for "rewrite at a graph input/output" (selection by an option, unknown
 names refused, the new tensor takes the old name and the old tensor's place in the graph's I/O list).
@@ -61,7 +62,9 @@ class RuleContext:
         return int(self.graph.opset)
 
     def types(self) -> dict[str, tuple[int, tuple]]:
-        """(elem_type, dims) by tensor name from shape inference on the current model (cached by the state)."""
+        """(elem_type, dims) by tensor name: shape inference on the model as the pass received it (cached).
+
+        New tensors made by earlier rewrites in this run are not in it."""
         return self.state.types()
 
 
@@ -115,7 +118,6 @@ class RulePass(Pass):
         seen = False
         for rule in self.rules():
             counts.setdefault(rule.name, 0)
-            matches = []
             for target in list(rule.targets(ctx)):
                 found = rule.match(target, ctx)
                 if found is None:
@@ -123,12 +125,10 @@ class RulePass(Pass):
                 seen = True
                 if isinstance(found, Skip):
                     skipped.append(found)
-                else:
-                    matches.append(found)
-            for m in matches:
-                note = rule.rewrite(m, builder)
+                    continue
+                note = rule.rewrite(found, builder)
                 counts[rule.name] += 1
-                rewritten.append(m.target)
+                rewritten.append(found.target)
                 if note:
                     notes.append(note)
         if not rewritten:

@@ -13,13 +13,14 @@ import dataclasses
 import enum
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from onnxforge.errors import PipelineError
+from onnxforge.passes._graph import inferred_types
 
 
 class PassKind(str, enum.Enum):
@@ -67,6 +68,17 @@ class PassResult:
         if self.skipped:
             return "; ".join(str(s) for s in self.skipped[:5]) + (" ..." if len(self.skipped) > 5 else "")
         return "nothing to do"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A ModelState's current model at some moment (see `ModelState.snapshot`): exactly one of
+    `proto` and `graph` is set."""
+
+    proto: onnx.ModelProto | None
+    graph: gs.Graph | None
+    owned: bool
+    ir_version: int
 
 
 class ModelState:
@@ -118,8 +130,6 @@ class ModelState:
         cached until the graph is handed out again or the model replaced.
         """
         if self._types is None:
-            from onnxforge.passes._graph import inferred_types
-
             if self._proto is not None:
                 model = self._proto
             else:
@@ -132,15 +142,17 @@ class ModelState:
         self._types = None
 
     def _export(self) -> onnx.ModelProto:
+        """The graph as a ModelProto under this state's IR version: the one place IR rules are applied."""
         model = gs.export_onnx(self._graph, do_type_check=False)
         model.ir_version = self._header.ir_version
+        if model.ir_version and model.ir_version < 4:
+            _initializers_as_inputs(model)
         return model
 
     def view(self) -> onnx.ModelProto:
         """The current model as a ModelProto, not to be mutated (exported and cached if needed)."""
         if self._proto is None:
-            model = gs.export_onnx(self._graph, do_type_check=False)
-            model.ir_version = self._header.ir_version
+            model = self._export()
             model.producer_name = self._header.producer_name or "onnxforge"
             model.producer_version = self._header.producer_version
             model.model_version = self._header.model_version
@@ -150,6 +162,24 @@ class ModelState:
             model.metadata_props.extend(self._header.metadata_props)
             self._proto, self._owned = model, True
         return self._proto
+
+    def snapshot(self) -> Snapshot:
+        """The current model in the form the state holds it (no export), to `restore` if a pass turns
+        out to have changed nothing. A held graph is referenced, not copied."""
+        if self._proto is not None:
+            return Snapshot(self._proto, None, self._owned, self._header.ir_version)
+        return Snapshot(None, self._graph, self._owned, self._header.ir_version)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Makes a `snapshot` the current model again: a ModelProto byte for byte (the graph is
+        re-imported if read), a graph as the object it is now."""
+        self._proto, self._graph, self._owned, self._header.ir_version = snapshot.proto, snapshot.graph, snapshot.owned, snapshot.ir_version
+        self._types, self.touched = None, False
+
+    @property
+    def holds_graph(self) -> bool:
+        """Whether the current model is the graphsurgeon graph (no up-to-date ModelProto is cached)."""
+        return self._proto is None
 
     def to_model(self) -> onnx.ModelProto:
         """A copy of the current model as a ModelProto, free to mutate, with this state's metadata."""
@@ -210,6 +240,15 @@ class ModelState:
             self._proto, self._owned = proto, True
 
 
+def _initializers_as_inputs(model: onnx.ModelProto) -> None:
+    """IR < 4 requires every initializer to be a graph input too (graphsurgeon drops those inputs,
+    and passes add initializers): list the missing ones, typed, after the existing inputs."""
+    listed = {vi.name for vi in model.graph.input}
+    model.graph.input.extend(
+        onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in model.graph.initializer if t.name not in listed
+    )
+
+
 class Pass:
     """Base class of every pass. Subclasses set the class attributes and implement `run`."""
 
@@ -267,6 +306,32 @@ class Pass:
 
     def __repr__(self) -> str:
         return f"<Pass {self}>"
+
+
+@runtime_checkable
+class NodeSelecting(Protocol):
+    """A pass that can be limited to some of the nodes (or graph outputs) it would rewrite.
+
+    What a per-node search (`report --per-node PASS`, bisect) needs from any pass, without knowing
+    its options:
+
+    - `candidates(model)`: the names this configured pass would touch in `model` (node names, or
+      graph output names for output-level passes such as label-upsample), in graph order. Only
+      names the pass would actually rewrite: an empty list means the pass does nothing there.
+      Must not change `model`.
+    - `with_nodes(names)`: a configured copy of this pass (same class, other options kept) that
+      rewrites exactly the given names, a non-empty subset of `candidates(model)`; an empty
+      `names` raises ValueError (an empty selection means "all" in the options).
+
+    So ``p.with_nodes([n]).run(state)`` applies the pass to node `n` alone, and
+    ``str(p.with_nodes([n]))`` is the pipeline item that does it. Implemented by resize-nearest
+    (Resize nodes, `nodes=`), fp16 (nodes run in float16, `nodes=`) and label-upsample (graph
+    outputs, `outputs=`); `registry.node_selecting(name)` tells whether a registered pass does.
+    """
+
+    def candidates(self, model: onnx.ModelProto) -> list[str]: ...
+
+    def with_nodes(self, names: Sequence[str]) -> "Pass": ...
 
 
 def option_fields(options_cls: type) -> list[tuple[dataclasses.Field, Any]]:

@@ -1,23 +1,29 @@
-"""Imports every built-in pass module (one pass per module) so that each registers itself.
+"""Finds every built-in pass module (one pass per module) and imports it, so that each registers itself.
 
 Modules are discovered, so adding a pass is adding a module; `ORDER` fixes how `onnxforge passes`
-lists them (unlisted passes come after, alphabetically).
+lists them (unlisted passes come after, alphabetically). This module imports nothing from onnxforge
+statically (the registry calls `load()`), so there is no import cycle registry -> catalog -> pass ->
+registry: pass modules are imported by name, at the first registry lookup.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-
-import onnxforge.passes as _pkg
+from pathlib import Path
 
 ORDER = (
     "simplify", "static-shape", "target-opset", "adaptive-pool", "drop-softmax-argmax", "resize-nearest",
-    "label-upsample", "argmax-output", "transdata-align", "fp16-output", "fp16-input", "fp16",
+    "label-upsample", "argmax-output", "transdata-align", "merge-slices", "fp16-output", "fp16-input", "fp16",
 )
+#: Infrastructure modules of the package, not passes (underscore modules are skipped too).
 _INFRA = {"base", "registry", "pipeline", "manager", "catalog"}
 
-for _info in sorted(pkgutil.iter_modules(_pkg.__path__), key=lambda m: m.name):
-    if _info.name.startswith("_") or _info.name in _INFRA:
-        continue
-    importlib.import_module(f"onnxforge.passes.{_info.name}")
+
+def load() -> None:
+    """Imports every pass module of this package (Python caches them: the second call is free)."""
+    package = __name__.rpartition(".")[0]
+    for info in sorted(pkgutil.iter_modules([str(Path(__file__).parent)]), key=lambda m: m.name):
+        if info.name.startswith("_") or info.name in _INFRA:
+            continue
+        importlib.import_module(f"{package}.{info.name}")

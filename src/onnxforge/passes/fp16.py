@@ -7,6 +7,7 @@ Before -> After::
             -> Cast(f32) -> y (f32)
 
 Which nodes run in float16:
+- Selected: with `nodes=`, only the named nodes (what a per-node search tries one at a time).
 - Only nodes downstream of a graph input ("data"), not through Shape/Size: shape arithmetic (Shape ->
   Cast -> Mul -> Cast -> Resize sizes), constant folding leftovers and the like stay float32.
 - Not blocked: op types in `block` (default `DEFAULT_BLOCK`: exponentials, logarithms, powers,
@@ -35,13 +36,16 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from onnxforge.errors import PipelineError
-from onnxforge.passes._graph import Namer, const_value, is_graph_output, node_label
+from onnxforge.passes._build import GraphBuilder
+from onnxforge.passes._graph import const_value, is_graph_output, node_label
+from onnxforge.passes._rewrite import replace_options, select, take_name
 from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip, option
 from onnxforge.passes.registry import register
 
@@ -66,6 +70,7 @@ class Fp16Options:
     keep_io: bool = option(True, "graph inputs and outputs stay float32 (Casts at the boundary); false makes them float16")
     block: tuple[str, ...] = option(DEFAULT_BLOCK, "op types kept in float32 (replaces the default list)")
     block_nodes: tuple[str, ...] = option((), "node names kept in float32")
+    nodes: tuple[str, ...] = option((), "only these nodes (by name) run in float16 (default: every node that can)")
     max_reduce: int = option(4096, "ReduceMean/ReduceSum/GlobalAveragePool/AveragePool over more elements stay float32 (0: no limit)")
 
 
@@ -89,7 +94,33 @@ class Fp16(Pass):
             raise PipelineError(f"fp16: option 'max_reduce' must be >= 0, got {self.options.max_reduce}")
 
     def run(self, state: ModelState) -> PassResult:
+        graph, types, reached, plans, skipped = self._plan(state)
+        rewrite = _Rewrite(graph, types, plans, self.options.keep_io)
+        rewrite.apply(reached)
+        stats = rewrite.stats
+        stats["nodes_fp32"] = len(skipped)
+        if not rewrite.changed:
+            note = "nothing left to convert: the float32 nodes left are kept for the reasons listed" if skipped else "no float32 computation left to convert"
+            return PassResult(False, stats, skipped=skipped, notes=[note])
+        return PassResult(True, stats, skipped=skipped)
+
+    def candidates(self, model: onnx.ModelProto) -> list[str]:
+        """Names of the nodes this pass would run in float16, in graph order (node-selecting protocol).
+
+        Unnamed nodes cannot be selected and are not listed."""
+        graph, _, _, plans, _ = self._plan(ModelState(model))
+        return [n.name for n in graph.nodes if id(n) in plans and n.name]
+
+    def with_nodes(self, names: Sequence[str]) -> "Fp16":
+        """This pass with only the nodes `names` (non-empty) in float16; other options kept."""
+        if not names:
+            raise ValueError("with_nodes needs at least one node name (an empty nodes= selects every node)")
+        return replace_options(self, nodes=tuple(names))
+
+    def _plan(self, state: ModelState) -> tuple[gs.Graph, "_TypeInfo", set[int], dict[int, _Plan], list[Skip]]:
         graph = state.graph
+        if self.options.nodes:
+            select(self.name, "node", self.options.nodes, graph.nodes)  # unknown names: PassError
         types = _TypeInfo(state, graph)
         reached = _downstream_of_inputs(graph)
         plans: dict[int, _Plan] = {}
@@ -103,21 +134,15 @@ class Fp16(Pass):
                     plans[id(node)] = verdict
                 continue
             skipped.append(Skip(node_label(node), f"kept in float32: {verdict}"))
-
-        rewrite = _Rewrite(graph, types, plans, self.options.keep_io)
-        rewrite.apply(reached)
-        stats = rewrite.stats
-        stats["nodes_fp32"] = len(skipped)
-        if not rewrite.changed:
-            note = "nothing left to convert: the float32 nodes left are kept for the reasons listed" if skipped else "no float32 computation left to convert"
-            return PassResult(False, stats, skipped=skipped, notes=[note])
-        return PassResult(True, stats, skipped=skipped)
+        return graph, types, reached, plans, skipped
 
     def _blocked(self, node: gs.Node, types: "_TypeInfo") -> str:
         if node.op in self.options.block:
             return f"op {node.op} is in the block list"
         if node.name and node.name in self.options.block_nodes:
             return "named in block_nodes"
+        if self.options.nodes and node.name not in self.options.nodes:
+            return "not selected (nodes=)"
         if node.op in _COUNTED and self.options.max_reduce:
             count = _reduced_count(node, types)
             if count is None:
@@ -140,13 +165,11 @@ class _TypeInfo:
             if tensor.shape is not None:
                 self.shape[name] = list(tensor.shape)
         if any(name and name not in self.dtype for name in graph.tensors()):
-            model = onnx.shape_inference.infer_shapes(state.to_model())
-            for vi in list(model.graph.value_info) + list(model.graph.output):
-                tt = vi.type.tensor_type
-                if vi.name not in self.dtype and tt.elem_type:
-                    self.dtype[vi.name] = _np_dtype(tt.elem_type)
-                if vi.name not in self.shape and tt.HasField("shape"):
-                    self.shape[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+            for name, (elem, dims) in state.types().items():
+                if name not in self.dtype and elem:
+                    self.dtype[name] = _np_dtype(elem)
+                if name not in self.shape:
+                    self.shape[name] = [d if isinstance(d, int) else None for d in dims]
 
     def of(self, tensor: gs.Tensor) -> np.dtype | None:
         return self.dtype.get(tensor.name)
@@ -245,7 +268,7 @@ class _Rewrite:
 
     def __init__(self, graph: gs.Graph, types: _TypeInfo, plans: dict[int, _Plan], keep_io: bool) -> None:
         self.graph, self.types, self.plans, self.keep_io = graph, types, plans, keep_io
-        self.namer = Namer(graph, "fp16")
+        self.b = GraphBuilder(graph, "fp16")
         self.half: set[str] = set()  # tensors that are float16 after the rewrite (and were float32)
         self.casts: dict[tuple[str, str], gs.Variable] = {}
         self.copies: dict[str, gs.Constant] = {}
@@ -322,10 +345,9 @@ class _Rewrite:
             return
         key = (tensor.name, want.name)
         if key not in self.casts:
-            cast = gs.Variable(self.namer(f"{want.name}"), dtype=want, shape=tensor.shape)
+            cast = gs.Variable(self.b.name(f"{want.name}"), dtype=want, shape=tensor.shape)
             to = onnx.TensorProto.FLOAT16 if want == F16 else onnx.TensorProto.FLOAT
-            self.graph.nodes.append(gs.Node("Cast", name=self.namer("Cast"), attrs={"to": to}, inputs=[tensor], outputs=[cast]))
-            self.casts[key] = cast
+            self.casts[key] = self.b.cast(tensor, to, out=cast, hint="Cast")
             self.counts["casts_inserted"] += 1
         node.inputs[index] = self.casts[key]
 
@@ -335,7 +357,7 @@ class _Rewrite:
             if clipped.any():
                 self.counts["initializers_clipped"] += 1
             half = np.asarray(np.clip(value, -FP16_MAX, FP16_MAX), dtype=np.float16)
-            self.copies[tensor.name] = gs.Constant(self.namer(f"{tensor.name}_fp16"), half)
+            self.copies[tensor.name] = self.b.const(half, f"{tensor.name}_fp16")
             self.counts["initializers_converted"] += 1
         return self.copies[tensor.name]
 
@@ -348,10 +370,9 @@ class _Rewrite:
                 self.counts["io_converted"] += 1
                 outputs.append(out)
             else:  # keep the name and dtype: the float16 tensor is renamed and cast back
-                name = out.name
-                out.name = self.namer("half")
-                back = gs.Variable(name, dtype=F32, shape=out.shape)
-                self.graph.nodes.append(gs.Node("Cast", name=self.namer("Cast"), attrs={"to": onnx.TensorProto.FLOAT}, inputs=[out], outputs=[back]))
+                back = gs.Variable(out.name, dtype=F32, shape=out.shape)
+                take_name(out, back, self.b, "half")
+                self.b.cast(out, onnx.TensorProto.FLOAT, out=back, hint="Cast")
                 self.counts["casts_inserted"] += 1
                 outputs.append(back)
         self.graph.outputs = outputs

@@ -136,6 +136,8 @@ class LabelUpsample(Pass):
 
     def _match(self, graph: gs.Graph, out: gs.Tensor, types: dict, opset: int) -> _Match | str:
         """The rewrite for one graph output, or the reason there is none."""
+        if opset < 11:
+            return f"the label Resize needs output sizes, which Resize takes from opset 11 (this graph: {opset}; run target-opset first)"
         t = out
         tail = 0
         while _producer(t) is not None and _producer(t).op in TAIL_OPS:

@@ -7,6 +7,10 @@ Contract:
   pass, and for exact passes onnxruntime outputs against the previous stage on seeded inputs.
 - A failure raises PassError naming the pass, its position and what ran before it; a `DumpStages`
   instrument leaves the failing pass's input model and the command that reproduces the failure.
+  A pass that raises anything but a ForgeError has a bug: PassCrash ("internal error ..., please
+  report"), distinct from a user error.
+- Contract check: a pass that returns modified=False must leave the model unchanged (a structural
+  `fingerprint`, not weight bytes); otherwise PassCrash. The model then stays byte for byte as it was.
 - The manager and the passes keep no state between runs: one manager can optimize many models.
 """
 
@@ -20,12 +24,13 @@ from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
 from onnxforge import __version__
-from onnxforge.errors import ForgeError, PassError, VerificationError
+from onnxforge.errors import ForgeError, PassCrash, PassError, VerificationError
 from onnxforge.modelio import save_model, write_text_atomic
 from onnxforge.numerics import DEFAULT_SEED, compare_arrays, input_specs, run_model, seeded_inputs
-from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult
+from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Snapshot
 from onnxforge.passes.pipeline import Pipeline, parse_pipeline
 
 log = logging.getLogger(__name__)
@@ -305,13 +310,16 @@ class PassManager:
             before = state.node_count()
             t = time.perf_counter()
             try:
+                snapshot = state.snapshot()
+                print_before = fingerprint(snapshot.proto) if snapshot.proto is not None else graph_fingerprint(snapshot.graph)
                 state.touched = False  # exporting mid-pass (to_model) must not skip the cleanup below
-                result = self._run_pass(p, state)
-                if state.touched:
-                    # the pass held the graph: any ModelProto exported mid-pass may be stale, so drop it
-                    graph = state.graph
-                    if result.modified:
-                        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+                result = self._run_pass(p, state, ctx, index)
+                if result.modified:
+                    if state.touched:
+                        # the pass held the graph: any ModelProto exported mid-pass may be stale, so drop it
+                        state.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+                else:
+                    self._check_unchanged(p, state, snapshot, print_before, ctx, index)
                 record = StageRecord(
                     index=index,
                     name=p.name,
@@ -327,6 +335,10 @@ class PassManager:
                 )
                 for inst in self.instruments:
                     inst.after_pass(ctx, p, state, record)
+            except PassCrash as exc:
+                for inst in self.instruments:
+                    inst.on_failure(ctx, p, index, exc)
+                raise
             except ForgeError as exc:
                 error = PassError(f"pass '{p}' (#{index} of {len(self.pipeline)}, after {ctx.ran_before(index)}) failed: {exc}")
                 for inst in self.instruments:
@@ -345,14 +357,117 @@ class PassManager:
         return result
 
     @staticmethod
-    def _run_pass(p: Pass, state: ModelState) -> PassResult:
+    def _run_pass(p: Pass, state: ModelState, ctx: RunContext, index: int) -> PassResult:
+        """Runs one pass; an unexpected exception (not a ForgeError) is a bug: PassCrash."""
         try:
             return p.run(state)
         except ForgeError:
             raise
-        except Exception as exc:  # a pass crashing on an unexpected graph is reported as that pass's failure
+        except Exception as exc:  # noqa: BLE001 - any other exception is a bug in the pass
             log.debug("pass %s crashed", p, exc_info=True)
-            raise PassError(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from exc
+            text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            raise PassCrash(_crash_message(p, ctx, index, f"{type(exc).__name__}: {text}" if text else type(exc).__name__)) from exc
+
+    @staticmethod
+    def _check_unchanged(p: Pass, state: ModelState, snapshot: Snapshot, print_before: str, ctx: RunContext, index: int) -> None:
+        """A pass that reported modified=False must have left the model as it was (contract check).
+
+        Then the state goes back to the snapshot, so a model held as a ModelProto stays byte for byte
+        what it was (a graphsurgeon round trip would not be, e.g. IR-3 weights listed as graph inputs).
+        Fingerprints are compared in the form the state holds (no export of the weights): ModelProto
+        against ModelProto, else graph against graph (a ModelProto side is imported, lazily)."""
+        if snapshot.proto is not None and not state.holds_graph:
+            if state.view() is not snapshot.proto and fingerprint(state.view()) != print_before:
+                raise PassCrash(_crash_message(p, ctx, index, "it reported modified=False but changed the graph"))
+        else:
+            before = print_before if snapshot.graph is not None else graph_fingerprint(gs.import_onnx(snapshot.proto))
+            after = graph_fingerprint(state.graph if state.holds_graph else gs.import_onnx(state.view()))
+            if after != before:
+                raise PassCrash(_crash_message(p, ctx, index, "it reported modified=False but changed the graph"))
+        state.restore(snapshot)
+
+
+def _crash_message(p: Pass, ctx: RunContext, index: int, what: str) -> str:
+    return (
+        f"internal error in pass '{p}' (#{index} of {len(ctx.pipeline)}, after {ctx.ran_before(index)}): {what}; please report; "
+        f"reproduce with: onnxforge optimize MODEL.onnx -o repro.onnx --passes '{ctx.remaining(index)}' --dump-dir DIR"
+    )
+
+
+def fingerprint(model: onnx.ModelProto) -> str:
+    """A cheap digest of a model's structure: every node's op, domain, name, inputs, outputs and
+    attributes, the graph's inputs and outputs (with types), initializer names, types and shapes, and
+    the opset imports. Weight bytes are not read (a Constant's tensor contributes its type and shape)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    g = model.graph
+
+    def add(*parts: object) -> None:
+        h.update(repr(parts).encode())
+        h.update(b"\0")
+
+    for op in model.opset_import:
+        add("opset", op.domain, op.version)
+    for vi in list(g.input) + list(g.output):
+        add("io", vi.SerializeToString())
+    add("split")
+    for t in g.initializer:
+        add("init", t.name, t.data_type, tuple(t.dims))
+    for node in g.node:
+        add("node", node.op_type, node.domain, node.name, tuple(node.input), tuple(node.output))
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                add("attr", a.name, a.t.data_type, tuple(a.t.dims))
+            elif a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                add("attr", a.name, a.type, len(a.g.node), tuple(len(x.node) for x in a.graphs))
+            else:
+                add("attr", a.name, a.type, a.f, a.i, a.s, tuple(a.floats), tuple(a.ints), tuple(a.strings))
+    return h.hexdigest()
+
+
+def graph_fingerprint(graph: "gs.Graph") -> str:
+    """`fingerprint` for an onnx-graphsurgeon graph (not comparable with a ModelProto's): node ops,
+    names, inputs, outputs and attributes, graph I/O with types, constants' names, types and shapes.
+    Inner tensors count by name only: their dtype/shape annotations differ between a held graph and
+    the same model exported and imported again."""
+    import hashlib
+
+    h = hashlib.sha1()
+
+    def add(*parts: object) -> None:
+        h.update(repr(parts).encode())
+        h.update(b"\0")
+
+    def tensor(t: "gs.Tensor") -> tuple:
+        if isinstance(t, gs.Constant):
+            return ("const", t.name, str(np.dtype(t.dtype)), tuple(t.shape))
+        return ("var", t.name)  # annotations of inner tensors are not structure (export/import changes them)
+
+    def typed(t: "gs.Tensor") -> tuple:
+        dtype = None if t.dtype is None else str(np.dtype(t.dtype))
+        return tensor(t) + (dtype, None if t.shape is None else tuple(str(d) for d in t.shape))
+
+    def attr(value: object) -> object:
+        if isinstance(value, gs.Tensor):
+            return tensor(value)
+        if isinstance(value, np.ndarray):
+            return (str(value.dtype), value.shape)
+        if isinstance(value, gs.Graph):
+            return ("graph", len(value.nodes))
+        if isinstance(value, (list, tuple)):
+            return tuple(attr(v) for v in value)
+        return value
+
+    add("opset", graph.opset, tuple((d.domain, d.version) for d in (graph.import_domains or [])))
+    add("io", tuple(typed(t) for t in graph.inputs), tuple(typed(t) for t in graph.outputs))
+    for node in graph.nodes:
+        add(
+            "node", node.op, node.domain, node.name,
+            tuple(tensor(t) for t in node.inputs), tuple(tensor(t) for t in node.outputs),
+            tuple(sorted((k, repr(attr(v))) for k, v in node.attrs.items())),
+        )
+    return h.hexdigest()
 
 
 def optimize(model: onnx.ModelProto, pipeline: Pipeline | str, verify: bool = True, dump_dir: str | Path | None = None, seed: int = DEFAULT_SEED) -> PipelineResult:

@@ -1,8 +1,12 @@
-"""The pass registry: name -> Pass class. `onnxforge.passes.catalog` imports every built-in pass."""
+"""The pass registry: name -> Pass class. `onnxforge.passes.catalog` finds every built-in pass.
+
+Imports only `base` (pass modules import `register` from here; the built-ins are loaded by
+`catalog.load()` at the first lookup), so registry, catalog, pipeline and the passes form no cycle.
+"""
 
 from __future__ import annotations
 
-from onnxforge.passes.base import Pass
+from onnxforge.passes.base import NodeSelecting, Pass
 
 _REGISTRY: dict[str, type[Pass]] = {}
 
@@ -17,7 +21,13 @@ def register(cls: type[Pass]) -> type[Pass]:
 
 
 def _load_builtins() -> None:
-    import onnxforge.passes.catalog  # noqa: F401  (registers on import)
+    _catalog().load()
+
+
+def _catalog():
+    import importlib
+
+    return importlib.import_module(__name__.rpartition(".")[0] + ".catalog")
 
 
 def get_pass(name: str) -> type[Pass] | None:
@@ -28,7 +38,11 @@ def get_pass(name: str) -> type[Pass] | None:
 def all_passes() -> dict[str, type[Pass]]:
     """Every registered pass by name, in catalogue order."""
     _load_builtins()
-    from onnxforge.passes.catalog import ORDER
-
-    rank = {name: i for i, name in enumerate(ORDER)}
+    rank = {name: i for i, name in enumerate(_catalog().ORDER)}
     return {k: _REGISTRY[k] for k in sorted(_REGISTRY, key=lambda n: (rank.get(n, len(rank)), n))}
+
+
+def node_selecting(name: str) -> bool:
+    """Whether the registered pass `name` implements `base.NodeSelecting` (per-node search)."""
+    cls = get_pass(name)
+    return cls is not None and issubclass(cls, NodeSelecting)

@@ -35,7 +35,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxforge.errors import PipelineError
-from onnxforge.passes._graph import Namer, const_value, inferred_types, node_label
+from onnxforge.passes._build import GraphBuilder
+from onnxforge.passes._graph import const_value, node_label
+from onnxforge.passes._rewrite import sole_consumer
 from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip, option
 from onnxforge.passes.registry import register
 
@@ -86,7 +88,7 @@ class TransdataAlign(Pass):
             raise PipelineError(f"pass 'transdata-align': c0 must be at least 2, got {self.options.c0}")
 
     def run(self, state: ModelState) -> PassResult:
-        types = inferred_types(state.view())  # before state.graph, which is what gets rewritten
+        types = state.types()
         graph = state.graph
         c0 = self.options.c0
         boundaries = _boundaries(graph, types)
@@ -122,8 +124,8 @@ class TransdataAlign(Pass):
         if not plans:
             notes = [] if boundaries else ["no 4-D tensor with a static channel count crosses a layout boundary"]
             return PassResult(False, stats, skipped=skipped, notes=notes)
-        namer = Namer(graph, "transdata_align")
-        notes = [self._rewrite(graph, p, types, namer) for p in plans]
+        builder = GraphBuilder(graph, "transdata_align")
+        notes = [self._rewrite(builder, p, types) for p in plans]
         stats["padded"] = len(plans)
         stats["padded_tensors"] = ", ".join(f"{p.boundary.name} {p.channels}->{p.padded}" for p in plans)
         notes.append(
@@ -132,15 +134,15 @@ class TransdataAlign(Pass):
         )
         return PassResult(True, stats, skipped=skipped, notes=notes)
 
-    def _rewrite(self, graph: gs.Graph, p: _Plan, types: dict, namer: Namer) -> str:
+    def _rewrite(self, b: GraphBuilder, p: _Plan, types: dict) -> str:
         extra = p.padded - p.channels
         conv = p.conv
         weight = const_value(conv.inputs[1])
         pad_w = np.zeros((extra,) + weight.shape[1:], dtype=weight.dtype)
-        conv.inputs[1] = gs.Constant(namer("weight"), np.concatenate([weight, pad_w], axis=0))
+        conv.inputs[1] = b.const(np.concatenate([weight, pad_w], axis=0), "weight")
         if len(conv.inputs) > 2 and conv.inputs[2].name:
             bias = const_value(conv.inputs[2])
-            conv.inputs[2] = gs.Constant(namer("bias"), np.concatenate([bias, np.zeros(extra, dtype=bias.dtype)]))
+            conv.inputs[2] = b.const(np.concatenate([bias, np.zeros(extra, dtype=bias.dtype)]), "bias")
         for node in p.chain:
             if node.op == "Resize" and len(node.inputs) > 3 and node.inputs[3].name:
                 # an explicit output size names the channel count too (dynamo writes [N, C, H, W])
@@ -148,12 +150,12 @@ class TransdataAlign(Pass):
                 axes = [int(a) % 4 for a in node.attrs.get("axes", range(4))]
                 if 1 in axes:
                     sizes[axes.index(1)] = p.padded
-                    node.inputs[3] = gs.Constant(namer("sizes"), sizes)
+                    node.inputs[3] = b.const(sizes, "sizes")
             if node.op == "BatchNormalization":
                 # identity on the padded channels: scale 1, bias 0, mean 0, var 1
                 for i, fill in zip(range(1, 5), (1.0, 0.0, 0.0, 1.0)):
                     value = const_value(node.inputs[i])
-                    node.inputs[i] = gs.Constant(namer("bn"), np.concatenate([value, np.full(extra, fill, dtype=value.dtype)]))
+                    node.inputs[i] = b.const(np.concatenate([value, np.full(extra, fill, dtype=value.dtype)]), "bn")
         last = p.chain[-1] if p.chain else conv
         t = p.boundary
         for node in [conv, *p.chain]:
@@ -161,10 +163,9 @@ class TransdataAlign(Pass):
             if out is not t and out.shape is not None and len(out.shape) == 4:
                 out.shape = [out.shape[0], p.padded, *out.shape[2:]]
         elem, dims = types[t.name]
-        padded = gs.Variable(namer("padded"), dtype=t.dtype, shape=[dims[0], p.padded, *dims[2:]])
+        padded = gs.Variable(b.name("padded"), dtype=t.dtype, shape=[dims[0], p.padded, *dims[2:]])
         last.outputs = [padded]
-        starts, ends, axes = (gs.Constant(namer(n), np.array([v], dtype=np.int64)) for n, v in (("start", 0), ("end", p.channels), ("axis", 1)))
-        graph.nodes.append(gs.Node("Slice", name=namer("slice"), inputs=[padded, starts, ends, axes], outputs=[t]))
+        b.slice(padded, [0], [p.channels], [1], out=t, hint="slice")
         through = f" through {', '.join(n.op for n in p.chain)}" if p.chain else ""
         return f"{t.name}: {node_label(conv)} padded {p.channels} -> {p.padded} channels{through}, sliced back before the boundary"
 
@@ -212,7 +213,7 @@ def _plan(graph: gs.Graph, t: gs.Tensor, types: dict, channels: int, c0: int) ->
         node = current.inputs[0] if current.inputs else None
         if node is None:
             return "a graph input, not produced by a Conv"
-        if current is not t and (len(current.outputs) != 1 or any(o is current for o in graph.outputs)):
+        if current is not t and sole_consumer(graph, current) is None:
             return f"{current.name} between the Conv and the boundary feeds other nodes too"
         if node.op == "Conv":
             break
