@@ -163,3 +163,22 @@ def test_compile_takes_a_backend_spec(cli, tmp_path):
                           "--soc-version Ascend310 contradicts soc_version=Ascend910")
     assert_one_line_error(cli("compile", model, "--backend", "onnxruntime", env=env),
                           "compile: backend 'onnxruntime' has no compile step")
+
+
+def test_evaluate_takes_a_backend_spec_and_shorthands(cli, tmp_path):
+    model = save(seg_model(classes=3, size=(16, 24)), tmp_path / "m.onnx")
+    out = tmp_path / "r.json"
+    proc = cli("evaluate", model, "--dataset", "synthetic", "--limit", "2", "--backend", "onnxruntime{threads=1}",
+               "--device", "cpu", "--json", out)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["backend"] == "onnxruntime{threads=1}"  # the canonical spec is recorded
+    proc = cli("evaluate", model, "--dataset", "synthetic", "--limit", "2", "--threads", "1", "--json", out)
+    assert proc.returncode == 0 and json.loads(out.read_text())["backend"] == "onnxruntime{threads=1}", proc.stderr
+    assert_one_line_error(cli("evaluate", model, "--dataset", "synthetic", "--backend", "onnxruntime{threads=2}", "--threads", "1"),
+                          "--threads 1 contradicts threads=2")
+    assert_one_line_error(cli("evaluate", model, "--dataset", "synthetic", "--backend", "onnxruntime", "--soc-version", "Ascend910"),
+                          "--soc-version")
+    om = tmp_path / "m.om"
+    om.write_bytes(model.read_bytes())
+    assert_one_line_error(cli("evaluate", om, "--dataset", "synthetic"), "an .om model is compiled for ais_bench / atc",
+                          "use --backend ais_bench")

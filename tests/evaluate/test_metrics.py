@@ -96,3 +96,19 @@ def test_make_metric_and_shape_check():
         make_metric("dice", 2)
     with pytest.raises(EvaluationError, match="does not match the label"):
         MmsegMIoU(2).update(np.zeros((2, 2)), np.zeros((3, 2)))
+
+
+def test_per_image_contributions_give_the_same_result():
+    rng = np.random.default_rng(0)
+    pairs = [(rng.integers(0, 4, (5, 6)), np.where(rng.random((5, 6)) < 0.2, 255, rng.integers(0, 4, (5, 6)))) for _ in range(3)]
+    for name in ("miou-densetorch", "miou-mmseg"):
+        m = make_metric(name, 4, 255)
+        m.keep_per_image()
+        for p, t in pairs:
+            m.update(p, t)
+        assert m.per_image().shape == (3, 4, 4) and m.per_image().sum() == sum(int((t != 255).sum()) for _, t in pairs)
+        assert m.result_from(m.per_image()) == pytest.approx(m.result())
+        one = make_metric(name, 4, 255)
+        one.update(*pairs[1])
+        assert m.result_from(m.per_image()[[1]]) == pytest.approx(one.result())
+    assert make_metric("topk", 4).per_image() is None  # nothing kept unless asked

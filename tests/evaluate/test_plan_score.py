@@ -186,3 +186,19 @@ def test_label_map_needs_num_classes_and_the_error_names_the_model_file(tmp_path
         evaluate(proto, "synthetic", None, limit=2, model_label="stage-3")
     logits = seg_model(classes=4, size=(16, 24))
     assert evaluate(labels, "synthetic", None, limit=3, num_classes=4).metrics == evaluate(logits, "synthetic", None, limit=3).metrics
+
+
+@pytest.mark.parametrize("make,kwargs", [
+    (lambda: seg_model(classes=19, size=(16, 32)), {"preset": "fastscnn"}),  # segmentron
+    (lambda: seg_model(classes=5, size=(16, 32)), {}),  # mmseg
+    (lambda: vovnet_like(), {}),  # topk
+    (lambda: unetpp_like(), {}),  # binary-iou
+])
+def test_per_image_contributions_recompute_the_metric_on_any_selection(make, kwargs):
+    model = make()
+    r = evaluate(model, "synthetic", None, limit=4, per_image=True, **kwargs)
+    assert r.per_image.metrics_of(range(4)) == pytest.approx(r.metrics)
+    assert r.per_image.metrics_of([0, 1]) == pytest.approx(evaluate(model, "synthetic", None, limit=2, **kwargs).metrics)
+    twice = r.per_image.metrics_of([2, 2])  # a resample with repeats scores like that image alone
+    alone = r.per_image.metrics_of([2])
+    assert twice == pytest.approx(alone)

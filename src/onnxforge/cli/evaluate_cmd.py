@@ -36,47 +36,66 @@ def _progress(label: str):
     return bar, update
 
 
+def _backend_option_help(default: str) -> str:
+    """`--backend` help generated from the registry: the grammar, then one line per backend."""
+    from onnxforge.backends import backend_help
+
+    return (f"Backend spec: NAME or NAME{{key=value,...}} (default {default}), e.g. 'onnxruntime{{device=cuda,threads=2}}', "
+            f"'atc{{soc_version=Ascend910}}'.\n\n" + backend_help().replace("\n", "\n\n"))
+
+
+#: bench/compile flags that are shorthands for backend spec options: flag -> option
+BENCH_SHORTHANDS = {"--threads": "threads", "--device": "device"}
+COMPILE_SHORTHANDS = {"--soc-version": "soc_version", "--max-opset": "max_opset"}
+EVALUATE_SHORTHANDS = {"--threads": "threads", "--device": "device", "--soc-version": "soc_version"}
+
+
+def _backend(spec: str, shorthands: dict[str, str], values: dict[str, object]):
+    """The backend `spec` names, with the shorthand flags that were given filling its options (a flag the
+    backend has no option for, or one contradicting the spec, is an error)."""
+    from onnxforge.backends import parse_backend
+
+    flags = {option: flag for flag, option in shorthands.items()}
+    return parse_backend(spec, {shorthands[f]: v for f, v in values.items()}, flags=flags)
+
+
 def evaluate(
-    model: Path = typer.Argument(..., help="ONNX model (or .om with --backend ais_bench).", show_default=False),
+    model: Path = typer.Argument(..., help="ONNX model (or the backend's compiled artifact: .om with --backend ais_bench).", show_default=False),
     dataset: str = typer.Option(..., "--dataset", "-d", help=f"Dataset: {DATASETS_HELP}.", show_default=False),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Dataset folder in its real layout (synthetic: optional, generated in memory without it)."),
     preset: Optional[str] = typer.Option(None, "--preset", help=f"Model whose preprocessing and metric to use: {PRESETS_HELP} (with synthetic data: its preprocessing, at the model's input size)."),
-    backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime | atc | ais_bench."),
+    backend: str = typer.Option("onnxruntime", "--backend", help=_backend_option_help("onnxruntime"), show_default=False),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N samples only."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per run (a static batch must match)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON (atomically)."),
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="Folder of outputs from ais_bench (<image>_0.bin) or benchmark (<image>_1.bin): score those instead of running the model."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Baseline model: adds agreement with its predictions."),
-    soc_version: Optional[str] = typer.Option(None, "--soc-version", help="atc/ais_bench: target SoC (default Ascend310P3)."),
-    threads: int = typer.Option(0, "--threads", help="onnxruntime intra-op threads (0: one per core)."),
-    device: str = typer.Option("cpu", "--device", help="onnxruntime device: cpu | cuda | tensorrt | auto."),
+    soc_version: Optional[str] = typer.Option(None, "--soc-version", help="Shorthand for the spec option soc_version (atc/ais_bench target SoC, default Ascend310P3)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Shorthand for the spec option threads (onnxruntime intra-op threads; 0: one per core)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Shorthand for the spec option device (onnxruntime: cpu | cuda | tensorrt | auto)."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes the model predicts, where its output does not say (an integer label map) and no preset does."),
 ) -> None:
     """Score a model on a dataset with the metric its upstream used (mIoU, pixAcc, top-1/5, IoU).
 
     Images are read in the dataset's real layout, preprocessed as the preset's guide did, run on the
     backend, and mapped back to the labels' geometry. Metrics are printed as percentages; --json writes
-    fractions in [0, 1].
+    fractions in [0, 1]. --threads, --device and --soc-version fill the backend spec's options; one
+    that contradicts the spec, or that the backend has no option for, is an error.
     """
     from onnxforge.evaluate.evaluator import evaluate as run_evaluate
 
     if num_classes is not None and num_classes < 1:
         raise ForgeError(f"--num-classes: expected a positive class count, got {num_classes}")
+    be = _backend(backend, EVALUATE_SHORTHANDS, {"--threads": threads, "--device": device, "--soc-version": soc_version})
     if json_path is not None:
         from onnxforge.modelio import check_output_path
 
         check_output_path(model, json_path)
-    options: dict = {}
-    if backend == "onnxruntime":
-        options = {"threads": threads, "device": device}
-    if soc_version and backend in ("atc", "ais_bench"):
-        options["soc_version"] = soc_version
     bar, update = _progress(f"evaluating {model.name}")
     with bar:
         result = run_evaluate(
-            model, dataset, data_root, preset=preset, backend=backend, limit=limit, batch_size=batch_size,
-            progress=update, reference=reference, predictions=predictions, backend_options=options,
-            num_classes=num_classes,
+            model, dataset, data_root, preset=preset, backend=be, limit=limit, batch_size=batch_size,
+            progress=update, reference=reference, predictions=predictions, num_classes=num_classes,
         )
     console.out.print(render_result(result))
     for note in result.notes:
@@ -106,28 +125,6 @@ def render_result(result) -> Table:
     table.add_row("evaluator overhead", f"{result.overhead_s:.3f} s")
     table.add_row("total", f"{result.total_s:.3f} s")
     return table
-
-
-def _backend_option_help(default: str) -> str:
-    """`--backend` help generated from the registry: the grammar, then one line per backend."""
-    from onnxforge.backends import backend_help
-
-    return (f"Backend spec: NAME or NAME{{key=value,...}} (default {default}), e.g. 'onnxruntime{{device=cuda,threads=2}}', "
-            f"'atc{{soc_version=Ascend910}}'.\n\n" + backend_help().replace("\n", "\n\n"))
-
-
-#: bench/compile flags that are shorthands for backend spec options: flag -> option
-BENCH_SHORTHANDS = {"--threads": "threads", "--device": "device"}
-COMPILE_SHORTHANDS = {"--soc-version": "soc_version", "--max-opset": "max_opset"}
-
-
-def _backend(spec: str, shorthands: dict[str, str], values: dict[str, object]):
-    """The backend `spec` names, with the shorthand flags that were given filling its options (a flag the
-    backend has no option for, or one contradicting the spec, is an error)."""
-    from onnxforge.backends import parse_backend
-
-    flags = {option: flag for flag, option in shorthands.items()}
-    return parse_backend(spec, {shorthands[f]: v for f, v in values.items()}, flags=flags)
 
 
 def bench(

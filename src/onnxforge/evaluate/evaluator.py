@@ -42,7 +42,8 @@ from typing import Any, Callable, Iterator, Sequence, Tuple, Union
 import numpy as np
 import onnx
 
-from onnxforge.backends.base import TensorInfo, get_backend, model_inputs, model_outputs
+from onnxforge.backends import Backend, backend_class, backend_names, parse_backend
+from onnxforge.backends.base import TensorInfo, model_inputs, model_outputs
 from onnxforge.errors import EvaluationError
 from onnxforge.evaluate.agreement import Agreement
 from onnxforge.evaluate.catalog import dataset_class, open_dataset
@@ -56,7 +57,7 @@ from onnxforge.frontends.base import EvalSpec
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
-#: a model's (inputs, outputs), where no ONNX graph is at hand (an .om runner's)
+#: a model's (inputs, outputs), where no ONNX graph is at hand (a compiled artifact's runner)
 ModelIO = Tuple[Sequence[TensorInfo], Sequence[TensorInfo]]
 ModelLike = Union[str, Path, onnx.ModelProto]
 
@@ -74,7 +75,8 @@ class PerImage:
     - ``hits`` (``topk``): (N, len(keys)) bool, whether the label is within the top-k, k per `keys`;
     - ``score`` (``binary-iou``): (N,) float, each image's IoU (the metric is their mean).
     `agreement`, with a reference: (N,) per-image pixel agreement (segmentation) or top-1 equality
-    (classification, as 0/1).
+    (classification, as 0/1). `metrics_of(indices)` recomputes the metric on any selection of images
+    (a bootstrap resample, repeats allowed) with the upstream's formula.
     """
 
     names: list[str]
@@ -82,6 +84,11 @@ class PerImage:
     values: np.ndarray
     keys: tuple[str, ...] = ()
     agreement: np.ndarray | None = None
+    metric: Any = field(default=None, repr=False)  # the Metric that kept them (not serialised)
+
+    def metrics_of(self, indices: Sequence[int]) -> dict[str, float | None]:
+        """The metric's result on the images at `indices` (positions in `names`)."""
+        return self.metric.result_from(self.values[np.asarray(indices, dtype=np.int64)])
 
 
 @dataclass
@@ -283,6 +290,13 @@ def infer_task(outputs: Sequence[TensorInfo], num_classes: int | None, label: st
     )
 
 
+def _artifact_owners(path: Path) -> list[str]:
+    """The backends whose compiled artifacts end like `path` (none for .onnx files)."""
+    if path.suffix in ("", ".onnx"):
+        return []
+    return [n for n in backend_names() if backend_class(n).artifact_suffix == path.suffix]
+
+
 def _label_of(model: Any, label: str | None) -> str:
     if label:
         return label
@@ -300,8 +314,9 @@ def _io_of(model: ModelLike | ModelIO | Callable[[], ModelIO], label: str) -> tu
         return list(model[0]), list(model[1])
     if isinstance(model, onnx.ModelProto):
         return model_inputs(model), model_outputs(model)
-    if str(model).endswith(".om"):
-        raise EvaluationError(f"{label}: plan from the ONNX model, or from the .om runner's inputs and outputs")
+    if _artifact_owners(Path(model)):
+        raise EvaluationError(f"{label}: a compiled {Path(model).suffix} has no graph to plan from: give the ONNX model, "
+                              "or the runner's (inputs, outputs)")
     from onnxforge.modelio import load_model
 
     proto = load_model(model)
@@ -520,6 +535,14 @@ class PredictionSource(ABC):
         """The first output of each prepared sample, in order."""
 
 
+def _refuse_foreign_artifact(path: Path, backend: Backend, label: str) -> None:
+    """EvaluationError when `path` is another backend's compiled artifact (an .om given to onnxruntime)."""
+    owners = _artifact_owners(path)
+    if owners:
+        raise EvaluationError(f"{label}: an {path.suffix} model is compiled for {' / '.join(owners)}, not {backend.name}: "
+                              f"use --backend {owners[0]}")
+
+
 def _stack(prepared: list[Prepared], batch: int, dtype: np.dtype) -> np.ndarray:
     arrays = [p.input for p in prepared]
     arrays += [arrays[-1]] * (batch - len(arrays))
@@ -529,15 +552,20 @@ def _stack(prepared: list[Prepared], batch: int, dtype: np.dtype) -> np.ndarray:
 class ModelRunner(PredictionSource, contextlib.AbstractContextManager):
     """A model compiled and run on a backend. A context manager: the runner exists inside `with` only.
 
-    `model` is an ONNX file, a ModelProto, or an .om file (ais_bench); `setup_s` is the compile and
-    session time.
+    `model` is an ONNX file, a ModelProto, or a compiled artifact of the backend (a path ending in its
+    `artifact_suffix`, e.g. an .om for ais_bench). `backend` is a spec (``onnxruntime{threads=2}``) or
+    a Backend; `backend_options` fill options the spec leaves at their default. `setup_s` is the
+    compile and session time.
     """
 
-    def __init__(self, model: ModelLike, backend: str = "onnxruntime", backend_options: dict | None = None, *,
+    def __init__(self, model: ModelLike, backend: str | Backend = "onnxruntime", backend_options: dict | None = None, *,
                  label: str | None = None) -> None:
         self.label = _label_of(model, label)
-        self.is_om = not isinstance(model, onnx.ModelProto) and str(model).endswith(".om")
-        if self.is_om:
+        self.backend = parse_backend(backend, backend_options or None)
+        self.is_artifact = self.backend.is_artifact(model)
+        if not self.is_artifact and not isinstance(model, onnx.ModelProto):
+            _refuse_foreign_artifact(Path(model), self.backend, self.label)
+        if self.is_artifact:
             self.proto = None
         elif isinstance(model, onnx.ModelProto):
             self.proto = model
@@ -545,8 +573,6 @@ class ModelRunner(PredictionSource, contextlib.AbstractContextManager):
             from onnxforge.modelio import load_model
 
             self.proto = load_model(model)
-        self.backend_name = backend
-        self.backend = get_backend(backend, **dict(backend_options or {}))
         self.source = model
         self.runner = None
         self._stack = contextlib.ExitStack()
@@ -554,13 +580,13 @@ class ModelRunner(PredictionSource, contextlib.AbstractContextManager):
     def __enter__(self) -> ModelRunner:
         t0 = time.perf_counter()
         try:
-            if self.is_om and self.backend.name == "onnxruntime":
-                raise EvaluationError(f"{self.label}: an .om model runs on an Ascend NPU: use --backend ais_bench")
-            if self.backend.artifact_kind == "file":
+            if self.is_artifact:
+                artifact = self.backend.compile(self.source, None)
+            elif self.backend.artifact_suffix is not None:  # compiled to a file: in a folder that lives as long as the runner
                 workdir = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="onnxforge-eval-")))
-                artifact = self.backend.compile(self.source, workdir / "model.om")
+                artifact = self.backend.compile(self.proto, self.backend.artifact_path(workdir, "model"))
             else:
-                artifact = self.backend.compile(self.proto if self.proto is not None else self.source, None)
+                artifact = self.backend.compile(self.proto, None)
             self.runner = self._stack.enter_context(self.backend.runner(artifact))
         except BaseException:
             self._stack.close()
@@ -573,7 +599,7 @@ class ModelRunner(PredictionSource, contextlib.AbstractContextManager):
 
     @property
     def backend_label(self) -> str:
-        return self.backend_name
+        return str(self.backend)
 
     @property
     def inference_s(self) -> float:
@@ -583,7 +609,7 @@ class ModelRunner(PredictionSource, contextlib.AbstractContextManager):
         if self.proto is not None:
             return model_inputs(self.proto), model_outputs(self.proto)
         if self.runner is None:
-            raise EvaluationError(f"{self.label}: the .om model's inputs are known once it is opened (use `with`)")
+            raise EvaluationError(f"{self.label}: a compiled model's inputs are known once it is opened (use `with`)")
         return self.runner.inputs(), self.runner.outputs()
 
     def predict(self, prepared: list[Prepared], inp: TensorInfo, output: str, batch: int) -> list[np.ndarray]:
@@ -606,8 +632,8 @@ class PredictionFolder(PredictionSource):
 
     def __init__(self, directory: str | Path, model: ModelLike | ModelIO, *, label: str | None = None) -> None:
         self.label = _label_of(model, label)
-        if not isinstance(model, (tuple, onnx.ModelProto)) and str(model).endswith(".om"):
-            raise EvaluationError("--predictions needs the ONNX model (for its output shape and dtype), not the .om")
+        if not isinstance(model, (tuple, onnx.ModelProto)) and not callable(model) and _artifact_owners(Path(model)):
+            raise EvaluationError(f"--predictions needs the ONNX model (for its output shape and dtype), not the {Path(model).suffix}")
         self.directory = directory
         self._io = _io_of(model, self.label)
         if not self._io[1]:
@@ -709,7 +735,7 @@ def score(plan: EvalPlan, source: PredictionSource, *, reference: PredictionSour
     kept = None
     if per_image:
         kept = PerImage(names=names, kind=metric.per_image_kind, values=metric.per_image(), keys=tuple(metric.keys),
-                        agreement=np.asarray(image_agreement) if reference is not None else None)
+                        agreement=np.asarray(image_agreement) if reference is not None else None, metric=metric)
     return EvalResult(
         metrics=metric.result(),
         metric=spec.metric,
@@ -740,7 +766,7 @@ def evaluate(
     dataset: str,
     data_root: str | Path | None,
     preset: str | EvalSpec | None = None,
-    backend: str = "onnxruntime",
+    backend: str | Backend = "onnxruntime",
     limit: int | None = None,
     batch_size: int | None = None,
     progress: Progress | None = None,
@@ -756,11 +782,12 @@ def evaluate(
     """Evaluates a model on `dataset` (read from `data_root`): `plan_evaluation`, then `score`.
 
     Args:
-        model_path_or_proto: an ONNX file or ModelProto (an .om file with backend ais_bench).
+        model_path_or_proto: an ONNX file or ModelProto, or the backend's compiled artifact (an .om with ais_bench).
         dataset: a registered dataset name (voc2012, imagenet, cityscapes, dsb2018, synthetic).
         data_root: the dataset folder (None for synthetic: generated in memory at the model's size).
         preset: a frontend name (`get_spec(name).eval`) or an EvalSpec; required except for synthetic.
-        backend: onnxruntime | atc | ais_bench; `backend_options` go to its constructor.
+        backend: a backend spec (``onnxruntime``, ``onnxruntime{threads=2}``, ``ais_bench{device_id=1}``) or a
+            Backend; `backend_options` fill options the spec leaves at their default.
         limit: evaluate the first `limit` samples only.
         batch_size: images per run; must equal a static batch; default: the static batch, else 1.
         progress: called as progress(done, total) after each batch.
@@ -779,14 +806,17 @@ def evaluate(
     t_start = time.perf_counter()
     options = dict(limit=limit, batch_size=batch_size, num_classes=num_classes, synthetic_seed=synthetic_seed,
                    label=model_label)
-    is_om = not isinstance(model_path_or_proto, onnx.ModelProto) and str(model_path_or_proto).endswith(".om")
-    if predictions is not None and is_om:
-        raise EvaluationError("--predictions needs the ONNX model (for its output shape and dtype), not the .om")
+    be = parse_backend(backend, backend_options or None)
+    is_artifact = be.is_artifact(model_path_or_proto)
+    if not is_artifact and not isinstance(model_path_or_proto, onnx.ModelProto):
+        _refuse_foreign_artifact(Path(model_path_or_proto), be, _label_of(model_path_or_proto, model_label))
+    if predictions is not None and is_artifact:
+        raise EvaluationError(f"--predictions needs the ONNX model (for its output shape and dtype), not the {be.artifact_suffix}")
     with contextlib.ExitStack() as stack:
-        if is_om:  # no graph to plan from: the runner says what the model takes
+        if is_artifact:  # no graph to plan from: the runner says what the model takes
             dataset_class(dataset)
             source: PredictionSource = stack.enter_context(
-                ModelRunner(model_path_or_proto, backend, backend_options, label=model_label))
+                ModelRunner(model_path_or_proto, be, label=model_label))
             plan = plan_evaluation(source.io(), dataset, data_root, preset, **{**options, "label": source.label})
         else:
             label = _label_of(model_path_or_proto, model_label)
@@ -806,7 +836,7 @@ def evaluate(
             if predictions is not None:
                 source = PredictionFolder(predictions, proto, label=plan.label)
             else:
-                source = stack.enter_context(ModelRunner(proto, backend, backend_options, label=plan.label))
-        ref = stack.enter_context(ModelRunner(reference, backend, backend_options)) if reference is not None else None
+                source = stack.enter_context(ModelRunner(proto, be, label=plan.label))
+        ref = stack.enter_context(ModelRunner(reference, be)) if reference is not None else None
         result = score(plan, source, reference=ref, progress=progress, per_image=per_image)
     return replace(result, total_s=time.perf_counter() - t_start)

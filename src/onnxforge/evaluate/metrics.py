@@ -93,6 +93,12 @@ class Metric(ABC):
             return None
         return np.stack(kept) if kept else np.zeros((0,))
 
+    def result_from(self, per_image: np.ndarray) -> dict[str, float | None]:
+        """`result()` of the images whose kept contributions are `per_image` (rows of `per_image()`, any
+        selection or resample, repeats allowed). Segmentation: exact where every target is a class or
+        void; SegmenTron's pixAcc also counts targets >= C as labelled, which a confusion cannot."""
+        raise NotImplementedError(f"{self.name}: no per-image aggregation")
+
     @abstractmethod
     def update(self, prediction, target) -> None: ...
 
@@ -134,6 +140,14 @@ class SegmentronMIoU(Metric):
         self.inter += inter
         self.union += _hist(p, self.num_classes) + _hist(t, self.num_classes) - inter
         self._record(p, t)
+
+    def result_from(self, per_image: np.ndarray) -> dict[str, float | None]:
+        cm = np.asarray(per_image, np.int64).reshape(-1, self.num_classes, self.num_classes).sum(axis=0)
+        m = SegmentronMIoU(self.num_classes)
+        m.inter = np.diag(cm).copy()
+        m.union = cm.sum(axis=0) + cm.sum(axis=1) - m.inter
+        m.correct, m.labeled = int(np.trace(cm)), int(cm.sum())
+        return m.result()
 
     def iou(self) -> np.ndarray:
         return self.inter / (SEGMENTRON_EPS + self.union)
@@ -179,6 +193,14 @@ class MmsegMIoU(Metric):
         self.union += ap + al - inter
         self._record(pred, tgt)
 
+    def result_from(self, per_image: np.ndarray) -> dict[str, float | None]:
+        cm = np.asarray(per_image, np.int64).reshape(-1, self.num_classes, self.num_classes).sum(axis=0)
+        m = MmsegMIoU(self.num_classes, self.ignore_index)
+        m.inter = np.diag(cm).copy()
+        m.area_pred, m.area_label = cm.sum(axis=0), cm.sum(axis=1)
+        m.union = m.area_pred + m.area_label - m.inter
+        return m.result()
+
     def iou(self) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             return self.inter / self.union
@@ -213,6 +235,11 @@ class DensetorchMIoU(Metric):
         self.cm += cm
         if getattr(self, "_per_image", None) is not None:
             self._per_image.append(cm)
+
+    def result_from(self, per_image: np.ndarray) -> dict[str, float | None]:
+        m = DensetorchMIoU(self.num_classes)
+        m.cm = np.asarray(per_image, np.int64).reshape(-1, self.num_classes, self.num_classes).sum(axis=0)
+        return m.result()
 
     def iou(self) -> np.ndarray:
         pi = self.cm.sum(axis=0)
@@ -263,6 +290,13 @@ class TopK(Metric):
         if getattr(self, "_per_image", None) is not None:
             self._per_image.append(np.array(row, dtype=bool))
 
+    def result_from(self, per_image: np.ndarray) -> dict[str, float | None]:
+        hits = np.asarray(per_image, bool).reshape(-1, len(self.ks))
+        m = TopK(self.ks)
+        m.hits = {k: int(hits[:, i].sum()) for i, k in enumerate(self.ks)}
+        m.count = hits.shape[0]
+        return m.result()
+
     def result(self) -> dict[str, float | None]:
         return {f"top{k}": (self.hits[k] / self.count if self.count else None) for k in self.ks}
 
@@ -293,6 +327,12 @@ class BinaryIoU(Metric):
         self.count += 1
         if getattr(self, "_per_image", None) is not None:
             self._per_image.append(np.array(iou))
+
+    def result_from(self, per_image: np.ndarray) -> dict[str, float | None]:
+        scores = np.asarray(per_image, np.float64).ravel()
+        m = BinaryIoU()
+        m.total, m.count = float(scores.sum()), int(scores.size)
+        return m.result()
 
     def result(self) -> dict[str, float | None]:
         return {"IoU": self.total / self.count if self.count else None}
