@@ -208,9 +208,12 @@ class ABInstrument(Instrument):
 
 def _node_protocol(pass_name: str):
     """The per-node protocol of `pass_name`: an instance with `candidates(model)` and `with_nodes(names)`."""
-    from onnxforge.passes.registry import get_pass
+    from onnxforge.passes import all_passes
 
-    p = get_pass(pass_name)()
+    cls = all_passes().get(pass_name)
+    if cls is None:
+        raise ForgeError(f"--per-node: unknown pass {pass_name!r} (known: {', '.join(sorted(all_passes()))})")
+    p = cls()
     if not (callable(getattr(p, "candidates", None)) and callable(getattr(p, "with_nodes", None))):
         raise ForgeError(f"--per-node {pass_name}: that pass does not select nodes (no candidates/with_nodes)")
     return p
