@@ -90,7 +90,7 @@ def demo(
     """The whole job on the embedded default: Fast-SCNN trained on the project's synthetic data, exported,
     optimized pass by pass, every stage evaluated and timed, and the A/B report written.
     """
-    from onnxforge.demo import DEMO_PIPELINE, run_demo
+    from onnxforge.demo import run_demo
 
     out = console.Output(fmt, quiet)
     with out.progress("demo") as update:
