@@ -209,14 +209,14 @@ class ABInstrument(Instrument):
 def _node_protocol(pass_name: str):
     """The per-node protocol of `pass_name`: an instance with `candidates(model)` and `with_nodes(names)`."""
     from onnxforge.passes import all_passes
+    from onnxforge.passes.registry import get_pass, node_selecting
 
-    cls = all_passes().get(pass_name)
-    if cls is None:
+    if get_pass(pass_name) is None:
         raise ForgeError(f"--per-node: unknown pass {pass_name!r} (known: {', '.join(sorted(all_passes()))})")
-    p = cls()
-    if not (callable(getattr(p, "candidates", None)) and callable(getattr(p, "with_nodes", None))):
-        raise ForgeError(f"--per-node {pass_name}: that pass does not select nodes (no candidates/with_nodes)")
-    return p
+    if not node_selecting(pass_name):
+        which = ", ".join(n for n in sorted(all_passes()) if node_selecting(n))
+        raise ForgeError(f"--per-node {pass_name}: that pass does not select nodes (passes that do: {which})")
+    return get_pass(pass_name)()
 
 
 def _meaningless(base: StageEval, model: onnx.ModelProto, runner: StageRunner) -> list[str]:
