@@ -40,3 +40,11 @@ def test_demo_on_a_few_images_scores_like_a_trained_model(tmp_path):
     assert base.accuracy["mIoU"] > 0.5  # random weights score near 0 on 19 classes
     assert (tmp_path / "report" / "report.html").exists() and (tmp_path / "report" / "best.onnx").exists()
     assert any(s.name.startswith("node-") for s in result.report.stages)
+    report = result.report.report
+    assert report["timing"][0]["floor_source"] == "aa" and report["timing"][0]["stopped_by"]
+    assert report["best"]["stage"] in ("combined", "baseline")
+    assert all(s.speed.get("verdict") for s in result.report.stages[1:] if s.verification.get("status") != "failed")
+    # a slower stage is never kept, an approximate one never on a tie
+    for s in result.report.stages[1:]:
+        if s.verdict == "accepted":
+            assert s.speed["verdict"] != "slower" and (s.speed["verdict"] == "faster" or s.kind == "exact")

@@ -36,14 +36,18 @@ def optimize(
     dump_dir: Optional[Path] = typer.Option(None, "--dump-dir", help="Write every stage as NNN_<pass>.onnx (and a reproducer on failure)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the per-pass records as JSON."),
     auto: bool = typer.Option(False, "--auto", help="Keep only the passes that pay on the backend within the accuracy budget (needs data)."),
-    budget: str = typer.Option("1%", help="--auto: largest accepted relative accuracy drop."),
+    budget: str = typer.Option("1%", help="--auto: largest accepted accuracy drop (1% relative, 0.5pt absolute)."),
     dataset: Optional[str] = typer.Option(None, help="--auto: dataset name (with --data-root and --preset)."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="--auto: dataset folder."),
     preset: Optional[str] = typer.Option(None, help="--auto: model preset for preprocessing and metric."),
     synthetic: Optional[int] = typer.Option(None, "--synthetic", help="--auto: N synthetic images instead of a dataset."),
     limit: Optional[int] = typer.Option(None, help="--auto: evaluate only the first N images."),
-    backend: str = typer.Option("onnxruntime", help="--auto: backend the speed is measured on."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="--auto: classes the data has, where the model cannot tell."),
+    backend: str = typer.Option("onnxruntime", help="--auto: backend spec the stages are evaluated and timed on, e.g. 'onnxruntime{device=cuda}'."),
     threads: int = typer.Option(0, help="--auto: onnxruntime threads."),
+    min_rounds: int = typer.Option(10, "--min-rounds", help="--auto: interleaved timing rounds always run (>= 2)."),
+    max_rounds: int = typer.Option(200, "--max-rounds", help="--auto: most timing rounds."),
+    max_seconds: float = typer.Option(30.0, "--max-seconds", help="--auto: time limit of one timing run (seconds)."),
 ) -> None:
     """Apply a pipeline of named rewrites to an ONNX model, verifying the model after each pass.
 
@@ -58,9 +62,13 @@ def optimize(
     if json_path is not None:
         check_output_path(model, json_path)
     proto = load_model(model)
+    auto_record = None
     if auto:
-        _optimize_auto(proto, model, output, pipeline, budget, dataset, data_root, preset, synthetic, limit, backend, threads)
-        return
+        from onnxforge.cli.common import data_source, parse_budget, timing_policy
+
+        pipeline, auto_record = _optimize_auto(proto, model, pipeline, parse_budget(budget), timing_policy(min_rounds, max_rounds, max_seconds),
+                                  data_source(dataset, data_root, synthetic, preset, limit, num_classes), backend, threads,
+                                  not no_verify)
     instruments = [DumpStages(dump_dir)] if dump_dir else []
     with console.err.status(f"optimizing {model.name} ..."):
         result = PassManager(pipeline, verify=not no_verify, instruments=instruments).run(proto)
@@ -79,33 +87,35 @@ def optimize(
             "nodes_before": result.nodes_before, "nodes_after": result.nodes_after, "seconds": result.seconds,
             "stages": [s.to_dict() for s in result.stages],
         }
+        if auto_record is not None:
+            payload["auto"] = auto_record
         write_text_atomic(json_path, json.dumps(payload, indent=2, default=str))
 
 
-def _optimize_auto(proto, model, output, pipeline, budget, dataset, data_root, preset, synthetic, limit, backend, threads) -> None:
-    from onnxforge.cli.report_cmd import data_source, parse_budget, progress_bars
-    from onnxforge.evaluate.ab import auto_select
-    from onnxforge.modelio import save_model
+def _optimize_auto(proto, model, pipeline, budget, policy, source, backend, threads, verify):
+    """--auto: decide every pass on evidence (`evaluate.ab.decide_pipeline`, cumulative), print the
+    decision table, and return the kept pipeline (which the plain path then applies and writes, so
+    --dump-dir, --json and --no-verify apply to exactly what is stored) and the decisions for --json."""
+    from onnxforge.cli.common import decision_table
+    from onnxforge.evaluate.ab import decide_pipeline
+    from onnxforge.passes.pipeline import Pipeline
 
-    source = data_source(dataset, data_root, synthetic, preset, limit)
-    with progress_bars() as update:
-        final, stages, dropped = auto_select(proto, pipeline, source, backend=backend, budget=parse_budget(budget),
-                                             threads=threads, progress=update)
-    save_model(final, output)
-    table = Table(title=f"{model.name}: --auto over {pipeline}")
-    for col in ("stage", "pass", "kind", "accuracy", "p50 ms", "verdict", "reason"):
-        table.add_column(col, overflow="fold")
-    for s in stages:
-        from onnxforge.evaluate.history import primary_metric
-
-        metric = primary_metric(stages[0].accuracy)
-        table.add_row(s.name, s.pass_ or "-", s.kind or "-", f"{s.accuracy.get(metric, float('nan')):.4f}" if metric else "-",
-                      f"{s.latency_ms.get('p50', float('nan')):.2f}", s.verdict, s.reason)
-    console.out.print(table)
-    for d in dropped:
-        console.out.print(f"dropped {d['pass']}: {d['reason']}")
-    kept = stages[-1].pipeline if len(stages) > 1 else ""
-    console.out.print(f"wrote {output} (kept: {kept or 'nothing'})")
+    with console.progress("--auto") as update:
+        decision = decide_pipeline(proto, pipeline, source, backend=backend, budget=budget, threads=threads,
+                                   timing=policy, verify=verify, progress=update)
+    console.Output().table(decision_table(decision.stages, f"{model.name}: --auto over {pipeline}", decision.judged_on, full=False))
+    for w in decision.warnings:
+        console.err.print(f"warning: {w}", style="bold yellow", markup=False)
+    for s in decision.stages[1:]:
+        if s.verdict != "accepted":
+            console.out.print(f"dropped {s.name}: {s.reason}", markup=False)
+    kept = decision.kept_pipeline
+    console.out.print(f"kept: {kept or 'nothing (the model is written unchanged)'}", markup=False)
+    record = {
+        "kept_pipeline": kept, "judged_on": decision.judged_on, "warnings": decision.warnings,
+        "timing": decision.timing, "stages": [s.to_dict() for s in decision.stages],
+    }
+    return (Pipeline(tuple(decision.kept)) if kept else Pipeline(())), record
 
 
 def render_stages(result, title: str = "") -> Table:

@@ -4,71 +4,14 @@ from __future__ import annotations
 
 import shlex
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from onnxforge.cli import console
-from onnxforge.errors import ForgeError
-
-
-def parse_budget(text: str) -> float:
-    """'1%' -> 0.01, '0.5%' -> 0.005, '0.02' -> 0.02."""
-    t = text.strip()
-    try:
-        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
-    except ValueError:
-        raise ForgeError(f"--budget: expected a percentage like 1% or a fraction like 0.01, got {text!r}") from None
-    if not 0 <= value < 1:
-        raise ForgeError(f"--budget: must be between 0% and 100%, got {text!r}")
-    return value
-
-
-@contextmanager
-def progress_bars():
-    """A rich progress display on stderr; yields a callback (phase, done, total)."""
-    bars = Progress(TextColumn("{task.description:<36}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console.err, transient=False)
-    tasks: dict[str, int] = {}
-
-    def update(phase: str, done: int, total: int) -> None:
-        if phase not in tasks:
-            tasks[phase] = bars.add_task(phase, total=total)
-        bars.update(tasks[phase], completed=done, total=total)
-
-    with bars:
-        yield update
-
-
-def data_source(dataset: Optional[str], data_root: Optional[Path], synthetic: Optional[int], preset: Optional[str], limit: Optional[int]):
-    from onnxforge.evaluate.ab import DataSource
-
-    if synthetic is not None and dataset is not None:
-        raise ForgeError("give either --dataset/--data-root or --synthetic N, not both")
-    if synthetic is not None:
-        if synthetic <= 0:
-            raise ForgeError(f"--synthetic: expected a positive image count, got {synthetic}")
-        return DataSource("synthetic", None, preset, synthetic)
-    if dataset is None:
-        raise ForgeError("accuracy needs data: give --dataset NAME --data-root DIR (with --preset MODEL), or --synthetic N")
-    return DataSource(dataset, data_root, preset, limit)
-
-
-def render_report(result) -> Table:
-    from onnxforge.evaluate.report_files import table_rows
-
-    header, rows = table_rows(result.stages)
-    table = Table(title=f"{result.report['model']}: {result.report['pipeline']} ({result.report['mode']})")
-    for h in header:
-        table.add_column(h, overflow="fold")
-    style = {"accepted": "green", "rejected": "red", "baseline": "cyan"}
-    for s, r in zip(result.stages, rows):
-        table.add_row(*r, style=style.get(s.verdict))
-    return table
+from onnxforge.cli.common import data_source, decision_table, parse_budget, timing_policy
+from onnxforge.cli.console import OutputFormat, format_option, quiet_option
 
 
 def report(
@@ -80,54 +23,83 @@ def report(
     synthetic: Optional[int] = typer.Option(None, "--synthetic", help="Use N synthetic images generated in memory instead of a dataset."),
     preset: Optional[str] = typer.Option(None, help="Model preset for preprocessing and metric (refinenet, vovnet39, pspnet, unetpp, fastscnn)."),
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N images of the dataset."),
-    backend: str = typer.Option("onnxruntime", help="Backend that runs every stage."),
+    backend: str = typer.Option("onnxruntime", help="Backend spec that evaluates and times every stage, e.g. 'onnxruntime{device=cuda,threads=2}'."),
     batch_sizes: str = typer.Option("1", "--batch-sizes", help="Batch sizes to time, e.g. 1,4 (latency columns use the first)."),
     isolated: bool = typer.Option(False, "--isolated", help="Apply each pass alone to the baseline instead of cumulatively."),
-    budget: str = typer.Option("1%", help="Largest accepted relative accuracy drop, e.g. 1% or 0.5%."),
-    per_node: Optional[str] = typer.Option(None, "--per-node", help="Also measure each node of this pass alone (resize-nearest)."),
+    budget: str = typer.Option("1%", help="Largest accepted accuracy drop: relative (1%, 0.5%) or in metric points (0.5pt)."),
+    per_node: Optional[str] = typer.Option(None, "--per-node", help="Also measure each node this pass selects, alone (any pass with candidates/with_nodes, e.g. resize-nearest)."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes the data has, where the model cannot tell (a mismatch with the model switches judging to agreement)."),
     threads: int = typer.Option(0, help="onnxruntime intra-op threads (0: onnxruntime's default)."),
-    iters: int = typer.Option(20, help="Timed runs per stage and batch size."),
+    min_rounds: int = typer.Option(10, "--min-rounds", help="Interleaved timing rounds always run (>= 2)."),
+    max_rounds: int = typer.Option(200, "--max-rounds", help="Most timing rounds; timing stops earlier once every verdict is stable."),
+    max_seconds: float = typer.Option(30.0, "--max-seconds", help="Time limit of one timing run (seconds)."),
+    keep_stages: str = typer.Option("best", "--keep-stages", help="Models kept: best (the baseline and best.onnx), all (every stage), none."),
+    fmt: OutputFormat = format_option(),
+    quiet: bool = quiet_option(),
 ) -> None:
-    """Evaluate the baseline and every stage of a pipeline: accuracy, agreement, latency, verdict.
+    """Evaluate the baseline and every stage of a pipeline and decide which passes to keep.
 
-    Writes report.json, report.md, a self-contained report.html with an accuracy-vs-latency plot, every
-    stage model, and best.onnx (the fastest stage within the accuracy budget).
+    Accuracy and agreement per stage; speed of each stage against its parent from interleaved rounds
+    with an A/A noise floor (faster / same / slower, with an interval); a pass is kept when it is within
+    the accuracy budget and faster (or exact and smaller at the same speed). The kept passes together
+    are measured as the combined stage and written as best.onnx, with the command that rebuilds it.
+    Writes report.json, report.md, a self-contained report.html and the plot, all or nothing.
     """
     from onnxforge.cli.console import parse_int_list
     from onnxforge.evaluate.ab import run_report
 
     sizes = parse_int_list(batch_sizes, "--batch-sizes")
-    source = data_source(dataset, data_root, synthetic, preset, limit)
+    source = data_source(dataset, data_root, synthetic, preset, limit, num_classes)
+    policy = timing_policy(min_rounds, max_rounds, max_seconds)
     command = "onnxforge " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    with progress_bars() as update:
+    out = console.Output(fmt, quiet)
+    with out.progress("report") as update:
         result = run_report(model, passes, output, source, backend=backend, batch_sizes=sizes, isolated=isolated,
-                            budget=parse_budget(budget), per_node=per_node, threads=threads, iters=iters,
-                            progress=update, command=command)
-    console.out.print(render_report(result))
-    console.out.print(f"best accepted stage: [bold]{result.best.name}[/] -> {result.files['best']}")
-    console.out.print(f"report: {result.files['html']} (also report.md, report.json, {result.files['plot'].name})")
+                            budget=parse_budget(budget), per_node=per_node, threads=threads, timing=policy,
+                            keep_stages=keep_stages, progress=update, command=command)
+    print_result(result, out)
+
+
+def print_result(result, out: console.Output) -> None:
+    """The decision table, the answer (warnings also on stderr), and where the files are; with
+    --format json the report as report.json holds it."""
+    import json
+
+    from onnxforge.evaluate.report_files import summary_lines
+
+    r = result.report
+    for line in summary_lines(r):
+        if line.startswith("warning"):
+            console.err.print(line, style="bold yellow", markup=False)
+    data = json.loads(result.files["json"].read_text())
+    out.table(decision_table(result.stages, f"{r['model']}: {r['pipeline']} ({r['mode']})", r.get("judged_on")), data=data)
+    for line in summary_lines(r):
+        out.line(line)
+    out.line(f"best stage: {result.best.name} -> {result.files.get('best', 'not written (--keep-stages none)')}")
+    out.line(f"report: {result.files['html']} (also report.md, report.json, {result.files['plot'].name}); "
+             f"{result.disk_bytes / 1e6:.1f} MB on disk")
 
 
 def demo(
     output: Path = typer.Option(Path("demo-out"), "-o", "--output", help="Directory for the model, weights note and report."),
     images: int = typer.Option(24, help="Synthetic evaluation images."),
     threads: int = typer.Option(2, help="onnxruntime threads for every stage."),
+    fmt: OutputFormat = format_option(),
+    quiet: bool = quiet_option(),
 ) -> None:
     """The whole job on the embedded default: Fast-SCNN trained on the project's synthetic data, exported,
     optimized pass by pass, every stage evaluated and timed, and the A/B report written.
     """
-    from onnxforge.demo import DEMO_PIPELINE, run_demo
+    from onnxforge.demo import run_demo
 
-    with progress_bars() as update:
+    out = console.Output(fmt, quiet)
+    with out.progress("demo") as update:
         def train_progress(step: int, total: int, loss: float) -> None:
             update("training Fast-SCNN on synthetic data", step, total)
 
         result = run_demo(output, train_progress, update, images=images, threads=threads)
-    console.out.print(f"weights: {result.weights} ({result.weights_source}); model: {result.model}")
-    console.out.print(render_report(result.report))
-    console.out.print(f"pipeline: {DEMO_PIPELINE}")
-    console.out.print(f"best accepted stage: [bold]{result.report.best.name}[/] -> {result.report.files['best']}")
-    console.out.print(f"report written to {result.report.files['html']}")
+    out.line(f"weights: {result.weights} ({result.weights_source}); model: {result.model}")
+    print_result(result.report, out)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,8 +1,16 @@
 """The A/B run history: one record per stage (baseline and each pass), and the verdict on each.
 
 A stage records its parent, the pass that made it, the cumulative pipeline, the model hash, node
-count, accuracy, agreement with the baseline, deltas, latency and throughput, and a verdict against the
-accuracy budget. Reports (JSON, Markdown, HTML, plot) are views over this history.
+count, size, op histogram, accuracy, agreement with the baseline, deltas, latency and throughput, its
+speed against its parent (a ratio with an interval from interleaved rounds), and a verdict on two
+axes. Reports (JSON, Markdown, HTML, plot) are views over this history.
+
+Decision rules (`judge_accuracy` then `decide`), deterministic for the same measurements:
+- accuracy axis: ``within`` the budget (relative ``1%`` or absolute ``0.5pt`` drop of the judged metric
+  against the baseline), ``over`` it, or ``unmeasured`` (an exact, verified pass then counts as within);
+- speed axis: ``faster`` / ``same`` / ``slower`` than the stage's parent, from the timing verdict;
+- kept (verdict ``accepted``) = within budget and (faster, or exact and smaller at the same speed).
+  An approximate pass is never kept on a tie; a slower stage is never kept.
 """
 
 from __future__ import annotations
@@ -12,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import onnx
+
+from onnxforge.errors import ForgeError
 
 
 @dataclass
@@ -35,8 +45,13 @@ class StageEval:
     delta: dict[str, float] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)  # p50, p90 at the first batch size
     throughput: dict[str, float] = field(default_factory=dict)  # batch size -> images/s
-    verdict: str = ""
+    verdict: str = ""  # baseline | accepted (kept) | rejected
     reason: str = ""
+    accuracy_verdict: str = ""  # within | over | unmeasured
+    speed: dict[str, Any] = field(default_factory=dict)  # vs parent: ratio, low, high, speedup.., verdict
+    size_bytes: int = 0
+    op_histogram: dict[str, int] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)  # warnings a reader must see (suspicious gains...)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -67,61 +82,125 @@ def fill_deltas(stage: StageEval, baseline: StageEval) -> None:
         stage.delta["speedup"] = baseline.latency_ms["p50"] / stage.latency_ms["p50"]
 
 
-def judge(stage: StageEval, baseline: StageEval, budget: float) -> None:
-    """Sets `verdict` and `reason` of a non-baseline stage (and its deltas against the baseline).
+@dataclass(frozen=True)
+class Budget:
+    """The largest accepted accuracy drop: relative (``1%`` = 0.01 of the baseline's value) or absolute
+    in metric points (``0.5pt`` = 0.005 of a metric in [0, 1], as the guides speak of mIoU 64.46 -> 60.41)."""
 
-    Rules: a stage whose pass failed verification is rejected; an approximate pass is never accepted
-    without an accuracy measurement; accepted when the primary metric dropped by at most `budget`
-    (relative) against the baseline.
+    value: float
+    unit: str = "rel"  # rel | pt
+
+    def __post_init__(self) -> None:
+        if self.unit not in ("rel", "pt"):
+            raise ForgeError(f"budget unit must be rel or pt, got {self.unit!r}")
+        if not 0 <= self.value < (1 if self.unit == "rel" else 100):
+            raise ForgeError(f"budget must be between 0 and {'100%' if self.unit == 'rel' else '100pt'}, got {self}")
+
+    @classmethod
+    def parse(cls, text: str | float | Budget) -> Budget:
+        """'1%' -> 1% relative, '0.02' -> 2% relative, '0.5pt' -> 0.5 metric points absolute.
+
+        Raises:
+            ForgeError: anything else, or a value outside [0, 100%) / [0, 100pt).
+        """
+        if isinstance(text, Budget):
+            return text
+        if isinstance(text, (int, float)):
+            return cls(float(text))
+        t = str(text).strip().lower()
+        try:
+            if t.endswith("pt"):
+                return cls(float(t[:-2]), "pt")
+            if t.endswith("%"):
+                return cls(float(t[:-1]) / 100)
+            return cls(float(t))
+        except ValueError:
+            raise ForgeError(f"budget: expected a relative drop like 1% (or 0.01) or metric points like 0.5pt, got {text!r}") from None
+
+    def allowed_drop(self, base_value: float) -> float:
+        """The largest drop of a metric (fraction units) from `base_value` that is within budget."""
+        return self.value / 100 if self.unit == "pt" else self.value * abs(base_value)
+
+    def __str__(self) -> str:
+        return f"{self.value:g}pt" if self.unit == "pt" else f"{self.value:.2%}"
+
+    def describe(self, metric: str | None) -> str:
+        what = metric or "the metric"
+        return f"{self} absolute drop of {what}" if self.unit == "pt" else f"{self} relative drop of {what}"
+
+
+def judge_accuracy(stage: StageEval, baseline: StageEval, budget: Budget, metric: str | None = None,
+                   source: str = "accuracy") -> None:
+    """The accuracy axis: sets `accuracy_verdict` (and deltas). A failed verification rejects outright.
+
+    `metric` is the judged metric (default: the baseline's primary metric) taken from `stage.accuracy`,
+    or from `stage.agreement` with `source="agreement"` (the baseline is then 1.0 by definition: agreement
+    with itself), which is how a meaningless baseline (chance level, no checkpoint) is judged.
     """
     fill_deltas(stage, baseline)
-    metric = primary_metric(baseline.accuracy)
     status = stage.verification.get("status")
     if status == "failed":
+        stage.accuracy_verdict = "unmeasured"
         stage.verdict, stage.reason = "rejected", f"verification failed: {stage.verification.get('detail', '')}"
         return
+    values = stage.agreement if source == "agreement" else stage.accuracy
+    metric = metric or primary_metric(baseline.accuracy)
+    if metric is None or metric not in values:
+        stage.accuracy_verdict = "unmeasured"
+        return
+    base = 1.0 if source == "agreement" else baseline.accuracy[metric]
+    value = values[metric]
+    drop = base - value
+    rel = (value - base) / base if base else 0.0
+    if source == "agreement":
+        stage.delta[f"{metric}_rel"] = rel
+    within = drop <= budget.allowed_drop(base) + 1e-12
+    stage.accuracy_verdict = "within" if within else "over"
+    shown = f"{metric} {value:.4f} vs {base:.4f} ({rel:+.2%}{', agreement with the baseline' if source == 'agreement' else ''})"
+    stage.reason = f"{shown} {'within' if within else 'exceeds'} the {budget} budget"
+
+
+def decide(stage: StageEval, parent: StageEval | None) -> None:
+    """The verdict from both axes (see the module docstring); needs `judge_accuracy` and `speed` first."""
+    if stage.verdict == "rejected" and stage.verification.get("status") == "failed":
+        return
+    acc = stage.accuracy_verdict
+    # "off": verification was turned off (--no-verify), so the pass's declared kind is trusted
+    exact_verified = stage.kind == "exact" and stage.verification.get("status") in ("passed", "unchanged", "off")
     if not stage.modified:
-        stage.verdict, stage.reason = "accepted", "pass changed nothing: " + "; ".join(stage.pass_notes)
+        stage.verdict, stage.reason = "rejected", "changed nothing: " + "; ".join(stage.pass_notes)
         return
-    if metric is None or metric not in stage.accuracy:
-        if stage.kind == "exact" and status == "passed":
-            stage.verdict, stage.reason = "accepted", "exact: outputs verified equal to the previous stage"
-        else:
-            stage.verdict, stage.reason = "rejected", "no accuracy measurement for an approximate pass"
+    if acc == "over":
+        stage.verdict = "rejected"
         return
-    rel = stage.delta[f"{metric}_rel"]
-    drop = -rel
-    if drop <= budget + 1e-12:
-        how = f"{metric} {stage.accuracy[metric]:.4f} vs {baseline.accuracy[metric]:.4f} ({rel:+.2%}), within the {budget:.2%} budget"
-        if stage.kind == "exact" and status == "passed":
-            how += "; outputs verified equal"
-        stage.verdict, stage.reason = "accepted", how
+    if acc == "unmeasured" and not exact_verified:
+        stage.verdict, stage.reason = "rejected", "no accuracy measurement for an approximate pass"
+        return
+    acc_text = stage.reason if acc == "within" else "exact: outputs verified equal to the parent"
+    speed = stage.speed.get("verdict")
+    shown = speed_text(stage)
+    if speed == "faster":
+        stage.verdict, stage.reason = "accepted", f"{acc_text}; {shown}"
+    elif speed == "slower":
+        stage.verdict, stage.reason = "rejected", f"{shown}; {acc_text}"
+    elif speed == "same" and exact_verified and parent is not None and _smaller(stage, parent):
+        stage.verdict, stage.reason = "accepted", f"{acc_text}; {shown}, exact and smaller ({parent.nodes} -> {stage.nodes} nodes)"
+    elif speed == "same":
+        why = "an approximate pass is never kept on a tie" if not exact_verified else "exact but not smaller"
+        stage.verdict, stage.reason = "rejected", f"{shown}: {why}; {acc_text}"
     else:
-        stage.verdict, stage.reason = "rejected", (
-            f"{metric} {stage.accuracy[metric]:.4f} vs {baseline.accuracy[metric]:.4f} ({rel:+.2%}) exceeds the {budget:.2%} budget"
-        )
+        stage.verdict, stage.reason = "rejected", f"not timed; {acc_text}"
 
 
-#: Latencies within this fraction of the fastest are treated as equal: identical graphs timed
-#: round-robin agree within about +-3% on the project's machine (benchmarks/RESULTS.md).
-LATENCY_TIE = 0.03
+def _smaller(stage: StageEval, parent: StageEval) -> bool:
+    return stage.nodes < parent.nodes or (stage.nodes == parent.nodes and 0 < stage.size_bytes < parent.size_bytes)
 
 
-def best_accepted(stages: list[StageEval]) -> StageEval:
-    """The fastest stage that is the baseline or accepted.
-
-    Stages within LATENCY_TIE of the fastest count as equally fast; among those the one that loses
-    least accuracy wins, then an exact stage over an approximate one, then the smaller graph, then the
-    later stage. So an approximate pass is never chosen for a speed gain that is only noise."""
-    ok = [s for s in stages if s.verdict in ("baseline", "accepted") and s.latency_ms.get("p50")]
-    if not ok:
-        return stages[0]
-    fastest = min(s.latency_ms["p50"] for s in ok)
-    near = [(i, s) for i, s in enumerate(ok) if s.latency_ms["p50"] <= fastest * (1 + LATENCY_TIE)]
-
-    def key(item: tuple[int, StageEval]):
-        i, s = item
-        drop = max(0.0, -min((v for k, v in s.delta.items() if k.endswith("_rel")), default=0.0))
-        return (round(drop, 6), s.kind == "approximate", s.nodes, -i)
-
-    return min(near, key=key)[1]
+def speed_text(stage: StageEval) -> str:
+    """'1.23x faster [1.18, 1.29]' style, from `stage.speed` ('-' when not timed)."""
+    sp = stage.speed
+    if not sp.get("verdict"):
+        return "not timed"
+    interval = f"{sp['speedup']:.2f}x [{sp['speedup_low']:.2f}, {sp['speedup_high']:.2f}]"
+    word = {"faster": "faster than", "slower": "slower than", "same": "same speed as"}[sp["verdict"]]
+    return f"{word} {sp.get('vs', 'the parent')}: {interval}"

@@ -187,6 +187,7 @@ def export_model(
 
     from onnxforge.modelio import save_model
 
+    proto.metadata_props.add(key="onnxforge.checkpoint", value=ckpt_path.name if ckpt_path is not None else "none")  # read by evaluate.ab
     save_model(proto, out_path)
     if progress is not None:
         progress("done", total, total)

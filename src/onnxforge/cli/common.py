@@ -1,0 +1,67 @@
+"""CLI helpers shared by `report`, `optimize --auto` and `demo`: data options, budget, timing policy, the
+decision table (progress and output formats are `cli.console`'s)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from onnxforge.errors import ForgeError
+
+
+def parse_budget(text: str):
+    """'1%' -> 1% relative drop, '0.5pt' -> 0.5 metric points; a ForgeError naming --budget otherwise."""
+    from onnxforge.evaluate.history import Budget
+
+    try:
+        return Budget.parse(text)
+    except ForgeError as exc:
+        raise ForgeError(f"--budget: {exc}".replace("budget: budget:", "budget:")) from None
+
+
+def timing_policy(min_rounds: int, max_rounds: int, max_seconds: float, seed: int = 0):
+    """The interleaved-timing policy from the CLI's --min-rounds/--max-rounds/--max-seconds."""
+    from onnxforge.evaluate.timing import TimingPolicy
+
+    if min_rounds < 2:
+        raise ForgeError(f"--min-rounds: must be at least 2, got {min_rounds}")
+    if max_rounds < min_rounds:
+        raise ForgeError(f"--max-rounds: must be at least --min-rounds ({min_rounds}), got {max_rounds}")
+    if not max_seconds > 0:
+        raise ForgeError(f"--max-seconds: must be positive, got {max_seconds}")
+    policy = TimingPolicy(min_rounds=min_rounds, max_rounds=max_rounds, max_seconds=max_seconds, seed=seed)
+    policy.validate()
+    return policy
+
+
+def data_source(dataset: Optional[str], data_root: Optional[Path], synthetic: Optional[int], preset: Optional[str],
+                limit: Optional[int], num_classes: Optional[int] = None):
+    from onnxforge.evaluate.ab import DataSource
+
+    if num_classes is not None and num_classes < 1:
+        raise ForgeError(f"--num-classes: expected a positive class count, got {num_classes}")
+    if synthetic is not None and dataset is not None:
+        raise ForgeError("give either --dataset/--data-root or --synthetic N, not both")
+    if synthetic is not None:
+        if synthetic <= 0:
+            raise ForgeError(f"--synthetic: expected a positive image count, got {synthetic}")
+        return DataSource("synthetic", None, preset, synthetic, num_classes)
+    if dataset is None:
+        raise ForgeError("accuracy needs data: give --dataset NAME --data-root DIR (with --preset MODEL), or --synthetic N")
+    return DataSource(dataset, data_root, preset, limit, num_classes)
+
+
+def decision_table(stages, title: str, judged_on=None, full: bool = True):
+    """The decision table as a rich Table (green keep, red reject, cyan baseline)."""
+    from rich.table import Table
+
+    from onnxforge.evaluate.report_files import decision_rows, table_rows
+
+    header, rows = (table_rows if full else decision_rows)(stages, judged_on)
+    table = Table(title=title)
+    for h in header:
+        table.add_column(h, overflow="fold")
+    style = {"accepted": "green", "rejected": "red", "baseline": "cyan"}
+    for s, r in zip(stages, rows):
+        table.add_row(*r, style=style.get(s.verdict))
+    return table
