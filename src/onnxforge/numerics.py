@@ -56,10 +56,14 @@ class TensorInfo:
 
 
 def declared_dims(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...]:
-    """A value's declared shape: ints for static dims, names for symbolic ones, None for unknown."""
+    """A value's declared shape: ints for static dims, names for symbolic ones, None for unknown.
+
+    A negative `dim_value` (paddle2onnx and some TensorFlow converters write -1 for "any size") is
+    unknown, not a size.
+    """
     dims: list[int | str | None] = []
     for d in vi.type.tensor_type.shape.dim:
-        if d.HasField("dim_value"):
+        if d.HasField("dim_value") and d.dim_value >= 0:
             dims.append(int(d.dim_value))
         elif d.HasField("dim_param"):
             dims.append(d.dim_param)
