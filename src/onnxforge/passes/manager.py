@@ -36,7 +36,6 @@ from onnxforge.numerics import (
     make_session,
     parse_shape_spec,
     resolve_shapes,
-    run_model,
     seeded_inputs,
 )
 from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult
@@ -199,7 +198,7 @@ class Verifier(Instrument):
         self._numeric, self._why_not, self._feeds, self._inputs_note = False, "", {}, ""
         specs = input_specs(model)
         try:
-            sess = make_session(model, threads=self.threads)
+            sess = make_session(model, threads=self.threads, optimize=False)
         except ForgeError as exc:  # custom ops onnxruntime cannot run, until a pass rewrites them
             self._why_not = f"numeric check off, structural checks only: onnxruntime cannot load the graph ({exc})"
             return
@@ -263,7 +262,7 @@ class Verifier(Instrument):
             self._prev_model = model
             return
         feeds = self._feeds_for(model)
-        got = run_model(model, feeds, self.threads)
+        got = self._run_model(model, feeds)
         if record.kind == PassKind.EXACT.value:
             expected = p.expected_outputs(self._prev_outputs)
             record.verification = _judge(expected, got, self.rtol, self.atol)
@@ -275,6 +274,11 @@ class Verifier(Instrument):
             record.verification.inputs = self._inputs_note
         self._prev_model, self._prev_outputs = model, got
 
+    def _run_model(self, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One run without onnxruntime's graph optimizations: both sides of a comparison run the graph
+        as written, and a session loads several times faster, which is most of the cost on small inputs."""
+        return _run(make_session(model, threads=self.threads, optimize=False), model, feeds)
+
     def _enable_numeric(self, model: onnx.ModelProto) -> None:
         """Turns the numeric check on once a pass made it possible (static shapes, custom ops rewritten):
         the inputs are planned on the new model and the reference recomputed on the previous one."""
@@ -283,7 +287,7 @@ class Verifier(Instrument):
         if not self._numeric:
             return
         try:
-            self._prev_outputs = run_model(self._prev_model, self._feeds, self.threads)
+            self._prev_outputs = self._run_model(self._prev_model, self._feeds)
         except ForgeError:
             self._numeric, self._why_not = False, why
 
@@ -305,7 +309,7 @@ class Verifier(Instrument):
                     for i, d in enumerate(spec.shape)
                 )
             self._feeds = seeded_inputs(model, self.seed, shapes=shapes)
-            self._prev_outputs = run_model(self._prev_model, self._feeds, self.threads)
+            self._prev_outputs = self._run_model(self._prev_model, self._feeds)
             self._inputs_note = "; ".join(f"{k}:{format_dims(v.shape)} (declared by the pass)" for k, v in self._feeds.items())
         return self._feeds
 
