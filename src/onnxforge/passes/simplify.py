@@ -15,7 +15,8 @@ Two stages, each a peer's own implementation, so the pass is never weaker than e
 2. onnxslim (`slim=True`): its pattern fusions (Conv+BN, Conv+Add, Conv+Mul, Pad+Conv, MatMul+Add ->
    Gemm, Reduce and Concat+Reshape chains), constants as initializers, and its own constant folding,
    run twice: on onnxsim's result (reusing its shapes) and on the input (with onnxslim's symbolic shape
-   inference, which folds more on dynamic transformer exports). The graph with the fewest nodes of
+   inference, which folds more on dynamic transformer exports; only for graphs with dynamic inputs,
+   where onnxsim's shapes are incomplete). The graph with the fewest nodes of
    onnxsim's, onnxslim-after-onnxsim's and onnxslim's wins (earlier on ties), so the result is never
    larger than either peer's output.
 Either tool failing on a graph leaves the other's result (with a note); both failing is a PassError.
@@ -34,7 +35,8 @@ from dataclasses import dataclass
 
 import onnx
 
-from onnxforge.errors import PassError
+from onnxforge.errors import ForgeError, PassError
+from onnxforge.numerics import input_specs
 from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, option
 from onnxforge.passes.registry import register
 
@@ -73,7 +75,11 @@ class Simplify(Pass):
             # two orders, because neither wins everywhere: onnxslim after onnxsim reuses onnxsim's inferred
             # shapes (fast), onnxslim alone runs its symbolic shape inference, which on dynamic
             # transformer exports folds what onnxsim leaves (timm deit: 342 nodes vs 399)
-            runs = [(best, not tools, tools + ["onnxslim"])] + ([(model, True, ["onnxslim"])] if tools else [])
+            try:  # static inputs: onnxsim's shapes are complete and onnxslim alone finds nothing more
+                dynamic = any(not spec.is_static for spec in input_specs(model))
+            except ForgeError:  # an input type numpy cannot hold: try both
+                dynamic = True
+            runs = [(best, not tools, tools + ["onnxslim"])] + ([(model, True, ["onnxslim"])] if tools and dynamic else [])
             errors = []
             for source, infer, label in runs:
                 try:
