@@ -107,10 +107,12 @@ def main() -> None:
     payload = {
         "versions": build.versions(), "command": " ".join(["benchmarks/corpus.py", *sys.argv[1:]]),
         "sizes": rows, "failed_exports": [(c.name, c.reason) for c in failed_exports],
-        "left_out": left_out, "outcomes": [o.__dict__ for o in outcomes],
+        "left_out": left_out,
+        # messages of passes that only said why they did nothing are dropped: thousands of them
+        "outcomes": [dict(o.__dict__, message="" if o.status == "unchanged" else o.message, seconds=round(o.seconds, 3)) for o in outcomes],
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(payload, indent=1, default=str))
+    Path(args.out).write_text(json.dumps(payload, separators=(",", ":"), default=str))
     print(render(payload))
 
 
