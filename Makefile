@@ -21,6 +21,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
 	$(PIP) -c constraints.txt -e '.[dev,bench]'
+	$(PIP) --no-deps -c constraints.txt $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['corpus']))")
 	touch $@
 
 test: setup
@@ -33,7 +34,7 @@ demo: setup
 	$(VENV)/bin/onnxforge demo -o demo-out
 
 bench: setup
-	cd benchmarks && ../$(PY) model_speed.py && ../$(PY) optimizer_speed.py && ../$(PY) evaluator_overhead.py
+	cd benchmarks && ../$(PY) model_speed.py && ../$(PY) optimizer_speed.py && ../$(PY) evaluator_overhead.py && ../$(PY) corpus.py
 
 clean:
 	rm -rf $(VENV) demo-out bench-out .cache

@@ -35,6 +35,10 @@ class VerificationError(PassError):
     """The checker or the numeric comparison rejected a pass's output."""
 
 
+class InputSpecError(ForgeError):
+    """A user-given input shape or input array does not fit the model's inputs."""
+
+
 class FrontendError(ForgeError):
     """A model cannot be built or exported (unknown model, bad size, bad variant)."""
 

@@ -7,12 +7,13 @@ drawn from a fixed seed (Polygraphy's DEFAULT_SEED idea) so every comparison is 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
 
-from onnxforge.errors import BackendError, ForgeError
+from onnxforge.errors import BackendError, ForgeError, InputSpecError
 
 DEFAULT_SEED = 1
 
@@ -56,10 +57,14 @@ class TensorInfo:
 
 
 def declared_dims(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...]:
-    """A value's declared shape: ints for static dims, names for symbolic ones, None for unknown."""
+    """A value's declared shape: ints for static dims, names for symbolic ones, None for unknown.
+
+    A negative `dim_value` (paddle2onnx and some TensorFlow converters write -1 for "any size") is
+    unknown, not a size.
+    """
     dims: list[int | str | None] = []
     for d in vi.type.tensor_type.shape.dim:
-        if d.HasField("dim_value"):
+        if d.HasField("dim_value") and d.dim_value >= 0:
             dims.append(int(d.dim_value))
         elif d.HasField("dim_param"):
             dims.append(d.dim_param)
@@ -73,6 +78,117 @@ def input_specs(model: onnx.ModelProto) -> list[TensorInfo]:
     inits = {t.name for t in model.graph.initializer}
     return [TensorInfo(vi.name, declared_dims(vi), np_dtype(vi.type.tensor_type.elem_type))
             for vi in model.graph.input if vi.name not in inits]
+
+
+#: Sizes tried, smallest first, for a dynamic non-batch dimension when nobody said which: small enough
+#: to keep verification cheap, and covering the strides real backbones need (32 for most, 224 for ViTs).
+DEFAULT_SIZES: tuple[int, ...] = (32, 64, 128, 224, 256, 512, 640)
+
+#: A dynamic channel dimension (dim 1 of a rank-4 input) is taken as 3: image models.
+DEFAULT_CHANNELS = 3
+
+
+def parse_shape_spec(item: str) -> tuple[str, tuple[int, ...]]:
+    """`x:1x3x640x640` -> ("x", (1, 3, 640, 640)); InputSpecError when malformed or a size is not positive."""
+    name, sep, dims = item.strip().rpartition(":")
+    try:
+        values = tuple(int(d) for d in dims.lower().split("x")) if sep and name else ()
+    except ValueError:
+        values = ()
+    if not values or any(v <= 0 for v in values):
+        raise InputSpecError(f"shape '{item}' is not NAME:DxDx... with positive integer sizes (e.g. input:1x3x640x640)")
+    return name, values
+
+
+def fit_shape(spec: TensorInfo, shape: Sequence[int], source: str) -> tuple[int, ...]:
+    """Checks a concrete shape against an input's declaration (rank, static dims); returns it as a tuple."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) != len(spec.shape):
+        raise InputSpecError(f"{source}: input '{spec.name}' has rank {len(spec.shape)} ({format_dims(spec.shape)}), got {len(shape)} dims ({format_dims(shape)})")
+    for i, (d, n) in enumerate(zip(spec.shape, shape)):
+        if isinstance(d, int) and d > 0 and d != n:
+            raise InputSpecError(f"{source}: input '{spec.name}' dimension {i} is {d} ({format_dims(spec.shape)}), got {n}")
+    return shape
+
+
+def resolve_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], source: str = "--verify-shape") -> dict[str, tuple[int, ...]]:
+    """Validates user-given shapes (unknown input names, rank, static dims) and returns them by name."""
+    specs = {s.name: s for s in input_specs(model)}
+    out = {}
+    for name, shape in shapes.items():
+        if name not in specs:
+            raise InputSpecError(f"{source}: no graph input '{name}' (inputs: {', '.join(specs) or 'none'})")
+        out[name] = fit_shape(specs[name], shape, source)
+    return out
+
+
+def load_input_arrays(model: onnx.ModelProto, paths: Sequence[str | Path]) -> dict[str, np.ndarray]:
+    """Reads user inputs for verification: `.npz` files keyed by input name, or `.npy` files.
+
+    A `.npy` is `NAME=path.npy`, or a bare path when the model has one input. Shapes must fit the
+    declared dims and dtypes the declared kind (float for float inputs, integer for integer inputs;
+    the array is cast to the declared dtype). Any misfit is an InputSpecError naming the file.
+    """
+    specs = {s.name: s for s in input_specs(model)}
+    arrays: dict[str, tuple[np.ndarray, str]] = {}
+    for item in paths:
+        item = str(item)
+        name, sep, path = item.partition("=") if "=" in item and not Path(item).exists() else ("", "", item)
+        p = Path(path)
+        if not p.is_file():
+            raise InputSpecError(f"--verify-inputs: no such file: {p}")
+        try:
+            loaded = np.load(p, allow_pickle=False)
+        except Exception as exc:  # numpy raises ValueError/OSError/zipfile errors for non-arrays
+            raise InputSpecError(f"--verify-inputs: {p} is not a .npy/.npz array file ({type(exc).__name__})") from None
+        if isinstance(loaded, np.ndarray):
+            if not name:
+                if len(specs) != 1:
+                    raise InputSpecError(f"--verify-inputs: {p}: the model has {len(specs)} inputs ({', '.join(specs)}); name it as NAME={p} or use an .npz")
+                name = next(iter(specs))
+            arrays[name] = (loaded, p.name)
+        else:
+            with loaded:
+                for key in loaded.files:
+                    arrays[key] = (loaded[key], f"{p.name}[{key}]")
+    out = {}
+    for name, (arr, where) in arrays.items():
+        if name not in specs:
+            raise InputSpecError(f"--verify-inputs: {where}: no graph input '{name}' (inputs: {', '.join(specs)})")
+        spec = specs[name]
+        fit_shape(spec, arr.shape, f"--verify-inputs {where}")
+        want = spec.dtype.kind if spec.dtype.kind != "u" else "i"
+        have = arr.dtype.kind if arr.dtype.kind != "u" else "i"
+        if want != have:
+            raise InputSpecError(f"--verify-inputs {where}: input '{name}' is {spec.dtype}, the array is {arr.dtype}")
+        out[name] = arr.astype(spec.dtype, copy=False)
+    return out
+
+
+def default_shape(spec: TensorInfo, size: int, symbols: Mapping[str, int] | None = None) -> tuple[int, ...]:
+    """An input's shape with its dynamic dims filled by the documented default.
+
+    Static dims stay; a symbol already bound in `symbols` takes its value; otherwise dim 0 (batch) is 1,
+    dim 1 of a rank-4 input (channels) is DEFAULT_CHANNELS, and every other dynamic dim is `size`.
+    """
+    symbols = symbols or {}
+    out = []
+    for i, d in enumerate(spec.shape):
+        if isinstance(d, int) and d > 0:
+            out.append(d)
+        elif isinstance(d, str) and d in symbols:
+            out.append(int(symbols[d]))
+        elif i == 0:
+            out.append(1)
+        elif i == 1 and len(spec.shape) == 4:
+            out.append(DEFAULT_CHANNELS)
+        else:
+            out.append(size)
+    return tuple(out)
+
+
+def format_dims(dims: Sequence[int | str | None]) -> str:
+    return "x".join(str(d) if d is not None else "?" for d in dims)
 
 
 def concrete_shape(spec: TensorInfo, overrides: Mapping[str, int] | None = None) -> tuple[int, ...]:
@@ -95,13 +211,21 @@ def concrete_shape(spec: TensorInfo, overrides: Mapping[str, int] | None = None)
 
 
 def seeded_inputs(
-    model: onnx.ModelProto, seed: int = DEFAULT_SEED, overrides: Mapping[str, int] | None = None
+    model: onnx.ModelProto,
+    seed: int = DEFAULT_SEED,
+    overrides: Mapping[str, int] | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Deterministic inputs for every graph input: standard normal floats, small non-negative ints."""
+    """Deterministic inputs for every graph input: standard normal floats, small non-negative ints.
+
+    `shapes` gives concrete shapes by input name (checked against the declaration); the other inputs
+    are resolved by `concrete_shape` with `overrides`.
+    """
     rng = np.random.default_rng(seed)
     feeds = {}
+    shapes = shapes or {}
     for spec in input_specs(model):
-        shape = concrete_shape(spec, overrides)
+        shape = fit_shape(spec, shapes[spec.name], "shape") if spec.name in shapes else concrete_shape(spec, overrides)
         if spec.dtype.kind == "f":
             feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         elif spec.dtype.kind == "b":

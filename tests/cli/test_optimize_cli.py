@@ -89,3 +89,53 @@ def test_existing_output_is_kept_when_a_pass_fails(cli, tmp_path):
     proc = cli("optimize", tmp_path / "absent.onnx", "-o", out, "--passes", "simplify")
     assert proc.returncode != 0
     assert out.read_bytes() == b"keep me"
+
+
+DYNAMIC = """
+g (float[N,3,H,W] x) => (float[N,4,H,W] y) {
+  w = Constant<value = float[4,3,1,1] {1,2,3,4,5,6,7,8,9,10,11,12}>()
+  c = Conv(x, w)
+  i = Identity(c)
+  y = Relu(i)
+}"""
+
+
+def test_optimize_verifies_dynamic_inputs_numerically_at_the_given_shape(cli, tmp_path):
+    src = save_model(parse(DYNAMIC), tmp_path / "dyn.onnx")
+    out, report = tmp_path / "out.onnx", tmp_path / "stages.json"
+    proc = cli("optimize", src, "-o", out, "--passes", "simplify", "--verify-shape", "x:2x3x16x24",
+               "--atol", "1e-5", "--rtol", "1e-5", "--json", report)
+    assert proc.returncode == 0, proc.stderr
+    v = json.loads(report.read_text())["stages"][0]["verification"]
+    assert v["status"] == "passed" and v["inputs"] == "x:2x3x16x24 (--verify-shape)"
+    assert v["outputs"][0]["name"] == "y" and v["outputs"][0]["max_abs"] is not None
+    assert "max rel" in proc.stdout and "2x3x16x24" in proc.stdout
+    x = np.random.default_rng(0).standard_normal((1, 3, 5, 5)).astype(np.float32)
+    from onnxforge.numerics import run_model
+
+    np.testing.assert_allclose(run_model(load_model(out), {"x": x})["y"], run_model(parse(DYNAMIC), {"x": x})["y"], rtol=1e-5, atol=1e-5)
+
+
+def test_optimize_verifies_on_user_inputs(cli, tmp_path):
+    src = save_model(parse(DYNAMIC), tmp_path / "dyn.onnx")
+    np.savez(tmp_path / "data.npz", x=np.ones((1, 3, 7, 9), np.float32))
+    out, report = tmp_path / "out.onnx", tmp_path / "stages.json"
+    proc = cli("optimize", src, "-o", out, "--passes", "simplify", "--verify-inputs", tmp_path / "data.npz", "--json", report)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(report.read_text())["stages"][0]["verification"]["inputs"] == "x:1x3x7x9 (your input)"
+
+
+def test_bad_verification_inputs_are_one_line_errors_and_write_nothing(cli, tmp_path):
+    src = save_model(parse(DYNAMIC), tmp_path / "dyn.onnx")
+    out = tmp_path / "out.onnx"
+    np.save(tmp_path / "wrong.npy", np.ones((1, 4, 8, 8), np.float32))
+    for args, message in [
+        (["--verify-shape", "nope:1x3x8x8"], "no graph input 'nope'"),
+        (["--verify-shape", "x:1x3x8"], "has rank 4"),
+        (["--verify-shape", "x:1x3xHx8"], "positive integer sizes"),
+        (["--verify-inputs", tmp_path / "wrong.npy"], "dimension 1 is 3"),
+        (["--atol", "-1"], "non-negative"),
+    ]:
+        proc = cli("optimize", src, "-o", out, "--passes", "simplify", *args)
+        assert_one_line_error(proc, message)
+        assert not out.exists()

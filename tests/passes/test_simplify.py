@@ -68,3 +68,98 @@ g (float[1,2,4,4] x) => (float[1,2,4,4] y) {
     _, kept = apply(Simplify(fuse_bn=False), parse(text))
     assert "BatchNormalization" not in ops(fused)
     assert "BatchNormalization" in ops(kept)
+
+
+# -- at least as good as the peers, statistics that add up --------------------------------------------
+
+def _paddle_classifier() -> "onnx.ModelProto":
+    """Conv -> BN -> Relu twice, weights also listed among the graph inputs (paddle2onnx, old exporters)."""
+    import onnx
+
+    model = parse("""
+g (float[N,2,4,4] x) => (float[N,2,4,4] y) {
+  w = Constant<value = float[2,2,1,1] {1,0.5,0.25,1}>()
+  s = Constant<value = float[2] {2,3}>()
+  b = Constant<value = float[2] {0.5,1}>()
+  m = Constant<value = float[2] {0.1,0.2}>()
+  v = Constant<value = float[2] {1,4}>()
+  c = Conv(x, w)
+  n = BatchNormalization(c, s, b, m, v)
+  r = Relu(n)
+  c2 = Conv(r, w)
+  n2 = BatchNormalization(c2, s, b, m, v)
+  i = Identity(n2)
+  y = Relu(i)
+}""")
+    from onnxforge.passes.base import ModelState
+
+    state = ModelState(model)
+    state.graph.fold_constants().cleanup()
+    out = state.to_model()
+    out.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in out.graph.initializer)
+    out.ir_version = 8
+    return out
+
+
+def test_bn_folds_when_weights_are_also_graph_inputs_and_never_larger_than_the_peers():
+    import onnx
+    import onnxsim
+    import onnxslim
+
+    model = _paddle_classifier()
+    assert ops(model).count("BatchNormalization") == 2
+    result = PassManager("simplify").run(model)
+    stage = result.stages[0]
+    assert stage.verification.status == "passed", stage.verification.detail
+    assert ops(result.model) == ["Conv", "Relu", "Conv", "Relu"]
+    sim, _ = onnxsim.simplify(model, check_n=0)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    assert len(result.model.graph.node) <= min(len(sim.graph.node), len(onnxslim.slim(copy).graph.node))
+
+
+def test_statistics_add_up():
+    from collections import Counter
+
+    model = _paddle_classifier()
+    result, out = apply(Simplify(), model)
+    stats = result.stats
+    assert (stats["nodes_before"], stats["nodes_after"]) == (len(model.graph.node), len(out.graph.node))
+
+    def total(text: str) -> int:
+        return sum(int(part.rsplit("x", 1)[1]) for part in text.split(", ")) if text else 0
+
+    assert total(stats.get("ops_removed", "")) - total(stats.get("ops_added", "")) == stats["nodes_removed"]
+    assert stats["nodes_removed"] == stats["nodes_before"] - stats["nodes_after"]
+    removed = Counter(ops(model)) - Counter(ops(out))
+    assert stats["ops_removed"] == ", ".join(f"{op}x{n}" for op, n in removed.most_common())
+
+
+def test_onnxslim_stage_is_kept_where_it_is_smaller():
+    """onnxsim folds Conv + Add(bias) but leaves the folded weights as Constant nodes; onnxslim's output
+    holds them as initializers, so the pass keeps onnxslim's, and `slim=false` is plain onnxsim."""
+    import onnxsim
+
+    model = parse("""
+g (float[1,2,4,4] x) => (float[1,2,4,4] y) {
+  w = Constant<value = float[2,2,1,1] {1,0.5,0.25,1}>()
+  s = Constant<value = float[1,2,1,1] {2,3}>()
+  c = Conv(x, w)
+  y = Add(c, s)
+}""")
+    sim, _ = onnxsim.simplify(model, check_n=0)
+    assert ops(sim) == ["Constant", "Constant", "Conv"]
+    result = PassManager("simplify").run(model)
+    assert ops(result.model) == ["Conv"] and result.stages[0].stats["by"] == "onnxsim+onnxslim"
+    assert result.stages[0].verification.status == "passed"
+    off = PassManager("simplify{slim=false}").run(model)
+    assert ops(off.model) == ops(sim) and off.stages[0].stats["by"] == "onnxsim"
+
+
+def test_reason_when_nothing_to_do_names_both_tools():
+    model = parse("""
+g (float[1,3,8,8] x) => (float[1,3,8,8] y) {
+  y = Relu(x)
+}""")
+    result, _ = apply(Simplify(), model)
+    assert not result.modified and result.why_nothing() == "already simplified: onnxsim and onnxslim found nothing to fold, fuse or remove"

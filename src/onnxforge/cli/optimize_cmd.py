@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -35,6 +35,10 @@ def optimize(
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the checker and the numeric check after each pass."),
     dump_dir: Optional[Path] = typer.Option(None, "--dump-dir", help="Write every stage as NNN_<pass>.onnx (and a reproducer on failure)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the per-pass records as JSON."),
+    verify_shape: Optional[List[str]] = typer.Option(None, "--verify-shape", help="Concrete shape a dynamic input is verified at, NAME:1x3x640x640 (repeatable). Default: batch 1, 3 channels, the smallest of 32/64/128/224/256/512/640 that runs."),
+    verify_inputs: Optional[List[str]] = typer.Option(None, "--verify-inputs", help="Verify on your own data: an .npz keyed by input name, or an .npy (NAME=a.npy, or a.npy for a one-input model); repeatable."),
+    atol: Optional[float] = typer.Option(None, "--atol", help="Absolute tolerance of the exact-pass check, times max(1, max|output|) (default per dtype: fp32 1e-4)."),
+    rtol: Optional[float] = typer.Option(None, "--rtol", help="Relative tolerance of the exact-pass check (default per dtype: fp32 1e-4)."),
     auto: bool = typer.Option(False, "--auto", help="Keep only the passes that pay on the backend within the accuracy budget (needs data)."),
     budget: str = typer.Option("1%", help="--auto: largest accepted accuracy drop (1% relative, 0.5pt absolute)."),
     dataset: Optional[str] = typer.Option(None, help="--auto: dataset name (with --data-root and --preset)."),
@@ -54,14 +58,18 @@ def optimize(
     Exact passes must keep the outputs (checked with onnxruntime on seeded inputs against the previous
     stage); approximate passes are measured. The output is written only when every pass succeeded.
     """
-    from onnxforge.passes import DumpStages, PassManager, parse_pipeline
+    from onnxforge.passes import DumpStages, PassManager, Verifier, parse_pipeline
     from onnxforge.modelio import check_output_path, load_model, save_model
+    from onnxforge.numerics import load_input_arrays, parse_shape_spec
 
     pipeline = parse_pipeline(passes_)
+    shapes = dict(parse_shape_spec(item) for item in verify_shape or [])
     check_output_path(model, output)
     if json_path is not None:
         check_output_path(model, json_path)
     proto = load_model(model)
+    arrays = load_input_arrays(proto, verify_inputs) if verify_inputs else {}
+    verifier = Verifier(shapes=shapes, inputs=arrays, atol=atol, rtol=rtol)
     auto_record = None
     if auto:
         from onnxforge.cli.common import data_source, parse_budget, timing_policy
@@ -71,7 +79,7 @@ def optimize(
                                   not no_verify)
     instruments = [DumpStages(dump_dir)] if dump_dir else []
     with console.err.status(f"optimizing {model.name} ..."):
-        result = PassManager(pipeline, verify=not no_verify, instruments=instruments).run(proto)
+        result = PassManager(pipeline, verify=not no_verify, instruments=instruments, verifier=verifier).run(proto)
     save_model(result.model, output)
     console.out.print(render_stages(result, title=f"{model.name} -> {output.name}: {pipeline}"))
     console.out.print(
@@ -129,6 +137,10 @@ def render_stages(result, title: str = "") -> Table:
             stats += f" ({len(s.skipped)} skipped)"
         v = s.verification
         verdict = v.status if not v.detail or v.status in ("unchanged",) else f"{v.status}: {v.detail}"
+        if v.outputs:
+            verdict = v.status + "".join(f"\n{o}" for o in v.outputs) + (f"\non {v.inputs}" if v.inputs else "")
+            if v.status == "failed":
+                verdict += f"\n{v.detail}"
         style = {"passed": "green", "failed": "red", "measured": "yellow"}.get(v.status, "")
         table.add_row(
             str(s.index), s.pipeline_item, s.kind, "yes" if s.modified else "no", stats,

@@ -20,16 +20,29 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from onnxforge import __version__
-from onnxforge.errors import ForgeError, PassCrash, PassError, VerificationError
+from onnxforge.errors import ForgeError, InputSpecError, PassCrash, PassError, VerificationError
 from onnxforge.modelio import save_model, write_text_atomic
-from onnxforge.numerics import DEFAULT_SEED, compare_arrays, input_specs, run_model, seeded_inputs
+from onnxforge.numerics import (
+    DEFAULT_SEED,
+    DEFAULT_SIZES,
+    cast_feeds,
+    compare_arrays,
+    default_shape,
+    fit_shape,
+    format_dims,
+    input_specs,
+    make_session,
+    parse_shape_spec,
+    resolve_shapes,
+    seeded_inputs,
+)
 from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Snapshot
 from onnxforge.passes.pipeline import Pipeline, parse_pipeline
 
@@ -41,6 +54,26 @@ VerifyStatus = Literal["passed", "failed", "measured", "unchanged", "structural"
 
 
 @dataclass
+class OutputStat:
+    """How one output of a stage compares with the previous stage's."""
+
+    name: str
+    max_abs: float | None = None  # float outputs: largest absolute deviation
+    max_rel: float | None = None  # float outputs: largest deviation relative to |reference|
+    label_agreement: float | None = None  # integer outputs: fraction of equal elements
+    ok: bool = True  # within tolerance (exact passes); True when only measured
+
+    def __str__(self) -> str:
+        if self.label_agreement is not None:
+            text = f"{self.name}: labels {self.label_agreement:.4%} equal"
+        elif self.max_abs is None:
+            text = f"{self.name}: shape changed"
+        else:
+            text = f"{self.name}: max abs {self.max_abs:.3g}, max rel {self.max_rel:.3g}"
+        return text + ("" if self.ok else " MISMATCH")
+
+
+@dataclass
 class Verification:
     """The verifier's verdict on one stage."""
 
@@ -48,6 +81,8 @@ class Verification:
     detail: str = ""
     max_abs: float | None = None  # largest float deviation from the previous stage
     label_agreement: float | None = None  # for integer outputs: fraction of equal elements
+    inputs: str = ""  # the concrete inputs the numeric check ran on, and where their shapes came from
+    outputs: list[OutputStat] = field(default_factory=list)
 
 
 @dataclass
@@ -116,27 +151,108 @@ class Verifier(Instrument):
     """Checks every stage: checker + strict shape inference; numerics for exact passes.
 
     Float outputs of an exact pass must satisfy |new - ref| <= atol*scale + rtol*|ref| with the
-    per-dtype tolerances of `onnxforge.numerics.TOLERANCES` and scale = max(1, max|ref|); integer
-    outputs must be equal. Approximate passes are measured (max abs deviation), not judged.
+    per-dtype tolerances of `onnxforge.numerics.TOLERANCES` (or `atol`/`rtol` when given) and
+    scale = max(1, max|ref|); integer outputs must be equal. Approximate passes are measured (max abs
+    and max rel deviation, label agreement), not judged.
+
+    The numeric check runs on concrete inputs, chosen in this order:
+    1. `inputs`: the user's own arrays by input name (checked against the declared shapes and dtypes);
+    2. `shapes`: concrete shapes by input name for dynamic inputs (`--verify-shape x:1x3x640x640`);
+    3. the model's static-shape history: `static-shape{shape=...}` / `{batch=N}` in the pipeline being
+       run or in the `onnxforge.pipeline` metadata of an optimized input;
+    4. the documented default (`numerics.default_shape`): batch 1, channels 3 for a rank-4 input, and
+       each other dynamic dim at the smallest of `numerics.DEFAULT_SIZES` the graph runs at.
+    Bad user inputs (unknown input name, wrong rank, a size that contradicts a static dim, an array of
+    the wrong kind) raise InputSpecError before any pass runs. Only when no shape runs in onnxruntime
+    (or onnxruntime cannot load the graph, e.g. custom ops) does a stage get structural checks, and
+    its record says why in plain words; every later stage retries the numeric check.
     """
 
-    def __init__(self, seed: int = DEFAULT_SEED, threads: int = 0) -> None:
+    def __init__(
+        self,
+        seed: int = DEFAULT_SEED,
+        threads: int = 0,
+        *,
+        shapes: Mapping[str, Sequence[int]] | None = None,
+        inputs: Mapping[str, np.ndarray] | None = None,
+        atol: float | None = None,
+        rtol: float | None = None,
+        sizes: Sequence[int] = DEFAULT_SIZES,
+    ) -> None:
+        for label, value in (("atol", atol), ("rtol", rtol)):
+            if value is not None and not (value >= 0 and np.isfinite(value)):
+                raise InputSpecError(f"--{label} must be a non-negative number, got {value}")
         self.seed = seed
         self.threads = threads
+        self.shapes = {k: tuple(v) for k, v in (shapes or {}).items()}
+        self.inputs = dict(inputs or {})
+        self.atol, self.rtol = atol, rtol
+        self.sizes = tuple(sorted(sizes))
 
     def run_start(self, ctx: RunContext, state: ModelState) -> None:
         self._prev_model = state.view()
-        self._numeric = True
-        self._why_not = ""
+        # user errors first, before any pass runs (and so before anything is written)
+        given = resolve_shapes(self._prev_model, self.shapes)
+        resolve_shapes(self._prev_model, {k: v.shape for k, v in self.inputs.items()}, "--verify-inputs")
+        self._history = _history_shapes(self._prev_model, ctx.pipeline, state.get_metadata(PIPELINE_METADATA_KEY))
+        self._given = given
+        self._plan(self._prev_model)
+
+    def _plan(self, model: onnx.ModelProto) -> None:
+        """Chooses the concrete inputs and computes the reference outputs of `model` on them."""
+        self._numeric, self._why_not, self._feeds, self._inputs_note = False, "", {}, ""
+        specs = input_specs(model)
         try:
-            self._feeds = seeded_inputs(self._prev_model, self.seed)
-        except ForgeError as exc:
-            self._numeric, self._why_not = False, f"numeric check off: {exc}"
-            return
-        try:
-            self._prev_outputs = run_model(self._prev_model, self._feeds, self.threads)
+            sess = make_session(model, threads=self.threads, optimize=False)
         except ForgeError as exc:  # custom ops onnxruntime cannot run, until a pass rewrites them
-            self._numeric, self._why_not = False, f"numeric check off: {exc}"
+            self._why_not = f"numeric check off, structural checks only: onnxruntime cannot load the graph ({exc})"
+            return
+        fixed: dict[str, tuple[int, ...]] = {}
+        sources: dict[str, str] = {}
+        for spec in specs:
+            for label, table in (("your input", {k: v.shape for k, v in self.inputs.items()}),
+                                 ("--verify-shape", self._given), ("static-shape history", self._history)):
+                if spec.name in table:
+                    try:
+                        fixed[spec.name] = fit_shape(spec, table[spec.name], label)
+                    except InputSpecError:
+                        continue  # a stale history entry; the user's own were checked in run_start
+                    sources[spec.name] = label
+                    break
+        dynamic = [s for s in specs if s.name not in fixed and not s.is_static]
+        sizes = self.sizes if dynamic else self.sizes[:1]
+        tried, last_error = [], ""
+        bound: dict[str, int] = {}  # one size per symbol: ONNX uses one name for one size
+        for spec in specs:
+            if spec.name in fixed:
+                bound.update({d: n for d, n in zip(spec.shape, fixed[spec.name]) if isinstance(d, str)})
+        for size in sizes:
+            symbols = dict(bound)
+            shapes = {}
+            for spec in specs:
+                shapes[spec.name] = fixed.get(spec.name) or default_shape(spec, size, symbols)
+                symbols.update({d: n for d, n in zip(spec.shape, shapes[spec.name]) if isinstance(d, str)})
+            feeds = seeded_inputs(model, self.seed, shapes=shapes)
+            feeds.update({k: v for k, v in self.inputs.items() if k in feeds})
+            tried.append(", ".join(f"{k}:{format_dims(v.shape)}" for k, v in feeds.items()))
+            try:
+                outputs = _run(sess, model, feeds)
+            except ForgeError as exc:
+                last_error = str(exc)
+                continue
+            self._numeric, self._feeds, self._prev_outputs = True, feeds, outputs
+            words = []
+            dynamic_names = {s.name for s in dynamic}
+            for k, v in feeds.items():
+                how = sources.get(k) or (f"default: smallest of {'/'.join(map(str, self.sizes))} that runs"
+                                         if k in dynamic_names else "declared")
+                words.append(f"{k}:{format_dims(v.shape)} ({how})")
+            self._inputs_note = "; ".join(words)
+            return
+        self._why_not = (
+            f"numeric check off, structural checks only: no input shape runs in onnxruntime (tried {' | '.join(tried)}; "
+            f"last error: {last_error}); give one with --verify-shape NAME:DxDx... or --verify-inputs"
+        )
 
     def after_pass(self, ctx: RunContext, p: Pass, state: ModelState, record: StageRecord) -> None:
         if not record.modified:
@@ -151,37 +267,91 @@ class Verifier(Instrument):
             self._prev_model = model
             return
         feeds = self._feeds_for(model)
-        got = run_model(model, feeds, self.threads)
+        got = self._run_model(model, feeds)
         if record.kind == PassKind.EXACT.value:
             expected = p.expected_outputs(self._prev_outputs)
-            record.verification = _judge(expected, got)
+            record.verification = _judge(expected, got, self.rtol, self.atol)
+            record.verification.inputs = self._inputs_note
             if record.verification.status == "failed":
-                raise VerificationError(f"outputs differ from the previous stage: {record.verification.detail}")
+                raise VerificationError(f"outputs differ from the previous stage on {self._inputs_note}: {record.verification.detail}")
         else:
             record.verification = _measure(self._prev_outputs, got)
+            record.verification.inputs = self._inputs_note
         self._prev_model, self._prev_outputs = model, got
 
+    def _run_model(self, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One run without onnxruntime's graph optimizations: both sides of a comparison run the graph
+        as written, and a session loads several times faster, which is most of the cost on small inputs."""
+        return _run(make_session(model, threads=self.threads, optimize=False), model, feeds)
+
     def _enable_numeric(self, model: onnx.ModelProto) -> None:
-        """Turns the numeric check on once a pass made the inputs static (e.g. static-shape)."""
-        try:
-            feeds = seeded_inputs(model, self.seed)
-            prev_outputs = run_model(self._prev_model, feeds, self.threads)
-        except ForgeError:
+        """Turns the numeric check on once a pass made it possible (static shapes, custom ops rewritten):
+        the inputs are planned on the new model and the reference recomputed on the previous one."""
+        why = self._why_not
+        self._plan(model)
+        if not self._numeric:
             return
-        self._feeds, self._prev_outputs, self._numeric, self._why_not = feeds, prev_outputs, True, ""
+        try:
+            self._prev_outputs = self._run_model(self._prev_model, self._feeds)
+        except ForgeError:
+            self._numeric, self._why_not = False, why
 
     def _feeds_for(self, model: onnx.ModelProto) -> dict[str, np.ndarray]:
-        """The reference inputs, regenerated (and the reference outputs recomputed) if shapes changed."""
+        """The reference inputs, regenerated (and the reference outputs recomputed) if a pass changed
+        the declared input shapes so that they no longer fit."""
         specs = {s.name: s for s in input_specs(model)}
         fits = set(specs) == set(self._feeds) and all(
             len(specs[k].shape) == v.ndim
-            and all(not isinstance(d, int) or d == n for d, n in zip(specs[k].shape, v.shape))
+            and all(not (isinstance(d, int) and d > 0) or d == n for d, n in zip(specs[k].shape, v.shape))
             for k, v in self._feeds.items()
         )
         if not fits:
-            self._feeds = seeded_inputs(model, self.seed)
-            self._prev_outputs = run_model(self._prev_model, self._feeds, self.threads)
+            shapes = {}
+            for name, spec in specs.items():
+                old = self._feeds.get(name)
+                shapes[name] = tuple(
+                    d if isinstance(d, int) and d > 0 else (old.shape[i] if old is not None and i < old.ndim else 1)
+                    for i, d in enumerate(spec.shape)
+                )
+            self._feeds = seeded_inputs(model, self.seed, shapes=shapes)
+            self._prev_outputs = self._run_model(self._prev_model, self._feeds)
+            self._inputs_note = "; ".join(f"{k}:{format_dims(v.shape)} (declared by the pass)" for k, v in self._feeds.items())
         return self._feeds
+
+
+def _run(sess, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [o.name for o in sess.get_outputs()]
+    try:
+        values = sess.run(names, dict(cast_feeds(model, feeds)))
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument types
+        raise ForgeError(f"onnxruntime failed to run the model: {str(exc).splitlines()[0][:200]}") from None
+    return dict(zip(names, values))
+
+
+def _history_shapes(model: onnx.ModelProto, pipeline: Pipeline, applied: str | None) -> dict[str, tuple[int, ...]]:
+    """Input shapes that static-shape was (or is about to be) asked to fix: in the pipeline being run,
+    then in the pipeline an optimized input records. Only whole shapes and the batch are taken."""
+    from onnxforge.passes.static_shape import StaticShape
+
+    passes = list(pipeline.passes)
+    if applied:
+        try:
+            passes += list(parse_pipeline(applied).passes)
+        except ForgeError:  # metadata written by another version: ignore, it is only a hint
+            pass
+    specs = {s.name: s for s in input_specs(model)}
+    out: dict[str, tuple[int, ...]] = {}
+    for p in passes:
+        if not isinstance(p, StaticShape):
+            continue
+        for item in p.options.shape:
+            name, dims = parse_shape_spec(item)
+            out.setdefault(name, dims)
+        if p.options.batch:
+            for name, spec in specs.items():
+                if name not in out and spec.shape and all(isinstance(d, int) and d > 0 for d in spec.shape[1:]):
+                    out[name] = (p.options.batch, *spec.shape[1:])
+    return out
 
 
 def _check_structure(model: onnx.ModelProto) -> None:
@@ -211,51 +381,65 @@ def _pairs(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> list[tuple
 LABEL_MISMATCH_TOLERANCE = 1e-4
 
 
-def _judge(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> Verification:
+def _judge(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], rtol_: float | None = None, atol_: float | None = None) -> Verification:
     from onnxforge.numerics import TOLERANCES
 
     worst = 0.0
     details = []
     failed = False
     notes = []
+    stats = []
     for name, r, g in _pairs(ref, got):
         scale = max(1.0, float(np.abs(r).max())) if r.dtype.kind == "f" and r.size else 1.0
         rtol, atol = TOLERANCES.get(np.dtype(g.dtype) if g.dtype.kind == "f" else np.dtype(np.float32), (1e-4, 1e-4))
         if r.dtype.kind == "f" and g.dtype.kind == "f" and np.dtype(r.dtype).itemsize < np.dtype(g.dtype).itemsize:
             rtol, atol = TOLERANCES.get(np.dtype(r.dtype), (rtol, atol))
+        rtol = rtol if rtol_ is None else rtol_
+        atol = atol if atol_ is None else atol_
         cmp = compare_arrays(name, r, g, rtol=rtol, atol=atol * scale)
         labels = r.dtype.kind in "iub" and g.dtype.kind in "iub"
+        ok = cmp.ok
         if labels and not cmp.ok and r.shape == g.shape and cmp.mismatch <= LABEL_MISMATCH_TOLERANCE:
             notes.append(f"{name}: {cmp.mismatch:.4%} of labels differ (argmax ties within float rounding)")
+            ok = True
         elif not cmp.ok:
             failed = True
             details.append(f"{cmp} ({cmp.mismatch:.4%} of elements outside tolerance)")
-        if not labels:
+        if labels:
+            stats.append(OutputStat(name, label_agreement=1.0 - cmp.mismatch if r.shape == g.shape else 0.0, ok=ok))
+        else:
             worst = max(worst, cmp.max_abs)
+            finite = np.isfinite(cmp.max_abs)
+            stats.append(OutputStat(name, cmp.max_abs if finite else None, cmp.max_rel if finite else None, ok=ok))
     if failed:
-        return Verification("failed", "; ".join(details), worst)
+        return Verification("failed", "; ".join(details), worst, outputs=stats)
     detail = f"outputs equal within tolerance (max abs {worst:.3g})" + ("; " + "; ".join(notes) if notes else "")
-    return Verification("passed", detail, worst)
+    return Verification("passed", detail, worst, outputs=stats)
 
 
 def _measure(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> Verification:
     worst = 0.0
     agreement = None
     parts = []
+    stats = []
     for name, r, g in _pairs(ref, got):
         if r.shape != g.shape:
             parts.append(f"{name}: shape {r.shape} -> {g.shape}")
+            stats.append(OutputStat(name))
             continue
         if r.dtype.kind in "iub" or g.dtype.kind in "iub":
             a = float((r.astype(np.int64) == g.astype(np.int64)).mean()) if r.dtype.kind in "iub" and g.dtype.kind in "iub" else None
             if a is not None:
                 agreement = a if agreement is None else min(agreement, a)
                 parts.append(f"{name}: {a:.4%} labels equal")
+                stats.append(OutputStat(name, label_agreement=a))
             continue
-        err = float(np.abs(r.astype(np.float64) - g.astype(np.float64)).max()) if r.size else 0.0
+        cmp = compare_arrays(name, r, g)
+        err, rel = (cmp.max_abs, cmp.max_rel) if r.size else (0.0, 0.0)
         worst = max(worst, err)
         parts.append(f"{name}: max abs {err:.3g}")
-    return Verification("measured", "; ".join(parts), worst, agreement)
+        stats.append(OutputStat(name, err, rel))
+    return Verification("measured", "; ".join(parts), worst, agreement, outputs=stats)
 
 
 class DumpStages(Instrument):
@@ -290,13 +474,15 @@ class PassManager:
         instruments: Iterable[Instrument] = (),
         seed: int = DEFAULT_SEED,
         threads: int = 0,
+        verifier: Verifier | None = None,
     ) -> None:
+        """`verifier` replaces the default `Verifier(seed, threads)` (shapes, user inputs, tolerances)."""
         if isinstance(pipeline, str):
             pipeline = parse_pipeline(pipeline)
         elif not isinstance(pipeline, Pipeline):
             pipeline = Pipeline(tuple(pipeline))
         self.pipeline = pipeline
-        self.instruments: list[Instrument] = ([Verifier(seed, threads)] if verify else []) + list(instruments)
+        self.instruments: list[Instrument] = ([verifier or Verifier(seed, threads)] if verify else []) + list(instruments)
 
     def run(self, model: onnx.ModelProto) -> PipelineResult:
         """Applies every pass in order to a copy of `model` and returns the rewritten model with records."""

@@ -7,7 +7,8 @@ Before -> After::
     y: float[batch, C, H, W]                           `simplify` folds the Shape chains; y: float[16, C, 500, 500]
 
 `{batch=16}` sets the leading dimension of every input; `{shape=x:1x3x500x500|mask:1x1x500x500}` sets
-whole shapes; with no options a dynamic leading dimension becomes 1. A symbolic dimension (dim_param) fixed on one input is fixed wherever it appears among
+whole shapes; with no options a dynamic leading dimension becomes 1. A dimension is dynamic when it is
+symbolic (dim_param), absent, or declared `dim_value: -1` as paddle2onnx writes it. A symbolic dimension (dim_param) fixed on one input is fixed wherever it appears among
 the inputs and outputs: ONNX uses one name for one size. This is the seeds' one-ONNX-per-batch-size.
 
 Legal when the graph computes the same function at the fixed sizes, which holds by construction: only
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import onnx
 
 from onnxforge.errors import PassError, PipelineError
+from onnxforge.numerics import declared_dims
 from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip, option
 from onnxforge.passes.registry import register
 
@@ -150,11 +152,8 @@ class StaticShape(Pass):
 
 
 def _dims(vi: onnx.ValueInfoProto) -> list:
-    """Declared dims: int (static), str (dim_param) or None (unknown)."""
-    out: list = []
-    for d in vi.type.tensor_type.shape.dim:
-        out.append(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param if d.HasField("dim_param") else None))
-    return out
+    """Declared dims: int (static), str (dim_param) or None (unknown, also paddle2onnx's `dim_value: -1`)."""
+    return list(declared_dims(vi))
 
 
 def _set_dims(vi: onnx.ValueInfoProto, dims: list) -> None:
