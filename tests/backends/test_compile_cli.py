@@ -53,3 +53,18 @@ def test_bad_input_is_one_error_line_and_nothing_written(cli, tmp_path):
     assert_one_line_error(cli("compile", model, "--dynamic-batch-sizes", "2,x", env=env), "--dynamic-batch-sizes")
     assert_one_line_error(cli("compile", model, "--cann", "8.0", env=env), "atc not found on PATH")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_aipp_from_a_preset_writes_the_cfg_and_passes_it_to_atc(cli, tmp_path):
+    model = save(seg_model(classes=3, size=(8, 16)), tmp_path / "m.onnx")
+    proc = cli("compile", model, "--aipp", "fastscnn", "--dry-run", env={"PATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    cfg = tmp_path / "m.aipp.cfg"
+    assert "input_format: RGB888_U8" in cfg.read_text() and "src_image_size_w: 16" in cfg.read_text()
+    assert f"--insert_op_conf={cfg}" in (tmp_path / "m.atc.sh").read_text()
+    other = tmp_path / "o"
+    other.mkdir()
+    model = save(seg_model(classes=3, size=(8, 8)), other / "m.onnx")
+    assert_one_line_error(cli("compile", model, "--aipp", "refinenet", "--dry-run", env={"PATH": ""}),
+                          "preprocessing 'longest-pad' cannot be expressed in static AIPP")
+    assert sorted(p.name for p in other.iterdir()) == ["m.onnx"]

@@ -188,7 +188,7 @@ def plan_atc(model: onnx.ModelProto, model_path: str | Path, output: str | Path,
              soc_version: str = DEFAULT_SOC_VERSION, atc: str = "atc", log_level: str = "error",
              extra_args: tuple[str, ...] = (), *, precision_mode: str | None = None,
              precision_mode_v2: str | None = None, dynamic_batch_sizes: Sequence[int] = (),
-             dynamic_image_sizes: Sequence[str] = ()) -> AtcPlan:
+             dynamic_image_sizes: Sequence[str] = (), insert_op_conf: str | None = None) -> AtcPlan:
     """The exact atc command line for `model` (saved at `model_path`), writing `output` (+ '.om').
 
     Raises:
@@ -261,6 +261,11 @@ def plan_atc(model: onnx.ModelProto, model_path: str | Path, output: str | Path,
         cmd.append(f"--precision_mode={precision_mode}")
     if precision_mode_v2:
         cmd.append(f"--precision_mode_v2={precision_mode_v2}")
+    if insert_op_conf:
+        if fp16_inputs:
+            raise BackendError(f"{model_path}: AIPP (--insert_op_conf) cannot feed a float16 input (--input_fp16_nodes); "
+                               "leave out fp16-input")
+        cmd.append(f"--insert_op_conf={insert_op_conf}")
     if batch:
         cmd.append(f"--dynamic_batch_size={','.join(map(str, batch))}")
     if images:
@@ -391,6 +396,7 @@ class AscendOptions:
     precision_mode_v2: Optional[str] = option(None, "atc --precision_mode_v2 (CANN 8.x and later), e.g. fp16, origin")
     dynamic_batch_sizes: tuple[int, ...] = option((), "batch gears, atc --dynamic_batch_size (e.g. 1|4|8)")
     dynamic_image_sizes: tuple[str, ...] = option((), "HxW gears, atc --dynamic_image_size (e.g. 512x512|1024x2048)")
+    insert_op_conf: Optional[str] = option(None, "AIPP config file, atc --insert_op_conf (compile --aipp PRESET writes one)")
     extra_args: tuple[str, ...] = option((), "arguments appended to the atc command line as given")
     log_level: Literal["debug", "info", "warning", "error", "null"] = option("error", "atc --log level")
     timeout_s: Optional[float] = option(None, "seconds atc may run (none: no limit)")
@@ -477,7 +483,8 @@ class _AscendBackend(Backend):
         o = self.options
         return plan_atc(proto, model_path, out_base, o.soc_version, atc, o.log_level, o.extra_args,
                         precision_mode=o.precision_mode, precision_mode_v2=o.precision_mode_v2,
-                        dynamic_batch_sizes=o.dynamic_batch_sizes, dynamic_image_sizes=o.dynamic_image_sizes)
+                        dynamic_batch_sizes=o.dynamic_batch_sizes, dynamic_image_sizes=o.dynamic_image_sizes,
+                        insert_op_conf=o.insert_op_conf)
 
     def plan(self, model: str | Path, output: str | Path | None = None) -> AtcPlan:
         """The atc command `compile` would run for the model file, without running it (a dry run).

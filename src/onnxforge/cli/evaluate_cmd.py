@@ -50,7 +50,7 @@ COMPILE_SHORTHANDS = {
     "--soc-version": "soc_version", "--max-opset": "max_opset", "--cann": "cann",
     "--precision-mode": "precision_mode", "--precision-mode-v2": "precision_mode_v2",
     "--dynamic-batch-sizes": "dynamic_batch_sizes", "--dynamic-image-sizes": "dynamic_image_sizes",
-    "--atc-arg": "extra_args",
+    "--atc-arg": "extra_args", "--aipp": "insert_op_conf",
 }
 EVALUATE_SHORTHANDS = {"--threads": "threads", "--device": "device", "--soc-version": "soc_version"}
 
@@ -221,6 +221,7 @@ def compile_(
     dynamic_batch_sizes: Optional[str] = typer.Option(None, "--dynamic-batch-sizes", help="Batch gears, e.g. 1,4,8,16: atc --dynamic_batch_size=\"1,4,8,16\" with -1 as every input's batch in --input_shape. The export batch must be one of them."),
     dynamic_image_sizes: Optional[str] = typer.Option(None, "--dynamic-image-sizes", help="HxW gears, e.g. 512x512,1024x2048: atc --dynamic_image_size=\"512,512;1024,2048\" with -1 as H and W. The export size must be one of them."),
     atc_arg: Optional[list[str]] = typer.Option(None, "--atc-arg", help="One argument appended to the atc command verbatim, e.g. --atc-arg=--op_select_implmode=high_performance (repeatable; spec option extra_args)."),
+    aipp: Optional[str] = typer.Option(None, "--aipp", help=f"Preset whose normalisation becomes static AIPP ({PRESETS_HELP}): writes NAME.aipp.cfg (RGB888_U8 input) and passes atc --insert_op_conf=NAME.aipp.cfg. Only presets normalising RGB uint8 as (x/255-mean)/std can."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the exact atc command and write it to NAME.atc.sh beside the output; run nothing."),
 ) -> None:
     """Compile an ONNX model ahead of time for the backend (an Ascend NPU with CANN's atc).
@@ -249,6 +250,20 @@ def compile_(
     from onnxforge.modelio import check_output_path, write_text_atomic
 
     check_output_path(model, output)
+    if aipp is not None:
+        from onnxforge.backends.base import model_inputs
+        from onnxforge.backends.cann.aipp import aipp_for
+        from onnxforge.frontends import get_spec
+        from onnxforge.modelio import load_model
+
+        ev = get_spec(aipp).eval
+        first = model_inputs(load_model(model))[0]
+        cfg_path = output.with_name(output.name[: -len(be.artifact_suffix)] + ".aipp.cfg")
+        aipp_text = aipp_for(ev.preprocess, ev.mean, ev.std, tuple(int(d) for d in first.shape[2:4])).text()
+        be = _backend(str(be), COMPILE_SHORTHANDS, {"--aipp": str(cfg_path)})
+        be.plan(model, output)  # every check before anything is written
+        write_text_atomic(cfg_path, aipp_text)
+        console.out.print(f"wrote {cfg_path}")
     if dry_run:
         plan = be.plan(model, output)
         script = output.with_name(output.name[: -len(be.artifact_suffix)] + ".atc.sh")
