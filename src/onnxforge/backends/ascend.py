@@ -18,10 +18,16 @@ Compiling (atc). The command is derived from the model itself:
   source of truth; the pipeline recorded by the pass manager in ``metadata_props['onnxforge.pipeline']``
   is read, reported, and a disagreement with the graph is logged.
 
-Before calling atc the model is checked against what atc accepts: the ai.onnx opset (CANN 5.0.4's ATC
-guide: "ONNX 1.8.0, Opset v9~v13"; CANN 7.0's: "Opset v9~v18"; default 9..13, override with
-``max_opset``) and every op type against the ONNX operator list of the same CANN 5.0.4 documentation
-("支持ONNX算子清单", hiascend.com canncommercial/5046 reference/fwoperatorlist).
+Before calling atc the model is checked against what the selected CANN profile says atc accepts
+(`onnxforge.backends.cann`: one JSON file per CANN line, sources inside; option ``cann``, default the
+installed CANN, else 5.0): the ai.onnx opset range (overridable with ``min_opset``/``max_opset``) and,
+where the profile records an op list (5.0), every op type. atc options the profile does not list
+(``precision_mode_v2`` on 5.0) are refused before anything runs.
+
+Gears: ``dynamic_batch_sizes`` (atc ``--dynamic_batch_size="1,4,8"``) puts -1 in every input's batch
+dimension, ``dynamic_image_sizes`` (``--dynamic_image_size="512,512;1024,2048"``) in every 4-D input's
+H and W; the export shape must be one of the gears, and atc wants 2..100 of them, not both kinds.
+A successful compile writes ``NAME.om.json`` beside the .om with the exact command and the profile.
 A missing atc is BackendUnavailable with the exact fix; a failing atc is a BackendError quoting its
 first error-code line (``E10001: ...``) and pointing at the full log written next to the output.
 
@@ -33,9 +39,11 @@ give its output directory to ``onnxforge evaluate --predictions DIR``: accuracy 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -48,6 +56,7 @@ import numpy as np
 import onnx
 
 from onnxforge import spec
+from onnxforge.backends.cann import DEFAULT_CANN, CannProfile, profile as cann_profile, select_profile
 from onnxforge.backends.base import (
     Backend,
     Runner,
@@ -65,26 +74,14 @@ log = logging.getLogger(__name__)
 
 PIPELINE_KEY = "onnxforge.pipeline"
 DEFAULT_SOC_VERSION = "Ascend310P3"
-MIN_OPSET = 9
-MAX_OPSET = 13
+_DEFAULT_PROFILE = cann_profile(DEFAULT_CANN)
+MIN_OPSET = _DEFAULT_PROFILE.min_opset
+MAX_OPSET = _DEFAULT_PROFILE.max_opset
 
 ATC_MISSING = "atc not found on PATH: install the CANN toolkit and run 'source /usr/local/Ascend/ascend-toolkit/set_env.sh'"
 
-#: ONNX ops the CANN 5.0.4 ATC documentation lists as supported (ai.onnx domain), in ONNX spelling.
-ATC_ONNX_OPS: frozenset[str] = frozenset("""
-Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization BitShift Cast
-Ceil Celu Clip Compress Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace
-Det Div Dropout Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather GatherElements GatherND Gemm
-GlobalAveragePool GlobalLpPool GlobalMaxPool Greater GreaterOrEqual HardSigmoid Hardmax HardSwish
-Identity If InstanceNormalization LRN LSTM LeakyRelu Less LessOrEqual Log LogSoftmax LpNormalization
-LpPool MatMul Max MaxPool MaxRoiPool MaxUnpool Mean MeanVarianceNormalization Min Mod Mul Multinomial
-Neg NonMaxSuppression NonZero Not OneHot Or PRelu Pad Pow RandomNormalLike RandomUniform
-RandomUniformLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean
-ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize ReverseSequence RoiAlign Round
-Scatter ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax Softplus
-Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tanh TfIdfVectorizer ThresholdedRelu Tile TopK
-Transpose Unsqueeze Where Xor
-""".split())
+#: ONNX ops the CANN 5.0.4 ATC documentation lists as supported (ai.onnx domain): the 5.0 profile's list.
+ATC_ONNX_OPS: frozenset[str] = _DEFAULT_PROFILE.ops or frozenset()
 
 _ERROR_CODE = re.compile(r"\b[EW]\d{5}\b")
 _RECORDED = spec.Grammar(what="recorded pipeline", item="a pass name", error=BackendError)
@@ -99,6 +96,10 @@ class AtcPlan:
     fp16_inputs: tuple[str, ...]
     pipeline: str | None  # as recorded in metadata_props, if any
     notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def shell(self) -> str:
+        """The command as one shell line (quoted as a POSIX shell needs)."""
+        return shlex.join(self.command)
 
 
 def recorded_pipeline(model: onnx.ModelProto) -> str | None:
@@ -127,21 +128,31 @@ def ai_onnx_opset(model: onnx.ModelProto) -> int | None:
     return None
 
 
-def check_model_for_atc(model: onnx.ModelProto, min_opset: int = MIN_OPSET, max_opset: int = MAX_OPSET,
-                        extra_ops: frozenset[str] | set[str] = frozenset()) -> list[str]:
-    """Everything atc would reject, as readable lines (empty when the model looks acceptable)."""
+def check_model_for_atc(model: onnx.ModelProto, min_opset: int | None = None, max_opset: int | None = None,
+                        extra_ops: frozenset[str] | set[str] = frozenset(),
+                        profile: CannProfile | None = None) -> list[str]:
+    """Everything atc would reject, as readable lines (empty when the model looks acceptable).
+
+    Args:
+        profile: the CANN profile (default: the 5.0 one); `min_opset`/`max_opset` override its range.
+            A profile without an op list skips the op check.
+    """
+    prof = profile or _DEFAULT_PROFILE
+    min_opset = prof.min_opset if min_opset is None else min_opset
+    max_opset = prof.max_opset if max_opset is None else max_opset
     problems: list[str] = []
     opset = ai_onnx_opset(model)
     if opset is None:
         problems.append("model imports no ai.onnx opset")
     elif not (min_opset <= opset <= max_opset):
         problems.append(
-            f"ai.onnx opset {opset} is outside what atc accepts ({min_opset}..{max_opset}); convert it first, "
-            f"e.g. --passes 'target-opset{{opset=11}}'"
+            f"ai.onnx opset {opset} is outside what atc accepts ({min_opset}..{max_opset}) in the CANN {prof.line} profile; "
+            f"convert it first, e.g. --passes 'target-opset{{opset={min(max(opset, min_opset), max_opset)}}}'"
         )
-    allowed = ATC_ONNX_OPS | set(extra_ops)
     bad: dict[str, list[str]] = {}
-    for i, node in enumerate(model.graph.node):
+    nodes = model.graph.node if prof.ops is not None else []
+    allowed = (prof.ops or frozenset()) | set(extra_ops)
+    for i, node in enumerate(nodes):
         domain = node.domain or ""
         key = node.op_type if domain in ("", "ai.onnx") else f"{domain}::{node.op_type}"
         if domain in ("", "ai.onnx") and node.op_type in allowed:
@@ -158,10 +169,32 @@ def check_model_for_atc(model: onnx.ModelProto, min_opset: int = MIN_OPSET, max_
     return problems
 
 
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``"512x1024"`` -> (512, 1024) (height x width)."""
+    h, sep, w = str(text).strip().lower().partition("x")
+    if not sep or not h.isdigit() or not w.isdigit() or int(h) <= 0 or int(w) <= 0:
+        raise BackendError(f"image size '{text}' is not HEIGHTxWIDTH, e.g. 512x1024")
+    return int(h), int(w)
+
+
+def _check_gears(kind: str, gears: Sequence[object]) -> None:
+    if len(set(gears)) != len(gears):
+        raise BackendError(f"{kind}: a gear is given twice ({', '.join(map(str, gears))})")
+    if not 2 <= len(gears) <= 100:
+        raise BackendError(f"{kind}: atc needs 2 to 100 gears, got {len(gears)}")
+
+
 def plan_atc(model: onnx.ModelProto, model_path: str | Path, output: str | Path,
              soc_version: str = DEFAULT_SOC_VERSION, atc: str = "atc", log_level: str = "error",
-             extra_args: tuple[str, ...] = ()) -> AtcPlan:
-    """The exact atc command line for `model` (saved at `model_path`), writing `output` (+ '.om')."""
+             extra_args: tuple[str, ...] = (), *, precision_mode: str | None = None,
+             precision_mode_v2: str | None = None, dynamic_batch_sizes: Sequence[int] = (),
+             dynamic_image_sizes: Sequence[str] = (), insert_op_conf: str | None = None) -> AtcPlan:
+    """The exact atc command line for `model` (saved at `model_path`), writing `output` (+ '.om').
+
+    Raises:
+        BackendError: a dynamic input; gears that are malformed, both kinds at once, or do not include
+            the model's export shape.
+    """
     out = str(output)
     if out.endswith(".om"):
         out = out[: -len(".om")]
@@ -170,7 +203,29 @@ def plan_atc(model: onnx.ModelProto, model_path: str | Path, output: str | Path,
     for inp in inputs:
         if not inp.is_static:
             raise BackendError(f"{model_path}: input '{inp.name}' has dynamic shape {list(inp.shape)}; atc needs static shapes")
-        shapes.append(f"{inp.name}:{','.join(str(d) for d in inp.shape)}")
+    if dynamic_batch_sizes and dynamic_image_sizes:
+        raise BackendError("atc takes --dynamic_batch_size or --dynamic_image_size, not both")
+    batch = [int(b) for b in dynamic_batch_sizes]
+    images = [parse_image_size(t) for t in dynamic_image_sizes]
+    if batch:
+        _check_gears("dynamic batch sizes", batch)
+    if images:
+        _check_gears("dynamic image sizes", [f"{h}x{w}" for h, w in images])
+    for inp in inputs:
+        dims = [int(d) for d in inp.shape]
+        if batch:
+            if not dims or dims[0] not in batch:
+                raise BackendError(f"{model_path}: input '{inp.name}' was exported with batch {dims[0] if dims else '-'}, "
+                                   f"which the batch gears {','.join(map(str, batch))} do not include")
+            dims[0] = -1
+        if images and len(dims) == 4:
+            if (dims[2], dims[3]) not in images:
+                raise BackendError(f"{model_path}: input '{inp.name}' was exported at {dims[2]}x{dims[3]}, which the image "
+                                   f"gears {','.join(f'{h}x{w}' for h, w in images)} do not include")
+            dims[2] = dims[3] = -1
+        shapes.append(f"{inp.name}:{','.join(str(d) for d in dims)}")
+    if images and not any(len(i.shape) == 4 for i in inputs):
+        raise BackendError(f"{model_path}: dynamic image sizes need a 4-D (NCHW) input")
     float_outputs = [o for o in model_outputs(model) if o.dtype.kind == "f"]
     fp16_outputs = bool(float_outputs) and all(o.dtype.itemsize == 2 for o in float_outputs)
     fp16_inputs = tuple(i.name for i in inputs if i.dtype.kind == "f" and i.dtype.itemsize == 2)
@@ -202,6 +257,19 @@ def plan_atc(model: onnx.ModelProto, model_path: str | Path, output: str | Path,
     if fp16_inputs:
         cmd.append(f"--input_fp16_nodes={';'.join(fp16_inputs)}")
     cmd += ["--input_format=NCHW", f"--log={log_level}"]
+    if precision_mode:
+        cmd.append(f"--precision_mode={precision_mode}")
+    if precision_mode_v2:
+        cmd.append(f"--precision_mode_v2={precision_mode_v2}")
+    if insert_op_conf:
+        if fp16_inputs:
+            raise BackendError(f"{model_path}: AIPP (--insert_op_conf) cannot feed a float16 input (--input_fp16_nodes); "
+                               "leave out fp16-input")
+        cmd.append(f"--insert_op_conf={insert_op_conf}")
+    if batch:
+        cmd.append(f"--dynamic_batch_size={','.join(map(str, batch))}")
+    if images:
+        cmd.append(f"--dynamic_image_size={';'.join(f'{h},{w}' for h, w in images)}")
     cmd.extend(extra_args)
     return AtcPlan(cmd, fp16_outputs, fp16_inputs, pipeline, tuple(notes))
 
@@ -319,10 +387,16 @@ class AscendOptions:
 
     soc_version: str = option(DEFAULT_SOC_VERSION, "target Ascend SoC (atc --soc_version), e.g. Ascend310, Ascend310P3, Ascend910")
     device_id: int = option(0, "NPU the .om runs on (ais_bench)")
-    min_opset: int = option(MIN_OPSET, "lowest ai.onnx opset atc accepts")
-    max_opset: int = option(MAX_OPSET, "highest ai.onnx opset this CANN's atc accepts (CANN 5.x: 13, 7.0: 18)")
+    cann: Optional[str] = option(None, f"CANN version whose profile applies, e.g. 8.0 (none: the installed CANN, else {DEFAULT_CANN})")
+    min_opset: Optional[int] = option(None, "lowest ai.onnx opset atc accepts (none: the CANN profile's)")
+    max_opset: Optional[int] = option(None, "highest ai.onnx opset atc accepts (none: the CANN profile's)")
     check: bool = option(True, "check opset, ops and static shapes before atc runs")
-    extra_ops: tuple[str, ...] = option((), "op types to accept beyond CANN 5.0.4's list")
+    extra_ops: tuple[str, ...] = option((), "op types to accept beyond the CANN profile's op list")
+    precision_mode: Optional[str] = option(None, "atc --precision_mode, e.g. force_fp16, allow_mix_precision")
+    precision_mode_v2: Optional[str] = option(None, "atc --precision_mode_v2 (CANN 8.x and later), e.g. fp16, origin")
+    dynamic_batch_sizes: tuple[int, ...] = option((), "batch gears, atc --dynamic_batch_size (e.g. 1|4|8)")
+    dynamic_image_sizes: tuple[str, ...] = option((), "HxW gears, atc --dynamic_image_size (e.g. 512x512|1024x2048)")
+    insert_op_conf: Optional[str] = option(None, "AIPP config file, atc --insert_op_conf (compile --aipp PRESET writes one)")
     extra_args: tuple[str, ...] = option((), "arguments appended to the atc command line as given")
     log_level: Literal["debug", "info", "warning", "error", "null"] = option("error", "atc --log level")
     timeout_s: Optional[float] = option(None, "seconds atc may run (none: no limit)")
@@ -338,13 +412,45 @@ class _AscendBackend(Backend):
         super().__init__(options, **kwargs)
         self.last_result: CompileResult | None = None
 
+    @property
+    def profile(self) -> CannProfile:
+        """The CANN profile the options select (option ``cann``, else the installed CANN, else the default)."""
+        return select_profile(self.options.cann)
+
+    def opset_range(self) -> tuple[int, int]:
+        """(min_opset, max_opset): the options where given, else the profile's."""
+        o, prof = self.options, self.profile
+        return (prof.min_opset if o.min_opset is None else o.min_opset,
+                prof.max_opset if o.max_opset is None else o.max_opset)
+
     def validate(self) -> None:
-        check_non_negative(self, "device_id", "min_opset", "max_opset")
         o = self.options
-        if o.min_opset > o.max_opset:
-            raise BackendError(f"backend '{self.name}': min_opset {o.min_opset} is above max_opset {o.max_opset}")
+        check_non_negative(self, "device_id", *[n for n in ("min_opset", "max_opset") if getattr(o, n) is not None])
+        try:
+            prof = self.profile
+        except BackendError as exc:
+            raise BackendError(f"backend '{self.name}': {exc}") from None
+        low, high = self.opset_range()
+        if low > high:
+            raise BackendError(f"backend '{self.name}': min_opset {low} is above max_opset {high}")
         if o.timeout_s is not None and o.timeout_s <= 0:
             raise BackendError(f"backend '{self.name}': option 'timeout_s' must be positive, got {o.timeout_s}")
+        for name in ("precision_mode", "precision_mode_v2"):
+            if getattr(o, name) and not prof.has_option(name):
+                raise BackendError(f"backend '{self.name}': atc --{name} does not exist in CANN {prof.line} "
+                                   f"(profile {prof.version}); choose another --cann or leave it out")
+        if o.precision_mode and o.precision_mode_v2:
+            raise BackendError(f"backend '{self.name}': atc takes --precision_mode or --precision_mode_v2, not both")
+        for name, flag in (("dynamic_batch_sizes", "dynamic_batch_size"), ("dynamic_image_sizes", "dynamic_image_size")):
+            if getattr(o, name) and not prof.has_option(flag):
+                raise BackendError(f"backend '{self.name}': atc --{flag} is not in the CANN {prof.line} profile")
+        if any(b <= 0 for b in o.dynamic_batch_sizes):
+            raise BackendError(f"backend '{self.name}': batch gears must be positive, got {'|'.join(map(str, o.dynamic_batch_sizes))}")
+        for text in o.dynamic_image_sizes:
+            try:
+                parse_image_size(text)
+            except BackendError as exc:
+                raise BackendError(f"backend '{self.name}': {exc}") from None
 
     def atc_path(self) -> str:
         found = shutil.which("atc")
@@ -364,16 +470,43 @@ class _AscendBackend(Backend):
             return Path(model)  # type: ignore[arg-type]
         return self.compile_full(model, output).om_path
 
+    def _check(self, proto: onnx.ModelProto, label: str) -> None:
+        if not self.options.check:
+            return
+        low, high = self.opset_range()
+        problems = check_model_for_atc(proto, low, high, frozenset(self.options.extra_ops), self.profile)
+        if problems:
+            more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
+            raise BackendError(f"{label}: atc would reject this model: {problems[0]}{more}")
+
+    def _plan(self, proto: onnx.ModelProto, model_path: Path, out_base: Path, atc: str) -> AtcPlan:
+        o = self.options
+        return plan_atc(proto, model_path, out_base, o.soc_version, atc, o.log_level, o.extra_args,
+                        precision_mode=o.precision_mode, precision_mode_v2=o.precision_mode_v2,
+                        dynamic_batch_sizes=o.dynamic_batch_sizes, dynamic_image_sizes=o.dynamic_image_sizes,
+                        insert_op_conf=o.insert_op_conf)
+
+    def plan(self, model: str | Path, output: str | Path | None = None) -> AtcPlan:
+        """The atc command `compile` would run for the model file, without running it (a dry run).
+
+        Checks the model as `compile` does; atc need not be installed (the command then says ``atc``).
+
+        Raises:
+            BackendError: the model fails the checks, or the gears do not fit it.
+        """
+        proto = load_model_arg(model)
+        self._check(proto, str(model))
+        out = Path(output) if output is not None else Path(model).with_suffix(".om")
+        out_base = Path(str(out)[:-3] if str(out).endswith(".om") else str(out))
+        return self._plan(proto, Path(model), out_base, shutil.which("atc") or "atc")
+
     def compile_full(self, model: str | Path | onnx.ModelProto, output: str | Path | None = None) -> CompileResult:
-        """`compile`, returning the command line and log path as well."""
+        """`compile`, returning the command line and log path as well; writes ``NAME.om.json`` (the command,
+        the CANN profile, the recorded pipeline) beside the .om."""
         o = self.options
         proto = load_model_arg(model)
         label = str(model) if not isinstance(model, onnx.ModelProto) else (proto.graph.name or "<model>")
-        if o.check:
-            problems = check_model_for_atc(proto, o.min_opset, o.max_opset, frozenset(o.extra_ops))
-            if problems:
-                more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
-                raise BackendError(f"{label}: atc would reject this model: {problems[0]}{more}")
+        self._check(proto, label)
         atc = self.atc_path()
         if output is None:
             if isinstance(model, onnx.ModelProto):
@@ -390,7 +523,7 @@ class _AscendBackend(Backend):
                 onnx.save_model(proto, str(model_path))
             else:
                 model_path = Path(model)
-            plan = plan_atc(proto, model_path, out_base, o.soc_version, atc, o.log_level, o.extra_args)
+            plan = self._plan(proto, model_path, out_base, atc)
             log.info("atc: %s", " ".join(plan.command))
             try:
                 proc = subprocess.run(plan.command, capture_output=True, text=True, timeout=o.timeout_s,
@@ -410,6 +543,10 @@ class _AscendBackend(Backend):
             raise BackendError(f"{label}: atc failed (exit {proc.returncode}): {summarize_atc_failure(text)}{where}")
         if not om_path.is_file():
             raise BackendError(f"{label}: atc exited 0 but wrote no {om_path}")
+        write_text_atomic(om_path.with_name(om_path.name + ".json"), json.dumps({
+            "model": label, "om": str(om_path), "command": plan.command, "shell": plan.shell(),
+            "cann_profile": self.profile.version, "pipeline": plan.pipeline, "notes": list(plan.notes),
+        }, indent=2) + "\n")
         self.last_result = CompileResult(om_path, plan.command, log_path, plan)
         return self.last_result
 
@@ -418,7 +555,7 @@ class _AscendBackend(Backend):
         result = self.last_result
         if result is None:
             return []
-        lines = [f"command: {' '.join(result.command)}"]
+        lines = [f"command: {result.plan.shell()}", f"CANN profile: {self.profile.version} ({self.profile.line})"]
         if result.plan.pipeline:
             lines.append(f"pipeline recorded in the model: {result.plan.pipeline}")
         return lines

@@ -46,7 +46,12 @@ def _backend_option_help(default: str) -> str:
 
 #: bench/compile flags that are shorthands for backend spec options: flag -> option
 BENCH_SHORTHANDS = {"--threads": "threads", "--device": "device"}
-COMPILE_SHORTHANDS = {"--soc-version": "soc_version", "--max-opset": "max_opset"}
+COMPILE_SHORTHANDS = {
+    "--soc-version": "soc_version", "--max-opset": "max_opset", "--cann": "cann",
+    "--precision-mode": "precision_mode", "--precision-mode-v2": "precision_mode_v2",
+    "--dynamic-batch-sizes": "dynamic_batch_sizes", "--dynamic-image-sizes": "dynamic_image_sizes",
+    "--atc-arg": "extra_args", "--aipp": "insert_op_conf",
+}
 EVALUATE_SHORTHANDS = {"--threads": "threads", "--device": "device", "--soc-version": "soc_version"}
 
 
@@ -179,30 +184,93 @@ def bench(
         raise ForgeError(f"{model}: no batch size could run ({records[0].error})")
 
 
+def _cann_help() -> str:
+    from onnxforge.backends.cann import DEFAULT_CANN, profiles
+
+    lines = [f"{p.version} ({p.line}): opset {p.min_opset}..{p.max_opset}, ONNX {p.onnx_version}"
+             + ("" if p.ops is not None else ", no op list") for p in profiles().values()]
+    return (f"CANN version whose profile applies (spec option cann); default: the installed CANN (ASCEND_TOOLKIT_HOME), "
+            f"else {DEFAULT_CANN}. Profiles: " + "; ".join(lines) + ".")
+
+
+def _max_opset_help() -> str:
+    from onnxforge.backends.cann import profiles
+
+    ranges = ", ".join(f"{p.line}: {p.max_opset}" for p in profiles().values())
+    return f"Shorthand for the spec option max_opset: highest ai.onnx opset atc accepts (default: the CANN profile's; {ranges})."
+
+
+def _comma_list(text: Optional[str], flag: str) -> Optional[tuple[str, ...]]:
+    if text is None:
+        return None
+    items = tuple(part.strip() for part in text.split(","))
+    if not all(items):
+        raise ForgeError(f"{flag}: expected a comma-separated list, got {text!r}")
+    return items
+
+
 def compile_(
     model: Path = typer.Argument(..., help="ONNX model.", show_default=False),
     backend: str = typer.Option("atc", "--backend", help=_backend_option_help("atc") + "\n\nOnly backends that write a file (atc, ais_bench) have a compile step.", show_default=False),
-    soc_version: Optional[str] = typer.Option(None, "--soc-version", help="Shorthand for the spec option soc_version: target Ascend SoC, e.g. Ascend310, Ascend310P3 (default), Ascend910."),
+    soc_version: Optional[str] = typer.Option(None, "--soc-version", help="atc --soc_version (spec option soc_version): target Ascend SoC, e.g. Ascend310, Ascend310P3 (default), Ascend910."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output path (the backend's suffix, e.g. .om, is added if missing; default: next to the model)."),
-    max_opset: Optional[int] = typer.Option(None, "--max-opset", help="Shorthand for the spec option max_opset: highest ai.onnx opset this CANN's atc accepts (CANN 5.x: 13, default; 7.0: 18)."),
+    cann: Optional[str] = typer.Option(None, "--cann", help=_cann_help(), show_default=False),
+    max_opset: Optional[int] = typer.Option(None, "--max-opset", help=_max_opset_help()),
+    precision_mode: Optional[str] = typer.Option(None, "--precision-mode", help="atc --precision_mode=VALUE (spec option precision_mode), e.g. force_fp16, allow_mix_precision."),
+    precision_mode_v2: Optional[str] = typer.Option(None, "--precision-mode-v2", help="atc --precision_mode_v2=VALUE (CANN 8.x and later), e.g. fp16, origin."),
+    dynamic_batch_sizes: Optional[str] = typer.Option(None, "--dynamic-batch-sizes", help="Batch gears, e.g. 1,4,8,16: atc --dynamic_batch_size=\"1,4,8,16\" with -1 as every input's batch in --input_shape. The export batch must be one of them."),
+    dynamic_image_sizes: Optional[str] = typer.Option(None, "--dynamic-image-sizes", help="HxW gears, e.g. 512x512,1024x2048: atc --dynamic_image_size=\"512,512;1024,2048\" with -1 as H and W. The export size must be one of them."),
+    atc_arg: Optional[list[str]] = typer.Option(None, "--atc-arg", help="One argument appended to the atc command verbatim, e.g. --atc-arg=--op_select_implmode=high_performance (repeatable; spec option extra_args)."),
+    aipp: Optional[str] = typer.Option(None, "--aipp", help=f"Preset whose normalisation becomes static AIPP ({PRESETS_HELP}): writes NAME.aipp.cfg (RGB888_U8 input) and passes atc --insert_op_conf=NAME.aipp.cfg. Only presets normalising RGB uint8 as (x/255-mean)/std can."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the exact atc command and write it to NAME.atc.sh beside the output; run nothing."),
 ) -> None:
     """Compile an ONNX model ahead of time for the backend (an Ascend NPU with CANN's atc).
 
     The command line is derived from the model: input shapes from the graph, --output_type=FP16 when
     the outputs are float16 (fp16-output), --input_fp16_nodes for float16 inputs (fp16-input). The
-    opset and every op are checked against what atc accepts before atc runs. --soc-version and
-    --max-opset fill the spec's soc_version and max_opset options; one that contradicts the spec is an error.
+    opset and every op are checked against the selected CANN profile before atc runs; an option the
+    profile lacks (--precision-mode-v2 with --cann 5.0) is an error. Flags fill the spec's options of
+    the same name; one that contradicts the spec is an error. The command is recorded in NAME.om.json.
     """
-    be = _backend(backend, COMPILE_SHORTHANDS, {"--soc-version": soc_version, "--max-opset": max_opset})
+    values = {
+        "--soc-version": soc_version, "--max-opset": max_opset, "--cann": cann,
+        "--precision-mode": precision_mode, "--precision-mode-v2": precision_mode_v2,
+        "--dynamic-batch-sizes": (tuple(console.parse_int_list(dynamic_batch_sizes, "--dynamic-batch-sizes"))
+                                  if dynamic_batch_sizes is not None else None),
+        "--dynamic-image-sizes": _comma_list(dynamic_image_sizes, "--dynamic-image-sizes"),
+        "--atc-arg": tuple(atc_arg) if atc_arg else None,
+    }
+    be = _backend(backend, COMPILE_SHORTHANDS, values)
     if be.artifact_suffix is None:
         raise ForgeError(f"compile: backend '{be.name}' has no compile step (it runs the ONNX model as it is); use --backend atc")
     if output is None:
         output = be.artifact_path(model.parent, model.stem)
     elif not str(output).endswith(be.artifact_suffix):
         output = output.with_name(output.name + be.artifact_suffix)
-    from onnxforge.modelio import check_output_path
+    from onnxforge.modelio import check_output_path, write_text_atomic
 
     check_output_path(model, output)
+    if aipp is not None:
+        from onnxforge.backends.base import model_inputs
+        from onnxforge.backends.cann.aipp import aipp_for
+        from onnxforge.frontends import get_spec
+        from onnxforge.modelio import load_model
+
+        ev = get_spec(aipp).eval
+        first = model_inputs(load_model(model))[0]
+        cfg_path = output.with_name(output.name[: -len(be.artifact_suffix)] + ".aipp.cfg")
+        aipp_text = aipp_for(ev.preprocess, ev.mean, ev.std, tuple(int(d) for d in first.shape[2:4])).text()
+        be = _backend(str(be), COMPILE_SHORTHANDS, {"--aipp": str(cfg_path)})
+        be.plan(model, output)  # every check before anything is written
+        write_text_atomic(cfg_path, aipp_text)
+        console.out.print(f"wrote {cfg_path}")
+    if dry_run:
+        plan = be.plan(model, output)
+        script = output.with_name(output.name[: -len(be.artifact_suffix)] + ".atc.sh")
+        write_text_atomic(script, "#!/bin/sh\n# written by onnxforge compile --dry-run\n" + plan.shell() + "\n")
+        console.out.print(plan.shell(), markup=False, highlight=False, soft_wrap=True)
+        console.out.print(f"wrote {script}")
+        return
     with console.err.status(f"{be.name}: compiling {model.name} ({be}) ..."):
         artifact = be.compile(model, output)
     for line in be.compile_notes():
