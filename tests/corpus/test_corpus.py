@@ -18,11 +18,6 @@ pytestmark = pytest.mark.slow
 KNOWN: dict[tuple[str, str], str] = {
     ("onnx-node/test_ai_onnx_ml_tree_ensemble_single_tree", "target-opset"):
         "topset: onnx's version converter asserts (ai.onnx.ml opset out of range) and the RuntimeError escapes instead of a PassError",
-    ("onnx-node/test_div_uint8", "target-opset"): "topset: onnx InferenceError escapes (uint8 Div has no opset-11 form) instead of a PassError",
-    ("onnx-node/test_max_int32", "target-opset"): "topset: onnx InferenceError escapes (int32 Max has no opset-11 form) instead of a PassError",
-    ("onnx-node/test_maxpool_2d_uint8", "target-opset"): "topset: onnx InferenceError escapes (uint8 MaxPool has no opset-11 form) instead of a PassError",
-    ("onnx-node/test_pow_types_int32_float32", "target-opset"): "topset: onnx InferenceError escapes (int32 Pow at opset 11) instead of a PassError",
-    ("onnx-node/test_sub_int8", "target-opset"): "topset: onnx InferenceError escapes (int8 Sub has no opset-11 form) instead of a PassError",
 }
 
 #: Zoo cases of the test: every smp architecture from one dynamic TorchScript export (the verifier's
