@@ -6,7 +6,7 @@ Before -> After::
 
 Why: on Ascend each Concat is a ConcatD task that copies all its inputs into a new buffer in global
 memory; nested Concats copy the inner inputs twice. One flat Concat copies every input once (Ascend's
-surgeon knowledge "KnowledgeMergeConcat"). Torch exports of feature pyramids, and ``torch.cat`` of a
+retired surgeon tool's knowledges). Torch exports of feature pyramids, and ``torch.cat`` of a
 ``torch.cat``, produce such nests.
 
 Legal when: the inner Concat's output is used only by the outer Concat (it may appear there more than

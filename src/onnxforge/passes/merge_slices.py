@@ -5,8 +5,8 @@ Before -> After::
     x -> Slice<axes=[2], 0:4> -> Slice<axes=[3], 1:5> -> y        x -> Slice<axes=[2, 3], [0, 1]:[4, 5]> -> y
 
 Why: atc maps every Slice to its own StridedSlice task, each reading and writing the whole tensor from
-global memory; one multi-axis Slice is one task and one pass over the data (Ascend's surgeon knowledge
-"KnowledgeMergeConsecutiveSlice"). Torch exports produce these chains from indexing such as
+global memory; one multi-axis Slice is one task and one pass over the data (a knowledge of Ascend's
+retired surgeon tool). Torch exports produce these chains from indexing such as
 ``x[:, :, 0:4, 1:5]``, which the exporter writes one Slice per axis.
 
 Legal when: both Slices have constant starts/ends/axes/steps, the first one's output feeds only the
