@@ -26,7 +26,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxforge.passes._build import GraphBuilder
-from onnxforge.passes._graph import const_value, is_graph_output, node_label, static_shape
+from onnxforge.passes._graph import const_value, node_label, static_shape
 from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip
 from onnxforge.passes.registry import register
 
