@@ -75,6 +75,7 @@ class MergeSlices(RulePass):
     name = "merge-slices"
     summary = "two consecutive Slice nodes on different axes become one Slice"
     kind = PassKind.EXACT
+    tags = ("ascend",)
 
     def rules(self) -> list[Rule]:
         return [MergeSlicePair()]
