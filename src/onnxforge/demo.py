@@ -8,7 +8,9 @@
    resize-nearest`), evaluated on synthetic images the model never saw in training, timed in
    interleaved rounds with an A/A noise floor on onnxruntime CPU (adaptive, at most DEMO_TIMING's
    time limit per timing run), judged against a 1% accuracy budget; the kept passes are measured
-   together as the combined stage, which becomes best.onnx when it pays.
+   together as the combined stage, which becomes best.onnx when it pays. The pipeline ends with INT8
+   (`quantize`), calibrated on DEMO_CALIBRATION synthetic images drawn with the calibration seed (never
+   the evaluation images), written to `calib.npz` beside the report.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 
 DEMO_PIPELINE = "simplify,adaptive-pool,transdata-align,fp16-output,resize-nearest,label-upsample"
 DEMO_IMAGES = 24
+DEMO_CALIBRATION = 8
 #: Adaptive timing bounded so the demo stays within about 1.5x its time before interleaved timing.
 DEMO_TIMING_SECONDS = 10.0
 
@@ -38,9 +41,13 @@ class DemoResult:
 
 def run_demo(out_dir: str | Path, train_progress: Callable[[int, int, float], None] | None = None,
              progress: Callable[[str, int, int], None] | None = None, images: int = DEMO_IMAGES,
-             pipeline: str = DEMO_PIPELINE, threads: int = 2) -> DemoResult:
-    """Runs the demo into `out_dir` and returns where everything is."""
+             pipeline: str | None = None, threads: int = 2) -> DemoResult:
+    """Runs the demo into `out_dir` and returns where everything is.
+
+    `pipeline` defaults to DEMO_PIPELINE followed by the INT8 stage on the demo's own calibration file.
+    """
     from onnxforge.evaluate.ab import DataSource, run_report
+    from onnxforge.evaluate.calibration import write_calibration
     from onnxforge.evaluate.timing import TimingPolicy
     from onnxforge.frontends.export import export_model
     from onnxforge.frontends.train import ensure_weights
@@ -51,6 +58,9 @@ def run_demo(out_dir: str | Path, train_progress: Callable[[int, int, float], No
     weights, how = ensure_weights(config, train_progress)
     model_path = out_dir / "fastscnn.onnx"
     export_model("fastscnn", model_path, checkpoint=weights, input_size=config.size)
+    if pipeline is None:
+        calibration = write_calibration(out_dir / "calib.npz", model_path, "synthetic", count=DEMO_CALIBRATION, classes=config.classes)
+        pipeline = f"{DEMO_PIPELINE},quantize{{calibration={calibration},images={DEMO_CALIBRATION}}}"
     command = (f"onnxforge report {model_path} --passes '{pipeline}' --isolated --per-node resize-nearest "
                f"--synthetic {images} --threads {threads} --max-seconds {DEMO_TIMING_SECONDS:g} -o {out_dir / 'report'}")
     report = run_report(

@@ -220,3 +220,20 @@ def test_summary_says_what_stopped_the_rounds_and_where_the_floor_came_from():
     assert "(A/A copy/base)" in t.summary() and "95% intervals" in t.summary()
     t = run({"base": 10.0, "fast": 8.0}, [("fast", "base")], aa=None, noise=0.01)
     assert "no A/A pair measured" in t.summary()
+
+
+def test_identical_pairs_widen_the_floor_and_read_same():
+    # baseline and its A/A copy agree closely; a stage that runs the very same model drifted 8% in this
+    # run. As an A/A measurement it must widen the floor, so it and a real 5% change both read `same`.
+    rng = np.random.default_rng(3)
+    base = 10 + rng.normal(0, 0.05, 40)
+    samples = {"baseline": base, "copy": base * (1 + rng.normal(0, 0.002, 40)),
+               "unchanged": base * 1.08, "five": base * 0.95}
+    pairs = [("unchanged", "baseline"), ("five", "baseline")]
+    policy = TimingPolicy(min_rounds=5, max_rounds=40)
+    plain = analyse(samples, pairs, policy, aa=("copy", "baseline"))
+    assert plain.verdict("five", "baseline") == "faster"
+    widened = analyse(samples, pairs, policy, aa=("copy", "baseline"), identical=[("unchanged", "baseline")])
+    assert widened.floor >= 0.08
+    assert widened.verdict("unchanged", "baseline") == "same"
+    assert widened.verdict("five", "baseline") == "same"

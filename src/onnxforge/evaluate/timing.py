@@ -257,8 +257,13 @@ def analyse(
     aa: tuple[str, str] | None = None,
     stopped_by: str = STOP_MAX_ROUNDS,
     elapsed_s: float = 0.0,
+    identical: Sequence[tuple[str, str]] = (),
 ) -> Timings:
     """Statistics, ratios, floor and verdicts from per-round samples (round r of every candidate at index r).
+
+    `identical` names further pairs known to run the same model (a stage a pass left unchanged): each is
+    an A/A measurement too, so the floor covers the widest of them as well as `aa`'s; their verdicts are
+    then `same` by construction, as the A/A pair's is.
 
     Raises:
         EvaluationError: unknown names, unequal sample counts, fewer than 2 rounds, non-positive times.
@@ -285,9 +290,9 @@ def analyse(
         return _median_ci(arrays[stage] / arrays[parent], policy)
 
     floor, source = policy.min_floor, "min_floor"
-    if aa is not None:
-        r, lo, hi = interval(*aa)
-        floor, source = max(policy.min_floor, hi - lo, abs(r - 1.0), 1.0 - lo, hi - 1.0), "aa"
+    for pair in ([tuple(aa)] if aa is not None else []) + [tuple(p) for p in identical]:
+        r, lo, hi = interval(*pair)
+        floor, source = max(floor, hi - lo, abs(r - 1.0), 1.0 - lo, hi - 1.0), "aa"
     wanted = list(dict.fromkeys([tuple(p) for p in pairs] + ([tuple(aa)] if aa else [])))
     results = tuple(RatioCI(s, p, *interval(s, p), policy.confidence, floor, is_aa=aa is not None and (s, p) == tuple(aa))
                     for s, p in wanted)
