@@ -11,21 +11,37 @@ from rich.table import Table
 from onnxforge.cli import console
 
 
-def passes() -> None:
-    """List every pass: name, kind, options and summary."""
+def passes(
+    tag: Optional[str] = typer.Option(None, "--tag", help="Only passes with this tag (e.g. ascend: the Ascend knowledges)."),
+    fmt: console.OutputFormat = console.format_option(),
+    quiet: bool = console.quiet_option(),
+) -> None:
+    """List every pass: name, kind, tags, options and summary.
+
+    A tag that is not a pass name is also a pipeline shortcut for its exact passes, in this order:
+    `--passes simplify,ascend,target-opset`.
+    """
+    from onnxforge.errors import PipelineError
     from onnxforge.passes import all_passes
     from onnxforge.passes.pipeline import option_docs
 
-    table = Table(title="onnxforge passes", show_lines=False)
+    listed = {n: c for n, c in all_passes().items() if tag is None or tag in c.tags}
+    if not listed:
+        known = sorted({t for c in all_passes().values() for t in c.tags})
+        raise PipelineError(f"no pass has tag '{tag}' (tags: {', '.join(known) or 'none'})")
+    table = Table(title="onnxforge passes" + (f" tagged {tag}" if tag else ""), show_lines=False)
     table.add_column("name", style="bold")
     table.add_column("kind")
+    table.add_column("tags")
     table.add_column("options")
     table.add_column("summary")
-    for name, cls in all_passes().items():
+    for name, cls in listed.items():
         opts = "\n".join(f"{n}: {t} = {d}  {h}" for n, t, d, h in option_docs(cls)) or "-"
-        table.add_row(name, cls.kind.value, opts, cls.summary)
-    console.out.print(table)
-    console.out.print("Pipeline syntax: name{key=value,...},name2  (list values: a|b)")
+        table.add_row(name, cls.kind.value, ",".join(cls.tags) or "-", opts, cls.summary)
+    out = console.Output(fmt, quiet)
+    out.table(table)
+    if fmt == console.OutputFormat.text:
+        out.line("Pipeline syntax: name{key=value,...},name2  (list values: a|b); a tag expands to its exact passes")
 
 
 def optimize(

@@ -246,6 +246,9 @@ class Pass:
     summary: ClassVar[str]
     kind: ClassVar[PassKind]
     Options: ClassVar[type] = NoOptions
+    #: what the pass is for beyond its kind, e.g. "ascend" (a knowledge of atc); a tag that is no pass
+    #: name is also a pipeline shortcut for its exact passes (`onnxforge passes --tag ascend`)
+    tags: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: Any | None = None, **kwargs: Any) -> None:
         if options is not None and kwargs:

@@ -14,7 +14,12 @@ from pathlib import Path
 
 ORDER = (
     "simplify", "static-shape", "target-opset", "adaptive-pool", "drop-softmax-argmax", "resize-nearest",
-    "label-upsample", "argmax-output", "transdata-align", "merge-slices", "fp16-output", "fp16-input", "fp16", "quantize",
+    "label-upsample", "argmax-output", "transdata-align",
+    # the Ascend knowledges, in the order the `ascend` shortcut applies them: explicit shapes and types
+    # first, then the merges they enable, then the splits of what atc cannot run in one piece
+    "constant-reshape", "merge-casts", "drop-empty-slice", "merge-slices", "merge-concats", "gather-to-split",
+    "reflect-pad-to-slices", "fold-transpose-bn", "split-large-pool", "split-large-conv",
+    "fp16-output", "fp16-input", "fp16", "quantize",
 )
 #: Infrastructure modules of the package, not passes (underscore modules are skipped too).
 _INFRA = {"base", "registry", "pipeline", "manager", "catalog"}

@@ -5,6 +5,10 @@ Values are converted to the type of the option's dataclass field (int, float, bo
 str, or a Literal choice). Errors name the column of the bad token and, for unknown names, the known
 ones. `str(Pipeline)` prints the canonical form (only non-default options, in declaration order), and
 parsing the canonical form gives the same pipeline.
+
+A tag that is not a pass name is a shortcut for the exact passes carrying it, in catalogue order:
+`simplify,ascend,target-opset` expands `ascend` to the Ascend knowledges. The canonical form (and so the
+pipeline stored in a model's metadata) lists the expanded passes; a shortcut takes no options.
 """
 
 from __future__ import annotations
@@ -44,12 +48,18 @@ class Pipeline:
 
 def parse_pipeline(text: str) -> Pipeline:
     """Parses a pipeline string into configured passes; raises PipelineError pointing at the bad token."""
-    from onnxforge.passes.registry import all_passes
+    from onnxforge.passes.registry import all_passes, shortcut
 
     registry = all_passes()
     passes = []
     for item in spec.parse_items(text, GRAMMAR):
         cls = registry.get(item.name)
+        expanded = shortcut(item.name) if cls is None else None
+        if expanded is not None:
+            if item.options:
+                raise GRAMMAR.fail(text, item.column, f"'{item.name}' is a shortcut for {','.join(expanded)} and takes no options")
+            passes.extend(registry[n]() for n in expanded)
+            continue
         if cls is None:
             raise GRAMMAR.fail(text, item.column, f"unknown pass '{item.name}'; known passes: {', '.join(registry)}")
         kwargs = spec.item_kwargs(item, cls.Options, text, GRAMMAR, f"pass '{item.name}'")

@@ -46,3 +46,16 @@ def node_selecting(name: str) -> bool:
     """Whether the registered pass `name` implements `base.NodeSelecting` (per-node search)."""
     cls = get_pass(name)
     return cls is not None and issubclass(cls, NodeSelecting)
+
+
+def tagged(tag: str) -> list[str]:
+    """The passes carrying `tag`, in catalogue order."""
+    return [name for name, cls in all_passes().items() if tag in cls.tags]
+
+
+def shortcut(name: str) -> list[str] | None:
+    """The exact passes a pipeline shortcut stands for (a tag that is not a pass name), else None."""
+    if get_pass(name) is not None:
+        return None
+    names = [n for n in tagged(name) if get_pass(n)().effective_kind().value == "exact"]
+    return names or None
