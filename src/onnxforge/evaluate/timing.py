@@ -25,7 +25,8 @@ How a comparison is measured (`measure_interleaved`):
 - **Verdict** per pair (`verdict_of`): `faster` only when the interval lies entirely below 1 and the
   ratio is below `1 - floor`; `slower` when the interval lies entirely above 1 and the ratio is above
   `1 + floor`; otherwise `same`. The A/A pair is therefore always `same`.
-- **Adaptive rounds**: at least `min_rounds`, then rounds continue until every pair is stable (its
+- **Adaptive rounds**: at least `min_rounds`, then rounds continue until the floor is at most
+  `target_floor` and every pair is stable (its
   interval lies wholly inside one verdict region: below `1 - floor`, within `[1 - floor, 1 + floor]`,
   or above `1 + floor`), or `max_rounds` rounds ran, or `max_seconds` (on the injected clock, warmup
   included) passed. The time limit is only checked once `min_rounds` rounds ran. Stability is checked
@@ -81,6 +82,9 @@ class TimingPolicy:
         resamples: bootstrap resamples per interval (>= 100).
         seed: seeds the round order and the bootstrap.
         min_floor: the smallest noise floor, as a fraction of 1 (0.01 = 1%), in [0, 1).
+        target_floor: the run counts as stable only once the measured floor is at most this (a floor of
+            40% after a few noisy rounds makes every pair "stable" at `same` and says nothing), in
+            [min_floor, 1).
         warmup: untimed rounds before the first timed one (>= 0).
     """
 
@@ -92,6 +96,7 @@ class TimingPolicy:
     seed: int = 0
     min_floor: float = 0.01
     warmup: int = 2
+    target_floor: float = 0.05
 
     def validate(self) -> None:
         """Raises EvaluationError naming the first bad field and its value."""
@@ -104,6 +109,7 @@ class TimingPolicy:
             ("resamples", isinstance(self.resamples, int) and self.resamples >= 100, "an integer >= 100"),
             ("min_floor", 0 <= self.min_floor < 1, "in [0, 1)"),
             ("warmup", isinstance(self.warmup, int) and self.warmup >= 0, "an integer >= 0"),
+            ("target_floor", self.min_floor <= self.target_floor < 1, f"in [min_floor ({self.min_floor}), 1)"),
         ]
         for name, ok, want in checks:
             if not ok:
@@ -371,7 +377,8 @@ def measure_interleaved(
         out_of_time = clock() - start >= policy.max_seconds
         last = out_of_time or rounds >= policy.max_rounds
         if rounds >= next_check or last:
-            if all(p.stable for p in analyse(samples, pairs, policy, aa).pairs):
+            current = analyse(samples, pairs, policy, aa)
+            if current.floor <= policy.target_floor and all(p.stable for p in current.pairs):
                 stopped_by = STOP_STABLE
                 break
             next_check = rounds + max(1, rounds // 10)
