@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,38 +19,14 @@ import numpy as np
 import onnx
 
 from onnxforge.errors import ForgeError
+from onnxforge.evaluate.history import Budget
 
 log = logging.getLogger(__name__)
 
-_BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%|pt)\s*$")
-
-
-@dataclass(frozen=True)
-class Budget:
-    """An allowed loss: `value` percent of the baseline (`relative`) or `value` metric points (1pt = 0.01)."""
-
-    value: float
-    relative: bool
-
-    def over(self, base: float, got: float) -> bool:
-        """Whether `got` lost more than the budget against `base` (higher is better)."""
-        allowed = abs(base) * self.value / 100.0 if self.relative else self.value / 100.0
-        return (base - got) > allowed + 1e-12
-
-    def __str__(self) -> str:
-        return f"{self.value:g}{'%' if self.relative else 'pt'}"
-
-
 def parse_budget(text: str) -> Budget:
-    """Parses ``1%`` (relative to the baseline) or ``0.5pt`` (absolute metric points).
-
-    Raises:
-        ForgeError: the text is neither form.
-    """
-    m = _BUDGET.match(text or "")
-    if not m:
-        raise ForgeError(f"--budget: expected a loss like 1% or 0.5pt, got {text!r}")
-    return Budget(float(m.group(1)), m.group(2) == "%")
+    """``1%`` (relative to the baseline) or ``0.5pt`` (absolute metric points): `history.Budget.parse`,
+    the one budget grammar of report, optimize --auto and bisect."""
+    return Budget.parse(text)
 
 
 @dataclass

@@ -121,6 +121,10 @@ class Budget:
         """The largest drop of a metric (fraction units) from `base_value` that is within budget."""
         return self.value / 100 if self.unit == "pt" else self.value * abs(base_value)
 
+    def over(self, base: float, got: float) -> bool:
+        """Whether `got` lost more than the budget allows against `base` (higher is better)."""
+        return (base - got) > self.allowed_drop(base) + 1e-12
+
     def __str__(self) -> str:
         return f"{self.value:g}pt" if self.unit == "pt" else f"{self.value:.2%}"
 
