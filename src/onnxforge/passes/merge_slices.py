@@ -14,31 +14,24 @@ different axes commutes, so one Slice with both axes selects the same elements.
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxforge.passes._build import GraphBuilder
-from onnxforge.passes._graph import const_value, node_label
+from onnxforge.passes._graph import node_label
+from onnxforge.passes._slices import slice_params
 from onnxforge.passes._rewrite import Match, Rule, RuleContext, RulePass, sole_consumer
 from onnxforge.passes.base import PassKind, Skip
 from onnxforge.passes.registry import register
 
 
-def _params(node: gs.Node, rank: int | None) -> tuple[list[int], ...] | str:
+def _params(node: gs.Node, rank: int | None, opset: int) -> tuple[list[int], ...] | str:
     """(starts, ends, axes, steps) of a Slice, axes made non-negative, or why they are not known."""
-    if len(node.inputs) == 1:  # opset < 10: attributes
-        starts, ends = list(node.attrs["starts"]), list(node.attrs["ends"])
-        axes, steps = list(node.attrs.get("axes", range(len(starts)))), [1] * len(starts)
-    else:
-        values = [const_value(t) if t.name else None for t in node.inputs[1:]] + [None] * (5 - len(node.inputs))
-        if any(v is None for v, t in zip(values, node.inputs[1:]) if t.name):
-            return f"{node_label(node)} has parameters computed at run time"
-        starts, ends = (np.asarray(v).ravel().tolist() for v in values[:2])
-        axes = np.asarray(values[2]).ravel().tolist() if values[2] is not None else list(range(len(starts)))
-        steps = np.asarray(values[3]).ravel().tolist() if values[3] is not None else [1] * len(starts)
-    if any(a < 0 for a in axes) and rank is None:
+    p = slice_params(node, opset)
+    if isinstance(p, str):
+        return f"{node_label(node)}: {p}"
+    if any(a < 0 for a in p.axes) and rank is None:
         return f"{node_label(node)} has a negative axis and the rank is unknown"
-    return starts, ends, [a % rank if rank else a for a in axes], steps
+    return p.starts, p.ends, [a % rank if rank else a for a in p.axes], p.steps
 
 
 class MergeSlicePair(Rule):
@@ -55,7 +48,7 @@ class MergeSlicePair(Rule):
             return self.skip(outer, f"the output of {node_label(inner)} has other uses")
         dims = ctx.types().get(inner.inputs[0].name, (0, None))[1]
         rank = len(dims) if dims is not None else None
-        a, b = _params(inner, rank), _params(outer, rank)
+        a, b = _params(inner, rank, ctx.opset), _params(outer, rank, ctx.opset)
         if isinstance(a, str) or isinstance(b, str):
             return self.skip(outer, a if isinstance(a, str) else b)
         if set(a[2]) & set(b[2]):
