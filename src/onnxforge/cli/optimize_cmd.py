@@ -68,6 +68,8 @@ def optimize(
     min_rounds: int = typer.Option(10, "--min-rounds", help="--auto: interleaved timing rounds always run (>= 2)."),
     max_rounds: int = typer.Option(200, "--max-rounds", help="--auto: most timing rounds."),
     max_seconds: float = typer.Option(30.0, "--max-seconds", help="--auto: time limit of one timing run (seconds)."),
+    fmt: console.OutputFormat = console.format_option(),
+    quiet: bool = console.quiet_option(),
 ) -> None:
     """Apply a pipeline of named rewrites to an ONNX model, verifying the model after each pass.
 
@@ -93,14 +95,13 @@ def optimize(
         pipeline, auto_record = _optimize_auto(proto, model, pipeline, parse_budget(budget), timing_policy(min_rounds, max_rounds, max_seconds),
                                   data_source(dataset, data_root, synthetic, preset, limit, num_classes), backend, threads,
                                   not no_verify)
-    instruments = [DumpStages(dump_dir)] if dump_dir else []
-    with console.err.status(f"optimizing {model.name} ..."):
+    out = console.Output(fmt, quiet)
+    with out.progress(f"optimize {model.name}") as reporter:
+        instruments = [_PassProgress(reporter)] + ([DumpStages(dump_dir)] if dump_dir else [])
         result = PassManager(pipeline, verify=not no_verify, instruments=instruments, verifier=verifier).run(proto)
     save_model(result.model, output)
-    console.out.print(render_stages(result, title=f"{model.name} -> {output.name}: {pipeline}"))
-    console.out.print(
-        f"wrote {output} ({result.nodes_before} -> {result.nodes_after} nodes, {result.seconds:.2f} s)"
-    )
+    out.table(render_stages(result, title=f"{model.name} -> {output.name}: {pipeline}"), data=[s.to_dict() for s in result.stages])
+    out.line(f"wrote {output} ({result.nodes_before} -> {result.nodes_after} nodes, {result.seconds:.2f} s)")
     if json_path is not None:
         import json
 
@@ -140,6 +141,27 @@ def _optimize_auto(proto, model, pipeline, budget, policy, source, backend, thre
         "timing": decision.timing, "stages": [s.to_dict() for s in decision.stages],
     }
     return (Pipeline(tuple(decision.kept)) if kept else Pipeline(())), record
+
+
+class _PassProgress:
+    """A pass-manager instrument that shows each pass as it finishes (the CLI's view of the run)."""
+
+    def __init__(self, reporter) -> None:
+        self.reporter = reporter
+
+    def run_start(self, ctx, state) -> None:
+        self.reporter.step(str(ctx.pipeline.passes[0]) if len(ctx.pipeline) else "done", 0, len(ctx.pipeline))
+
+    def after_pass(self, ctx, p, state, record) -> None:
+        n = len(ctx.pipeline)
+        nxt = str(ctx.pipeline.passes[record.index]) if record.index < n else "done"
+        self.reporter.step(nxt, record.index, n)
+
+    def on_failure(self, ctx, p, index, error) -> None:
+        pass
+
+    def run_end(self, ctx, result) -> None:
+        pass
 
 
 def render_stages(result, title: str = "") -> Table:
