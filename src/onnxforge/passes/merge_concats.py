@@ -22,7 +22,9 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from onnxforge.passes._graph import is_graph_output, node_label
-from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip
+from onnxforge.passes._build import GraphBuilder
+from onnxforge.passes._rewrite import Match, Rule, RuleContext, RulePass
+from onnxforge.passes.base import PassKind, Skip
 from onnxforge.passes.registry import register
 
 
@@ -32,39 +34,33 @@ class ConcatMatch:
     outer: gs.Node
 
 
+class FoldConcat(Rule):
+    """A Concat whose only user is a Concat on the same axis, spliced into it."""
+
+    name = "concats_merged"
+    op_types = ("Concat",)
+
+    def match(self, inner: gs.Node, ctx: RuleContext) -> Match | Skip | None:
+        found = match(ctx.graph, inner)
+        return Match(node_label(inner), node=inner, values={"m": found}) if isinstance(found, ConcatMatch) else found
+
+    def rewrite(self, m: Match, builder: GraphBuilder) -> None:
+        rewrite(m["m"], builder.graph)
+
+
 @register
-class MergeConcats(Pass):
+class MergeConcats(RulePass):
     name = "merge-concats"
     summary = "folds a Concat that feeds only a Concat on the same axis into it"
     kind = PassKind.EXACT
     tags = ("ascend",)
 
-    def run(self, state: ModelState) -> PassResult:
-        graph = state.graph
-        merged = 0
-        skipped: dict[str, Skip] = {}
-        seen = False
-        while True:
-            found = None
-            for node in list(graph.nodes):
-                if node.op != "Concat" or node.domain not in (None, "", "ai.onnx"):
-                    continue
-                seen = True
-                found = match(graph, node)
-                if isinstance(found, ConcatMatch):
-                    break
-                if found is not None:
-                    skipped[found.target] = found
-                found = None
-            if found is None:
-                break
-            rewrite(found, graph)
-            merged += 1
-        live = {node_label(n) for n in graph.nodes}  # skips of nodes a later fold removed are stale
-        skips = [s for label, s in skipped.items() if label in live]
-        if not merged:
-            return PassResult(False, skipped=skips, notes=[] if skips else ["no Concat feeding a Concat" if seen else "no Concat in the graph"])
-        return PassResult(True, {"concats_merged": merged}, skipped=skips)
+    def rules(self) -> list[Rule]:
+        return [FoldConcat()]
+
+    def nothing_to_do(self, ctx: RuleContext) -> str | None:
+        has_concat = any(n.op == "Concat" for n in ctx.graph.nodes)
+        return "no Concat feeding a Concat" if has_concat else "no Concat in the graph"
 
 
 def _rank(tensors: list[gs.Tensor]) -> int | None:
