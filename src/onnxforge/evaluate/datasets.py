@@ -93,6 +93,11 @@ class Dataset(ABC):
     @abstractmethod
     def __iter__(self) -> Iterator[Sample]: ...
 
+    def image_sizes(self) -> Iterator[tuple[str, tuple[int, int]]]:
+        """(name, (H, W)) of every image in order; this default decodes the samples (file datasets read headers)."""
+        for sample in self:
+            yield sample.name, tuple(int(d) for d in sample.image.shape[:2])
+
 
 def read_rgb(path: Path) -> np.ndarray:
     """An image file as HxWx3 uint8 RGB (grey is replicated, alpha dropped); DatasetError if unreadable."""
@@ -109,6 +114,20 @@ def read_rgb(path: Path) -> np.ndarray:
         raise DatasetError(f"{path}: image file missing") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DatasetError(f"{path}: cannot read image ({exc.__class__.__name__}: {str(exc)[:120]})") from None
+
+
+def read_image_size(path: Path) -> tuple[int, int]:
+    """An image file's (H, W) from its header (PIL's `Image.open` does not decode); DatasetError if unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: image file missing") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DatasetError(f"{path}: cannot read image ({exc.__class__.__name__}: {str(exc)[:120]})") from None
+    return int(h), int(w)
 
 
 def read_label(path: Path) -> np.ndarray:
@@ -187,6 +206,10 @@ class _PairDataset(Dataset):
 
     def map_label(self, raw: np.ndarray, path: Path) -> np.ndarray:
         return raw
+
+    def image_sizes(self) -> Iterator[tuple[str, tuple[int, int]]]:
+        for name, img_path, _ in self._items:
+            yield name, read_image_size(img_path)
 
     def __iter__(self) -> Iterator[Sample]:
         for name, img_path, lab_path in self._items:
@@ -276,6 +299,10 @@ class ImageNetVal(Dataset):
     def __iter__(self) -> Iterator[Sample]:
         for name, path, lab in self._items:
             yield Sample(name, read_rgb(path), lab, path, None)
+
+    def image_sizes(self) -> Iterator[tuple[str, tuple[int, int]]]:
+        for name, path, _ in self._items:
+            yield name, read_image_size(path)
 
 
 @register_dataset

@@ -51,7 +51,7 @@ from onnxforge.evaluate.datasets import Dataset
 from onnxforge.evaluate.metrics import make_metric
 from onnxforge.evaluate.postprocess import prediction_for, split_batch
 from onnxforge.evaluate.predictions import PredictionDir
-from onnxforge.evaluate.preprocess import IMAGENET_MEAN, IMAGENET_STD, Prepared, prepare
+from onnxforge.evaluate.preprocess import GEAR_POLICIES, IMAGENET_MEAN, IMAGENET_STD, Prepared, prepare, prepare_gear, route_gear
 from onnxforge.frontends.base import EvalSpec
 
 log = logging.getLogger(__name__)
@@ -343,6 +343,8 @@ class EvalPlan:
     label: str
     generic: bool  # scored without a preset
     notes: list[str] = field(default_factory=list)
+    gears: tuple[tuple[int, int], ...] = ()  # image-size gears (H, W): each image goes to the smallest holding it
+    gear_policy: str = "pad"  # pad | resize (`preprocess.prepare_gear`)
 
     @property
     def task(self) -> str:
@@ -356,6 +358,8 @@ class EvalPlan:
         """The image input of a model to score against this plan; EvaluationError naming `label` if it does not fit."""
         inp = _image_input(inputs, label)
         hw = _spatial(inp)
+        if self.gears and hw is not None:
+            raise EvaluationError(f"{label}: input '{inp.name}' is static {hw[0]}x{hw[1]}; gears need a model with dynamic H and W")
         if hw is not None and not self.whole_images and tuple(hw) != tuple(self.canvas):
             raise EvaluationError(
                 f"{label}: input '{inp.name}' is {hw[0]}x{hw[1]} (HxW) but this evaluation was planned at "
@@ -390,6 +394,8 @@ def plan_evaluation(
     num_classes: int | None = None,
     synthetic_seed: int | None = None,
     label: str | None = None,
+    gears: Sequence[str | tuple[int, int]] = (),
+    gear_policy: str = "pad",
 ) -> EvalPlan:
     """Plans an evaluation of `model` (an ONNX file, a ModelProto, or its (inputs, outputs)) on `dataset`.
 
@@ -404,10 +410,14 @@ def plan_evaluation(
         num_classes: the class count where the model's output does not carry it (a label map).
         synthetic_seed: seed of in-memory synthetic data (default scenes.EVAL_SEED).
         label: how errors and results name the model (default: its path, or the graph name).
+        gears: image-size gears ("HxW" or (H, W)) of a model with dynamic H and W and the ``full``
+            policy: each image runs at the smallest gear holding it (`preprocess.prepare_gear`).
+        gear_policy: ``pad`` (bottom/right, prediction cropped back) or ``resize`` (to the gear and back).
 
     Raises:
         DatasetError: unknown dataset or wrong layout (checked before the model is loaded).
-        EvaluationError: the model does not fit the preset or the data.
+        EvaluationError: the model does not fit the preset or the data, or the gears do not cover the
+            data or the model's export shape.
     """
     label = _label_of(model, label)
     cls = dataset_class(dataset)
@@ -441,9 +451,40 @@ def plan_evaluation(
     if generated:
         ds = _generated_dataset(dataset, data_root, ds, spec, canvas, limit, synthetic_seed, label, notes)
     assert ds is not None
+    gear_sizes = _plan_gears(gears, gear_policy, spec, preset_name, inp, ds, label, notes) if gears else ()
     return EvalPlan(spec=spec, preset=preset_name, dataset_name=dataset, dataset=ds, canvas=canvas,
                     whole_images=whole_images, batch_size=batch_size, model_classes=classes_out, label=label,
-                    generic=preset_name is None, notes=notes)
+                    generic=preset_name is None, notes=notes, gears=gear_sizes, gear_policy=gear_policy)
+
+
+def _plan_gears(gears: Sequence[str | tuple[int, int]], policy: str, spec: EvalSpec, preset: str | None, inp: TensorInfo,
+                ds: Dataset, label: str, notes: list[str]) -> tuple[tuple[int, int], ...]:
+    """The gears as (H, W), checked: the ``full`` policy, a dynamic H/W input, and every image held by one."""
+    from onnxforge.backends.ascend import parse_image_size
+
+    if policy not in GEAR_POLICIES:
+        raise EvaluationError(f"--gear-policy: unknown policy '{policy}'; known: {', '.join(GEAR_POLICIES)}")
+    sizes = tuple(g if isinstance(g, tuple) else parse_image_size(g) for g in gears)
+    shown = ",".join(f"{h}x{w}" for h, w in sizes)
+    if len(set(sizes)) != len(sizes):
+        raise EvaluationError(f"--gears: a gear is given twice ({shown})")
+    if spec.preprocess != "full":
+        raise EvaluationError(f"--gears: preset {preset}'s preprocessing ({spec.preprocess}) makes every image "
+                              f"{spec.input_size[0]}x{spec.input_size[1]}: one gear suffices, gears apply to whole-image presets")
+    hw = _spatial(inp)
+    if hw is not None:
+        if tuple(hw) not in sizes:
+            raise EvaluationError(f"--gears: {label} was exported at {hw[0]}x{hw[1]}, which the gears {shown} do not include")
+        raise EvaluationError(f"--gears: {label} has a static {hw[0]}x{hw[1]} input and runs only at that size; evaluate the "
+                              "gears on the dynamic-H/W ONNX model (onnxruntime) before compiling it with --dynamic-image-sizes")
+    counts = dict.fromkeys(sizes, 0)
+    for name, size in ds.image_sizes():
+        gear = route_gear(size, sizes)
+        if gear is None:
+            raise EvaluationError(f"--gears: image {name} is {size[0]}x{size[1]} (HxW), larger than every gear ({shown})")
+        counts[gear] += 1
+    notes.append(f"gears ({policy}): " + ", ".join(f"{h}x{w}: {n} images" for (h, w), n in counts.items()))
+    return sizes
 
 
 def _generic_spec_for(dataset: str, ds: Dataset | None, inp: TensorInfo, outputs: Sequence[TensorInfo], hw,
@@ -616,10 +657,13 @@ class ModelRunner(PredictionSource, contextlib.AbstractContextManager):
         if self.runner is None:
             raise EvaluationError(f"{self.label}: open the runner first (`with ModelRunner(...) as source`)")
         results: list[np.ndarray] = []
-        for start in range(0, len(prepared), batch):
-            group = prepared[start:start + batch]
-            out = self.runner.infer({inp.name: _stack(group, batch, inp.dtype)}, [output])[0]
-            results.extend(split_batch(out, batch)[: len(group)])
+        # consecutive inputs of one shape run together (images routed to different gears do not stack)
+        for _, same in itertools.groupby(prepared, key=lambda p: p.input.shape):
+            same = list(same)
+            for start in range(0, len(same), batch):
+                group = same[start:start + batch]
+                out = self.runner.infer({inp.name: _stack(group, batch, inp.dtype)}, [output])[0]
+                results.extend(split_batch(out, batch)[: len(group)])
         return results
 
 
@@ -702,6 +746,7 @@ def score(plan: EvalPlan, source: PredictionSource, *, reference: PredictionSour
     done = 0
     for chunk in _batched(iter(ds), batch):
         prepared = [
+            prepare_gear(s, plan.gears, plan.gear_policy, spec.mean, spec.std) if plan.gears else
             prepare(spec.preprocess, s, s.image.shape[:2] if plan.whole_images else plan.canvas, spec.mean, spec.std,
                     spec.resize_short, spec.ignore_index)
             for s in chunk
@@ -778,6 +823,8 @@ def evaluate(
     synthetic_seed: int | None = None,
     model_label: str | None = None,
     per_image: bool = False,
+    gears: Sequence[str | tuple[int, int]] = (),
+    gear_policy: str = "pad",
 ) -> EvalResult:
     """Evaluates a model on `dataset` (read from `data_root`): `plan_evaluation`, then `score`.
 
@@ -797,6 +844,7 @@ def evaluate(
         synthetic_seed: seed of in-memory synthetic data (default scenes.EVAL_SEED).
         model_label: how errors and the result name the model (default: its path, or the graph name).
         per_image: keep each image's metric contribution (`EvalResult.per_image`).
+        gears, gear_policy: image-size gears and how images reach them (see `plan_evaluation`).
 
     Raises:
         EvaluationError: the model does not fit the preset, or predictions are missing/wrong.
@@ -805,7 +853,7 @@ def evaluate(
     """
     t_start = time.perf_counter()
     options = dict(limit=limit, batch_size=batch_size, num_classes=num_classes, synthetic_seed=synthetic_seed,
-                   label=model_label)
+                   label=model_label, gears=tuple(gears), gear_policy=gear_policy)
     be = parse_backend(backend, backend_options or None)
     is_artifact = be.is_artifact(model_path_or_proto)
     if not is_artifact and not isinstance(model_path_or_proto, onnx.ModelProto):

@@ -9,6 +9,9 @@ ignored):
 - binary heads (N, 1, h, w) logits: upsampled bilinear, then ``> threshold``;
 - classification logits (N, C) or (N, C, 1, 1): the row itself.
 
+An image padded to a gear (`preprocess.prepare_gear`, ``Geometry.pad`` with the original metric space)
+is predicted at the gear's size and its own region cropped back out before scoring.
+
 For ``keep-ratio-pad`` the label map at the canvas size is cropped and resized back exactly as the
 PSPNet guide's ``postprocess_mask`` did: pads recomputed from the float scale, the crop
 ``[top : H - top, left : W - left]`` (one row/column too many when the padding was odd, as in the
@@ -138,6 +141,12 @@ def prediction_for(raw: np.ndarray, geometry: Geometry, task: str, num_classes: 
             return guide_uncrop(binary_map(raw, canvas, threshold), geometry)
         return guide_uncrop(label_map(raw, canvas, num_classes), geometry)
     size = tuple(target_shape[:2]) if target_shape is not None else geometry.canvas
+    if geometry.metric_space == "original" and any(geometry.pad):  # padded to a gear: crop the image back out
+        top, left = geometry.pad[0], geometry.pad[1]
+        rh, rw = geometry.resized
+        full = binary_map(raw, geometry.canvas, threshold) if task == "binary-segmentation" else label_map(raw, geometry.canvas, num_classes)
+        crop = full[top:top + rh, left:left + rw]
+        return crop if crop.shape == size else resize_nearest(crop, size)
     if task == "binary-segmentation":
         return binary_map(raw, size, threshold)
     return label_map(raw, size, num_classes)

@@ -226,3 +226,46 @@ def prepare_resize_bgr_double_scale(sample: Sample, canvas: tuple[int, int], mea
         label = resize_nearest(label, (ch, cw))
     geo = Geometry("resize-bgr-double-scale", (h, w), (ch, cw), (ch, cw), metric_space="canvas")
     return Prepared(sample.name, _chw(x), label, geo)
+
+
+# ------------------------------------------------------------------------------------------------ gears
+#: how an image reaches the gear that holds it
+GEAR_POLICIES = ("pad", "resize")
+
+
+def route_gear(size: tuple[int, int], gears: tuple[tuple[int, int], ...]) -> tuple[int, int] | None:
+    """The smallest gear (by area, then height) holding an image of `size` = (H, W); None if none does."""
+    h, w = size
+    holding = [g for g in gears if g[0] >= h and g[1] >= w]
+    return min(holding, key=lambda g: (g[0] * g[1], g[0])) if holding else None
+
+
+def prepare_gear(sample: Sample, gears: tuple[tuple[int, int], ...], gear_policy: str = "pad", mean=IMAGENET_MEAN,
+                 std=IMAGENET_STD) -> Prepared:
+    """The ``full`` policy at the smallest gear holding the image (`route_gear`), for a model compiled with gears.
+
+    ``pad``: the normalised image is padded at the bottom and right to the gear with 0, i.e. the mean
+    colour (the value ``longest-pad`` pads with); the prediction is cropped back to the image (`Geometry.pad`),
+    which scores exactly as padding the label with the ignore index would. ``resize``: the image is
+    resized (bilinear, half-pixel) to the gear and the prediction resized back to the label's size.
+
+    Raises:
+        EvaluationError: no gear holds the image, or an unknown policy.
+    """
+    if gear_policy not in GEAR_POLICIES:
+        raise EvaluationError(f"unknown gear policy '{gear_policy}'; known: {', '.join(GEAR_POLICIES)}")
+    h, w = sample.image.shape[:2]
+    gear = route_gear((h, w), gears)
+    if gear is None:
+        raise EvaluationError(f"{sample.image_path or sample.name}: image is {h}x{w} (HxW), larger than every gear "
+                              f"({', '.join(f'{g[0]}x{g[1]}' for g in gears)})")
+    m01, s01 = _units01(mean).astype(np.float32), _units01(std).astype(np.float32)
+    gh, gw = gear
+    if gear_policy == "resize":
+        img = resize_linear(sample.image.astype(np.float32), (gh, gw)) if (gh, gw) != (h, w) else sample.image.astype(np.float32)
+        x = (img / 255.0 - m01) / s01
+        return Prepared(sample.name, _chw(x), sample.label, Geometry("full", (h, w), (gh, gw), (gh, gw)))
+    x = np.zeros((gh, gw, 3), dtype=np.float32)
+    x[:h, :w] = (sample.image.astype(np.float32) / 255.0 - m01) / s01
+    geo = Geometry("full", (h, w), (h, w), (gh, gw), pad=(0, 0, gh - h, gw - w))
+    return Prepared(sample.name, _chw(x), sample.label, geo)

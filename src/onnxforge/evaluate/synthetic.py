@@ -98,6 +98,10 @@ class SyntheticDataset(Dataset):
             image, label = generate_sample(i, self.size, self.classes, self.seed, self.void)
             yield Sample(name, image, task_label(label, self.task, self.classes, self.ignore_index))
 
+    def image_sizes(self) -> Iterator[tuple[str, tuple[int, int]]]:
+        for name in self.names():  # every generated image has the set's size
+            yield name, (int(self.size[0]), int(self.size[1]))
+
 
 def write_synthetic(root: str | Path, n: int = DEFAULT_COUNT, size: tuple[int, int] = DEFAULT_SIZE,
                     classes: int = DEFAULT_CLASSES, seed: int = EVAL_SEED, void: int = 1,
