@@ -79,6 +79,8 @@ def evaluate(
     threads: Optional[int] = typer.Option(None, "--threads", help="Shorthand for the spec option threads (onnxruntime intra-op threads; 0: one per core)."),
     device: Optional[str] = typer.Option(None, "--device", help="Shorthand for the spec option device (onnxruntime: cpu | cuda | tensorrt | auto)."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes the model predicts, where its output does not say (an integer label map) and no preset does."),
+    gears: Optional[str] = typer.Option(None, "--gears", help="Image-size gears HxW,... (as compile --dynamic-image-sizes; `onnxforge shapes` proposes them): each image runs at the smallest gear holding it. Needs a model with dynamic H and W and a whole-image preset (fastscnn) or none."),
+    gear_policy: str = typer.Option("pad", "--gear-policy", help="With --gears: pad (bottom/right with the mean colour; the prediction is cropped back to the image) or resize (to the gear, the prediction resized back)."),
 ) -> None:
     """Score a model on a dataset with the metric its upstream used (mIoU, pixAcc, top-1/5, IoU).
 
@@ -101,6 +103,7 @@ def evaluate(
         result = run_evaluate(
             model, dataset, data_root, preset=preset, backend=be, limit=limit, batch_size=batch_size,
             progress=update, reference=reference, predictions=predictions, num_classes=num_classes,
+            gears=_comma_list(gears, "--gears") or (), gear_policy=gear_policy,
         )
     console.out.print(render_result(result))
     for note in result.notes:

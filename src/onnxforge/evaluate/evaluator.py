@@ -44,7 +44,7 @@ import onnx
 
 from onnxforge.backends import Backend, backend_class, backend_names, parse_backend
 from onnxforge.backends.base import TensorInfo, model_inputs, model_outputs
-from onnxforge.errors import EvaluationError
+from onnxforge.errors import BackendError, EvaluationError
 from onnxforge.evaluate.agreement import Agreement
 from onnxforge.evaluate.catalog import dataset_class, open_dataset
 from onnxforge.evaluate.datasets import Dataset
@@ -464,7 +464,10 @@ def _plan_gears(gears: Sequence[str | tuple[int, int]], policy: str, spec: EvalS
 
     if policy not in GEAR_POLICIES:
         raise EvaluationError(f"--gear-policy: unknown policy '{policy}'; known: {', '.join(GEAR_POLICIES)}")
-    sizes = tuple(g if isinstance(g, tuple) else parse_image_size(g) for g in gears)
+    try:
+        sizes = tuple(g if isinstance(g, tuple) else parse_image_size(g) for g in gears)
+    except BackendError as exc:
+        raise EvaluationError(f"--gears: {exc}") from None
     shown = ",".join(f"{h}x{w}" for h, w in sizes)
     if len(set(sizes)) != len(sizes):
         raise EvaluationError(f"--gears: a gear is given twice ({shown})")

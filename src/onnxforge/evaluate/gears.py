@@ -41,7 +41,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -292,8 +292,10 @@ def analyse_shapes(dataset: str, data_root: str | Path | None, preset: str | Non
 
 def compare_policies(model: str | Path, dataset: str, data_root: str | Path | None, gears: Sequence[Size | str],
                      preset: str | None = None, *, limit: int | None = None, backend: str = "onnxruntime",
-                     num_classes: int | None = None) -> dict[str, Any]:
+                     num_classes: int | None = None, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """`evaluate` of a dynamic-H/W ONNX model at `gears` with each policy: {policy: EvalResult}.
+
+    `progress(policy, done, total)` is called after each batch.
 
     Raises:
         EvaluationError: the model has a static H/W, or the gears do not cover the data (see
@@ -301,6 +303,9 @@ def compare_policies(model: str | Path, dataset: str, data_root: str | Path | No
     """
     from onnxforge.evaluate.evaluator import evaluate
 
-    return {policy: evaluate(model, dataset, data_root, preset=preset, backend=backend, limit=limit, num_classes=num_classes,
-                             gears=tuple(gears), gear_policy=policy)
-            for policy in GEAR_POLICIES}
+    results = {}
+    for policy in GEAR_POLICIES:
+        update = (lambda done, total, p=policy: progress(p, done, total)) if progress is not None else None
+        results[policy] = evaluate(model, dataset, data_root, preset=preset, backend=backend, limit=limit,
+                                   num_classes=num_classes, gears=tuple(gears), gear_policy=policy, progress=update)
+    return results
