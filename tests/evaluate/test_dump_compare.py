@@ -121,6 +121,40 @@ def test_latest_timestamp_wins_and_raw_files_are_reported(case):
     assert any("raw dump files" in n and "msaccucmp.py convert" in n for n in result.notes)
 
 
+def test_device_layout_is_reshaped_and_a_wrong_size_fails(case):
+    model, x, tmp = case
+    folder = write_dump(tmp / "dump", model, x)
+    golden = run_all_outputs(model, {"x": x}, ["/relu/Relu_output_0", "sub"])
+    relu = next(folder.glob("Relu._relu_Relu.*.output.0.npy"))
+    np.save(relu, golden["/relu/Relu_output_0"].reshape(1, 4, 64))  # same elements, another shape
+    sub = next(folder.glob("Sub.Sub_26.*.output.0.npy"))
+    np.save(sub, golden["sub"][:, :2])  # fewer elements than the ONNX output
+    result = compare_dump(model, tmp / "dump", [tmp / "x.npy"])
+    rows = {r.op_name: r for r in result.rows}
+    assert rows["_relu_Relu"].passed and "reshaping [1, 4, 64] to [1, 4, 8, 8]" in rows["_relu_Relu"].reason
+    assert not rows["Sub_26"].passed and rows["Sub_26"].cosine is None and "shape [1, 2, 8, 8]" in rows["Sub_26"].reason
+    assert result.first_failing is rows["Sub_26"]
+
+
+def test_names_with_the_shape_of_a_format_conversion(case):
+    model, x, tmp = case
+    folder = write_dump(tmp / "dump", model, x, perturb=("/head/Conv",))
+    for f in folder.glob("*.output.0.npy"):  # msaccucmp.py convert -f NCHW names: .output.{i}.{shape}.npy
+        shape = "x".join(map(str, np.load(f).shape))
+        f.rename(f.with_name(f.name[: -len(".npy")] + f".{shape}.npy"))
+    result = compare_dump(model, tmp / "dump", [tmp / "x.npy"])
+    assert len(result.rows) == 5 and result.first_failing.op_name == "_head_Conv"
+
+
+def test_unmatched_ops_are_listed_last(case):
+    model, x, tmp = case
+    folder = write_dump(tmp / "dump", model, x)
+    np.save(folder / "TransData.trans_TransData_3.9.0.1700000000000009.output.0.npy", np.zeros(4, np.float32))
+    result = compare_dump(model, tmp / "dump", [tmp / "x.npy"])
+    assert result.rows[-1].op_name == "trans_TransData_3" and result.rows[-1].onnx_output is None
+    assert result.first_failing is None and any("match no ONNX node" in n for n in result.notes)
+
+
 def test_metrics_by_hand():
     a = np.array([1.0, 0.0, 0.0])
     b = np.array([1.0, 1.0, 0.0])

@@ -35,6 +35,7 @@ def test_exact_search_on_a_hand_computed_case():
     assert p.padded_fraction == pytest.approx((13e4 - IMAGE_PIXELS) / 13e4)
     assert [g.images for g in p.gears] == [5, 2]
     assert p.gears[0].padded_fraction == 0.0 and p.gears[1].padded_fraction == pytest.approx(0.5)
+    assert p.batch == 4  # the busiest gear takes 5 images; 16 x 200x200 fits the pixel budget
     one = propose_gears(SIZES, max_gears=1, multiple=1)
     assert one.sizes == ((200, 200),)
     three = propose_gears(SIZES, max_gears=3, multiple=1)

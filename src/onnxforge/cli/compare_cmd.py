@@ -30,9 +30,10 @@ def compare_dump(
     dumped op output is matched to the ONNX node of the same name (with '.', '/', '\\' and spaces as '_',
     as the dump names them), a fused op (its name joins several node names, or --fusion-map says so) to
     its last node. An op fails, as in msit/ait debug compare, when cosine < 0.99, relative Euclidean
-    distance > 0.05 or RMSE > 1.0; the first failing op in graph order is named last. Raw binary dump
-    files are not parsed (convert them with msaccucmp.py convert first); the layout is checked against
-    CANN 8.0.0/8.5.0 and msit documentation only, never against a real NPU dump.
+    distance > 0.05 or RMSE > 1.0; the first failing op in graph order is marked FIRST FAIL and named
+    on the last line. Raw binary dump files are not parsed (convert them with msaccucmp.py convert
+    first); the layout is checked against CANN 8.0.0/8.5.0 and msit documentation only, never against
+    a real NPU dump.
     """
     from onnxforge.evaluate.dump_compare import compare_dump as run_compare
 

@@ -73,7 +73,8 @@ def shapes(
     out.table(common)
 
     p = report.proposal
-    gears = Table(title=f"gears: {p.method}; padded {_pct(p.padded_fraction)} of the gear pixels")
+    padded = "the preset's own padding" if p.fixed else f"padded {_pct(p.padded_fraction)} of the gear pixels"
+    gears = Table(title=f"gears: {p.method}; {padded}")
     for col in ("gear (HxW)", "images", "mean padded", "batch"):
         gears.add_column(col, justify="left" if col.startswith("gear") else "right")
     for g in p.gears:

@@ -4,13 +4,17 @@ An NPU dump is what ais_bench ``--dump`` / ``msit debug dump`` / ``msit debug co
 model: one file per task (operator run) under ``.../{device_id}/{om_model_name}/{model_id}/{iteration}/``,
 named ``{op_type}.{op_name}.{task_id}.{stream_id}.{timestamp}`` (newer CANN also
 ``{op_type}.{op_name}.({stream_id}.){task_id}.{timestamp}.{task_type}.{context_id}.{thread_id}.{device_id}``).
-In op names, ``.``, ``/``, ``\\`` and spaces are written as ``_``. CANN's ``msaccucmp.py convert`` turns
-each into numpy files ``{dump file name}.input.{i}.npy`` / ``{dump file name}.output.{i}.npy``.
+In op names, ``.``, ``/``, ``\\`` and spaces are written as ``_``. CANN's ``msaccucmp.py convert -d DIR
+-out NPY_DIR`` turns each into numpy files ``{dump file name}.output.{i}.npy`` / ``.input.{i}.npy``; with
+``-f FORMAT`` (a layout conversion, e.g. NC1HWC0 -> NCHW) the shape is part of the name:
+``{dump file name}.output.{i}.{1x3x224x224}.npy``. Both forms are read.
 
 Sources (documentation only; nothing here has read a dump written by a real NPU):
 - "Data Format Requirements" of Model Accuracy Analyzer, CANN commercial 8.0.0 and 8.5.0
   (hiascend.com ``devaids/modelaccuracy/atlasaccuracy_16_0062`` / ``_0061``; CANN 5.0.4
   ``atlasaccuracy_16_0009`` has the first form only): the file name forms and the ``_`` rule;
+- "Converting Dump File Formats" / "Viewing Dump Files", CANN 8.0.0 and 8.5.0 (``atlasaccuracy_16_0054`` /
+  ``_0055``; CANN 8.0.RC3 ``atlasaccuracy_16_0057`` states the ``.output.{index}.{shape}.npy`` names);
 - msit / ait ``debug compare`` docs (the Ascend/msit repository, "对比结果分析步骤", 2023): the dump
   directory layout above, the fused-op naming (the NPU op ``Sub_26Mul_28`` against the ONNX nodes
   ``Sub_26,Mul_28``) and the thresholds: **CosineSimilarity < 0.99, RelativeEuclideanDistance > 0.05,
@@ -18,9 +22,11 @@ Sources (documentation only; nothing here has read a dump written by a real NPU)
   computed here); any one out of range marks the op, and the first such op is the one to look at.
 
 What is read: every ``*.output.{i}.npy`` under DUMP_DIR (recursively; ``.input.`` files are skipped). What
-is **not** parsed: the raw binary dump files (a protobuf ``DumpData`` message with the tensors in device
-formats such as NC1HWC0); convert them first with ``msaccucmp.py convert -d DUMP_DIR -out NPY_DIR``
-(add ``-f NCHW`` where the tool offers it). They are counted and named in the report's notes. An op
+is **not** parsed: the raw binary dump files (CANN's own binary format by default, ``-v 2``, or a
+serialised protobuf, ``-v 1``; tensors in device formats such as NC1HWC0); convert them first with
+``msaccucmp.py convert -d DIR -out NPY_DIR`` (``-f NCHW`` for device layouts). They are counted and
+named in the report's notes. A converted tensor whose element count equals the ONNX output's is
+compared after reshaping to the ONNX shape (the row says so); another count fails the op. An op
 dumped more than once (several iterations or tasks) is compared at its latest timestamp.
 
 Matching (fusion-aware): a dump op matches the ONNX node whose name, with the ``_`` rule applied, is
@@ -56,7 +62,8 @@ RELATIVE_DISTANCE_MAX = 0.05
 RMSE_MAX = 1.0
 
 #: converted dump: {op_type}.{op_name}.{numbers...}.{input|output}.{index}.npy (op names hold no '.')
-_NPY = re.compile(r"^(?P<type>[A-Za-z0-9_-]+)\.(?P<name>[A-Za-z0-9_-]+)\.(?P<ids>\d+(?:\.\d+)*)\.(?P<io>input|output)\.(?P<index>\d+)\.npy$")
+_NPY = re.compile(r"^(?P<type>[A-Za-z0-9_-]+)\.(?P<name>[A-Za-z0-9_-]+)\.(?P<ids>\d+(?:\.\d+)*)\.(?P<io>input|output)\.(?P<index>\d+)"
+                  r"(?:\.\d+(?:x\d+)*)?\.npy$")
 #: raw dump: {op_type}.{op_name}.{numbers...} (no suffix)
 _RAW = re.compile(r"^(?P<type>[A-Za-z0-9_-]+)\.(?P<name>[A-Za-z0-9_-]+)\.(?P<ids>\d+(?:\.\d+)+)$")
 _UNSAFE = re.compile(r"[./\\ ]")

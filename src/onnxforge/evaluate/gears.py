@@ -27,7 +27,7 @@ when the data has more.
 **Batch suggestion** (a heuristic, not a measurement): per gear the largest power of two up to 16 that
 is at most the images routed to it and keeps batch x gear pixels within `PIXEL_BUDGET` (16 images of
 512x512). atc takes image gears or batch gears, not both: the .om with image gears has one static batch,
-the smallest per-gear suggestion.
+suggested as the largest such power of two at the largest gear, at most the images of the busiest gear.
 
 `compare_policies` evaluates a dynamic-H/W ONNX model on the data at the gears with both policies
 (``pad`` vs ``resize``, `preprocess.prepare_gear`), which measures what padding costs against resizing.
@@ -71,7 +71,7 @@ class Gear:
     height: int
     width: int
     images: int
-    padded_fraction: float  # mean over its images of (gear pixels - image pixels) / gear pixels
+    padded_fraction: float | None  # mean over its images of (gear pixels - image pixels) / gear pixels
     batch: int
 
     @property
@@ -89,7 +89,7 @@ class GearProposal:
 
     gears: list[Gear]
     method: str
-    padded_fraction: float  # padded pixels / gear pixels over all images
+    padded_fraction: float | None  # padded pixels / gear pixels over all images (None: the preset's own padding)
     fixed: bool = False  # the preset resizes every image to one size
 
     @property
@@ -98,8 +98,9 @@ class GearProposal:
 
     @property
     def batch(self) -> int:
-        """The static batch for an .om compiled with these image gears (the smallest per-gear suggestion)."""
-        return min(g.batch for g in self.gears)
+        """The static batch for an .om compiled with these image gears (module docstring)."""
+        largest = max(self.gears, key=lambda g: g.height * g.width)
+        return batch_for_gear(largest.height, largest.width, max(g.images for g in self.gears))
 
 
 @dataclass
@@ -277,7 +278,7 @@ def analyse_shapes(dataset: str, data_root: str | Path | None, preset: str | Non
     if policy in FIXED_SIZE_POLICIES:
         h, w = spec.input_size
         n = len(sizes)
-        proposal = GearProposal([Gear(h, w, n, 0.0, batch_for_gear(h, w, n))], f"fixed by the preset ({policy})", 0.0, fixed=True)
+        proposal = GearProposal([Gear(h, w, n, None, batch_for_gear(h, w, n))], f"fixed by the preset ({policy})", None, fixed=True)
         notes.append(f"preset {preset_name} preprocesses every image to {h}x{w} ({policy}): one gear suffices, "
                      "the padding its policy adds is part of the preset")
     else:
