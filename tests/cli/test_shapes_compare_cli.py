@@ -55,6 +55,9 @@ def test_gear_and_shapes_errors_are_one_line(cli, tmp_path):
     assert_one_line_error(proc, "data root does not exist")
     proc = cli("shapes", "--dataset", "cityscapes", "--data-root", root, "--max-gears", "0")
     assert_one_line_error(proc, "--max-gears")
+    write_voc(tmp_path / "voc", [(6, 8)])
+    proc = cli("shapes", "--dataset", "voc2012", "--data-root", tmp_path / "voc", "--preset", "pspnet", "--model", model)
+    assert_one_line_error(proc, "--model: preset pspnet makes every image 500x500")
 
 
 def test_compare_dump_names_the_perturbed_op(cli, tmp_path):

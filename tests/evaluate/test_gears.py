@@ -54,6 +54,13 @@ def test_greedy_with_swaps_when_exhaustive_is_too_big(monkeypatch):
     assert two.sizes == ((100, 100), (200, 200))
 
 
+def test_thinned_candidates_are_said(monkeypatch):
+    monkeypatch.setattr(gears_mod, "MAX_SIDE_CANDIDATES", 2)
+    p = propose_gears([(h, h) for h in (10, 20, 30, 40)], max_gears=2, multiple=1)
+    assert "thinned to 2 heights x 2 widths" in p.method
+    assert max(p.sizes) == (40, 40)  # the largest side is always kept: every image stays covered
+
+
 def test_multiple_rounds_candidates_and_counts_the_rounding_as_padding():
     p = propose_gears([(500, 375)] * 3, max_gears=2, multiple=32)
     assert p.sizes == ((512, 384),)

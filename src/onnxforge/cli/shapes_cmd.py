@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from onnxforge.cli import console
+from onnxforge.errors import ForgeError
 from onnxforge.evaluate.catalog import dataset_help
 from onnxforge.frontends import MODELS
 
@@ -43,6 +44,10 @@ def shapes(
 
     report = analyse_shapes(dataset, data_root, preset, limit=limit, max_gears=max_gears, multiple=multiple)
     comparison = None
+    if model is not None and report.proposal.fixed:
+        g = report.proposal.gears[0]
+        raise ForgeError(f"--model: preset {report.preset} makes every image {g.text} ({report.policy}): one gear, no padding "
+                         "against resizing to measure")
     if model is not None:
         with console.progress(f"evaluating {model.name} at the gears", quiet=quiet) as update:
             comparison = compare_policies(model, dataset, data_root, report.proposal.sizes, preset, limit=limit,

@@ -181,8 +181,10 @@ def propose_gears(sizes: Sequence[Size], max_gears: int = 4, multiple: int = 32)
     area_sum = np.array([h * w * counts[(h, w)] for h, w in points], dtype=np.float64)
     ph = np.array([_round_up(h, multiple) for h, _ in points])
     pw = np.array([_round_up(w, multiple) for _, w in points])
-    heights = _thin(sorted(set(ph.tolist())), MAX_SIDE_CANDIDATES)
-    widths = _thin(sorted(set(pw.tolist())), MAX_SIDE_CANDIDATES)
+    all_h, all_w = sorted(set(ph.tolist())), sorted(set(pw.tolist()))
+    heights, widths = _thin(all_h, MAX_SIDE_CANDIDATES), _thin(all_w, MAX_SIDE_CANDIDATES)
+    thinned = "" if (len(heights), len(widths)) == (len(all_h), len(all_w)) else (
+        f"; candidate sides thinned to {len(heights)} heights x {len(widths)} widths")
     cands = [(h, w) for h in heights for w in widths if np.any((ph <= h) & (pw <= w))]
     ch = np.array([c[0] for c in cands])
     cw = np.array([c[1] for c in cands])
@@ -203,7 +205,7 @@ def propose_gears(sizes: Sequence[Size], max_gears: int = 4, multiple: int = 32)
                 if c < best_cost - 1e-9:
                     best, best_cost = rows, c
         chosen = list(best)
-        method = f"exact (every set of up to {k} of {len(cands)} candidate gears)"
+        method = f"exact (every set of up to {k} of {len(cands)} candidate gears{thinned})"
     else:
         chosen = [bounding]
         current = cost[bounding].copy()
@@ -228,7 +230,8 @@ def propose_gears(sizes: Sequence[Size], max_gears: int = 4, multiple: int = 32)
                     improved = True
             if not improved:
                 break
-        method = f"greedy + swap over {len(cands)} candidate gears (not guaranteed optimal; exact above {EXACT_LIMIT} sets is too many)"
+        method = (f"greedy + swap over {len(cands)} candidate gears (not guaranteed optimal: {n_sets} sets are too many to try"
+                  f"{thinned})")
     chosen_sizes = tuple(cands[r] for r in chosen)
     per: dict[Size, list[float]] = {g: [0.0, 0.0, 0.0] for g in chosen_sizes}  # images, sum of fractions, image pixels
     for (h, w), n, a in zip(points, weights, area_sum):
