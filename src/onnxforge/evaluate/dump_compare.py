@@ -368,8 +368,8 @@ def compare_dump(model: onnx.ModelProto | str | Path, dump_dir: str | Path, inpu
     rows.sort(key=lambda r: (r.order < 0, r.order, r.index))
     notes = []
     if raw:
-        notes.append(f"{len(raw)} raw dump files (e.g. {raw[0].name}) were not read: convert them with msaccucmp.py convert "
-                     "-d DUMP_DIR -out NPY_DIR and compare NPY_DIR")
+        notes.append(f"{len(raw)} raw dump files (e.g. {raw[0].name}) were not read, only converted .npy files are: "
+                     "convert the raw ones with msaccucmp.py convert -d DIR -out NPY_DIR and compare NPY_DIR")
     unmatched = sum(r.onnx_output is None for r in rows)
     if unmatched:
         notes.append(f"{unmatched} dumped outputs match no ONNX node output (listed last)")

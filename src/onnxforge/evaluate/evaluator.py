@@ -16,6 +16,10 @@ of a report): each source is checked against the plan before it runs.
 
 `evaluate(...)` is the two steps composed, for one model.
 
+With image-size gears (``gears=``, a model with dynamic H and W and the ``full`` policy) each image runs
+at the smallest gear holding it (`preprocess.prepare_gear`, padded or resized); the plan checks that the
+gears hold every image (sizes read from the headers) before anything runs.
+
 Synthetic data serves every task: multi-class segmentation (mIoU against the generated label maps),
 binary segmentation (objects vs background, binary IoU) and classification (the class covering the most
 object pixels, top-1/top-5; with a reference, top-1 agreement). With a preset, synthetic images are

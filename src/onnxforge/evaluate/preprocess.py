@@ -12,6 +12,10 @@ prediction back into that space (`postprocess.py` uses it).
 | ``resize-crop`` | RGB | shorter side to `resize_short` (PIL bilinear) | centre crop HxW | /255, (x-mean)/std | class label |
 | ``resize-bgr-double-scale`` | BGR | to HxW (cv2 linear; label nearest) | none | (x-255*mean)/(255*std) on BGR, then /255 | input size |
 
+With image-size gears (`prepare_gear`, for models compiled with several input sizes) the ``full``
+policy runs each image at the smallest gear holding it: padded at the bottom/right (the prediction is
+cropped back) or resized to the gear.
+
 Mean/std are taken from the EvalSpec in [0, 1] units; values above 1 are read as 0..255 units (so a
 spec may carry mmseg's (123.675, 116.28, 103.53) as it is).
 """
