@@ -25,6 +25,13 @@ dataset has next to the model's, so a caller can tell a baseline that cannot be 
 Results are fractions in [0, 1]. Timings separate the backend's own inference time from everything else
 (`overhead_s`: reading, preprocessing, postprocessing, metrics), so the evaluator's cost is visible.
 Progress is reported through ``progress(done, total)``; nothing is printed.
+
+With an `EvalCache` (`evaluate(..., cache=)`, `score_model(..., cache=)`), a result is looked up under its
+content key (`cache_key`: the model's hash, the plan's data and preprocessing, the backend spec, the metric,
+the reference's hash, the version) before anything runs, and stored after scoring; a reused result has
+the metrics, agreement and per-image contributions of the stored one. Its timings are the stored ones only
+with `cache_latency=True`; otherwise no timing is reused (``total_s`` is this call's, the rest 0) and a note
+says the result came from the cache.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ from onnxforge.backends import Backend, backend_class, backend_names, parse_back
 from onnxforge.backends.base import TensorInfo, model_inputs, model_outputs
 from onnxforge.errors import EvaluationError
 from onnxforge.evaluate.agreement import Agreement
+from onnxforge.evaluate.cache import EvalCache, dataset_fingerprint, evaluation_key, files_fingerprint
+from onnxforge.evaluate.history import model_sha256
 from onnxforge.evaluate.catalog import dataset_class, open_dataset
 from onnxforge.evaluate.datasets import Dataset
 from onnxforge.evaluate.metrics import make_metric
@@ -778,6 +787,8 @@ def evaluate(
     synthetic_seed: int | None = None,
     model_label: str | None = None,
     per_image: bool = False,
+    cache: EvalCache | None = None,
+    cache_latency: bool = False,
 ) -> EvalResult:
     """Evaluates a model on `dataset` (read from `data_root`): `plan_evaluation`, then `score`.
 
@@ -797,6 +808,8 @@ def evaluate(
         synthetic_seed: seed of in-memory synthetic data (default scenes.EVAL_SEED).
         model_label: how errors and the result name the model (default: its path, or the graph name).
         per_image: keep each image's metric contribution (`EvalResult.per_image`).
+        cache: reuse (and store) the result under its content key (`cache_key`); None: always evaluate.
+        cache_latency: also store and reuse the timings (by default a reused result carries none).
 
     Raises:
         EvaluationError: the model does not fit the preset, or predictions are missing/wrong.
@@ -818,6 +831,7 @@ def evaluate(
             source: PredictionSource = stack.enter_context(
                 ModelRunner(model_path_or_proto, be, label=model_label))
             plan = plan_evaluation(source.io(), dataset, data_root, preset, **{**options, "label": source.label})
+            model_sha = _file_sha256(Path(model_path_or_proto)) if cache is not None else ""
         else:
             label = _label_of(model_path_or_proto, model_label)
             loaded: list[onnx.ModelProto] = []
@@ -833,10 +847,115 @@ def evaluate(
 
             plan = plan_evaluation(load_io, dataset, data_root, preset, **{**options, "label": label})
             proto = loaded[0]
+            model_sha = model_sha256(proto) if cache is not None else ""
             if predictions is not None:
                 source = PredictionFolder(predictions, proto, label=plan.label)
             else:
-                source = stack.enter_context(ModelRunner(proto, be, label=plan.label))
-        ref = stack.enter_context(ModelRunner(reference, be)) if reference is not None else None
+                source = ModelRunner(proto, be, label=plan.label)  # opened below, unless the cache has the result
+        ref = ModelRunner(reference, be) if reference is not None else None
+        key = None
+        if cache is not None:
+            extra = {"per_image": per_image}
+            if predictions is not None:
+                extra["predictions"] = cache.memo(("files", str(predictions)), lambda: files_fingerprint(predictions))
+            key = cache_key(cache, plan, data_root, model_sha, str(be) if predictions is None else "predictions",
+                            _runner_sha(ref) if ref is not None else None, extra)
+            hit = cached_result(cache, key, plan, cache_latency)
+            if hit is not None:
+                return replace(hit, model=source.label, total_s=time.perf_counter() - t_start if not cache_latency else hit.total_s)
+        if isinstance(source, ModelRunner) and source.runner is None:
+            stack.enter_context(source)
+        if ref is not None:
+            stack.enter_context(ref)
         result = score(plan, source, reference=ref, progress=progress, per_image=per_image)
-    return replace(result, total_s=time.perf_counter() - t_start)
+    result = replace(result, total_s=time.perf_counter() - t_start)
+    if cache is not None:
+        store_result(cache, key, result, cache_latency)
+    return result
+
+
+# ------------------------------------------------------------------------------------------- cache
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _runner_sha(runner: ModelRunner) -> str:
+    return model_sha256(runner.proto) if runner.proto is not None else _file_sha256(Path(runner.source))
+
+
+def plan_fingerprint(plan: EvalPlan, data_root: str | Path | None, *, files: str | None = None) -> str:
+    """`cache.dataset_fingerprint` of what `plan` reads and how: the dataset and its files under `data_root`
+    (None: generated in memory, keyed by its generator parameters), the samples it holds (the limit), the
+    spec's preprocessing and metric, the canvas and the batch size. `files`: `files_fingerprint(data_root)`
+    if already computed."""
+    from dataclasses import asdict
+
+    spec = {k: v for k, v in asdict(plan.spec).items() if k not in ("reported", "notes")}
+    synthetic = None
+    if data_root is None:
+        from onnxforge.scenes import GENERATOR_VERSION
+
+        ds = plan.dataset
+        synthetic = {k: getattr(ds, k, None) for k in ("count", "size", "classes", "seed", "void", "start", "task", "ignore_index")}
+        synthetic["generator"] = GENERATOR_VERSION
+    return dataset_fingerprint(plan.dataset_name, data_root, limit=len(plan.dataset), synthetic=synthetic, files=files, preprocessing={
+        "spec": spec, "preset": plan.preset, "canvas": list(plan.canvas), "whole_images": plan.whole_images,
+        "batch_size": plan.batch_size, "generic": plan.generic})
+
+
+def cache_key(cache: EvalCache, plan: EvalPlan, data_root: str | Path | None, model_sha: str, backend: str,
+              reference_sha: str | None = None, extra: dict | None = None) -> str:
+    """The content key of scoring the model hashed `model_sha` on `plan` with `backend` (and agreement with
+    the reference hashed `reference_sha`); the data's fingerprint is computed once per cache object."""
+    files = None
+    if data_root is not None:  # the one costly ingredient (a stat per file): once per cache object
+        files = cache.memo(("files", str(Path(data_root).resolve())), lambda: files_fingerprint(data_root))
+    fp = plan_fingerprint(plan, data_root, files=files)
+    return evaluation_key(model_sha, fp, backend, f"{plan.spec.metric}/{plan.preset or 'generic'}",
+                          reference_sha256=reference_sha, extra=extra)
+
+
+_TIMING_FIELDS = ("total_s", "inference_s", "setup_s", "reference_s")
+
+
+def store_result(cache: EvalCache, key: str, result: EvalResult, cache_latency: bool = False) -> bool:
+    """Stores `result` under `key`: its fields as JSON (timings only with `cache_latency`), the per-image
+    contributions as arrays."""
+    value = {k: getattr(result, k) for k in (
+        "metrics", "metric", "dataset", "preset", "backend", "images", "batch_size", "model", "per_class_iou",
+        "agreement", "predictions", "notes", "task", "dataset_classes", "model_classes")}
+    if cache_latency:
+        value["timings"] = {k: getattr(result, k) for k in _TIMING_FIELDS}
+    arrays = {}
+    if result.per_image is not None:
+        pi = result.per_image
+        value["per_image"] = {"names": list(pi.names), "kind": pi.kind, "keys": list(pi.keys)}
+        arrays["values"] = np.asarray(pi.values)
+        if pi.agreement is not None:
+            arrays["agreement"] = np.asarray(pi.agreement)
+    return cache.put(key, value, arrays)
+
+
+def cached_result(cache: EvalCache, key: str, plan: EvalPlan, cache_latency: bool = False) -> EvalResult | None:
+    """The result stored under `key`, rebuilt for `plan` (its per-image metric from the plan's spec), or None."""
+    entry = cache.get(key)
+    if entry is None:
+        return None
+    v = dict(entry.value)
+    timings = v.pop("timings", None) or {}
+    pi = v.pop("per_image", None)
+    kept = None
+    if pi is not None:
+        spec = plan.spec
+        kept = PerImage(names=list(pi["names"]), kind=pi["kind"], values=entry.arrays["values"], keys=tuple(pi["keys"]),
+                        agreement=entry.arrays.get("agreement"),
+                        metric=make_metric(spec.metric, spec.num_classes, spec.ignore_index))
+    notes = list(v.pop("notes", [])) + ["result reused from the evaluation cache (no inference ran; --no-cache evaluates again)"]
+    times = {k: (float(timings.get(k, 0.0)) if cache_latency else 0.0) for k in _TIMING_FIELDS}
+    return EvalResult(**v, **times, notes=notes, per_image=kept)
