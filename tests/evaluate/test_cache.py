@@ -35,6 +35,7 @@ def _eval(cache, model=None, **kw):
 
 def _same(a, b):
     assert a.metrics == b.metrics and a.agreement == b.agreement and a.per_class_iou == b.per_class_iou
+    assert list(a.metrics) == list(b.metrics) and list(a.agreement or ()) == list(b.agreement or ())  # order too
     assert a.images == b.images and a.dataset_classes == b.dataset_classes and a.model_classes == b.model_classes
     if a.per_image is not None or b.per_image is not None:
         assert a.per_image.names == b.per_image.names and a.per_image.kind == b.per_image.kind

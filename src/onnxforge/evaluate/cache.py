@@ -334,7 +334,8 @@ class EvalCache:
                 self._write(npz_path, data)
             meta = {"format": FORMAT, "key": key, "value": value, "arrays_sha256": arrays_sha,
                     "checksum": _checksum(key, value, arrays_sha)}
-            self._write(meta_path, json.dumps(meta, sort_keys=True).encode())
+            # key order kept as given: callers may read "the first metric" of a dict
+            self._write(meta_path, json.dumps(meta).encode())
         except OSError as exc:
             self._disable(exc)
             return False
