@@ -359,3 +359,51 @@ def test_timing_runs_are_reused_only_with_cache_latency(tmp_path):
     assert [s.latency_ms for s in again.stages] == [s.latency_ms for s in first.stages]
     run(cache, False)
     assert len(calls) == 2 * n  # by default timings are always measured
+
+
+# ---------------------------------------------------------------------- the baseline runs once
+def test_recorded_baseline_outputs_serve_as_the_reference(tmp_path):
+    from onnxforge.evaluate.evaluator import RecordedOutputs
+
+    base, stage = tiny_segmenter(), _changed_model()
+    rec = RecordedOutputs(base)
+    own = evaluate(base, "synthetic", None, limit=3, record=rec)
+    assert rec.outputs and not rec.overflow and len(rec.outputs) == own.images
+    served = evaluate(stage, "synthetic", None, limit=3, reference=rec, per_image=True)
+    ran = evaluate(stage, "synthetic", None, limit=3, reference=base, per_image=True)
+    _same(served, ran)
+    np.testing.assert_array_equal(served.per_image.agreement, ran.per_image.agreement)
+    assert served.reference_s == 0.0 < ran.reference_s  # the baseline did not run again
+    # another plan (fewer images) is not served from the recording: the baseline runs, results equal
+    other = evaluate(stage, "synthetic", None, limit=2, reference=rec)
+    assert other.reference_s > 0 and other.agreement == evaluate(stage, "synthetic", None, limit=2, reference=base).agreement
+    # over its memory bound the recording is dropped and the baseline runs as before
+    small = RecordedOutputs(base, max_bytes=10)
+    evaluate(base, "synthetic", None, limit=3, record=small)
+    assert small.overflow and not small.outputs
+    fallback = evaluate(stage, "synthetic", None, limit=3, reference=small)
+    assert fallback.reference_s > 0 and fallback.agreement == ran.agreement
+    # and the cache key does not depend on how the reference was produced
+    cache = EvalCache(tmp_path / "c")
+    evaluate(stage, "synthetic", None, limit=3, reference=rec, cache=cache)
+    evaluate(stage, "synthetic", None, limit=3, reference=base, cache=cache)
+    assert cache.stats.hits == 1
+
+
+def test_a_report_runs_the_baseline_once(monkeypatch):
+    from onnxforge.evaluate import evaluator
+    from onnxforge.evaluate.history import model_sha256
+
+    entered = []
+    enter = evaluator.ModelRunner.__enter__
+
+    def counting(self):
+        entered.append(model_sha256(self.proto))
+        return enter(self)
+
+    monkeypatch.setattr(evaluator.ModelRunner, "__enter__", counting)
+    model = tiny_segmenter()
+    d = decide_pipeline(model, "simplify,resize-nearest,fp16-output", DataSource("synthetic", None, None, 2),
+                        clock=fake_clock(), candidates_factory=fake_candidates(), **FAKE)
+    assert entered.count(model_sha256(model)) == 1  # not once more per stage as the reference
+    assert len(entered) >= 4 and all(s.agreement for s in d.stages[1:] if s.accuracy)

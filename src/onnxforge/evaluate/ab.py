@@ -122,13 +122,19 @@ def _classes_of(model: onnx.ModelProto) -> int | None:
 
 
 class StageRunner:
-    """Evaluates stage models against one baseline (kept for agreement), through `cache` where given."""
+    """Evaluates stage models against one baseline (kept for agreement), through `cache` where given.
+
+    The baseline's outputs are recorded while it is evaluated (`evaluator.RecordedOutputs`, bounded in
+    memory) and serve as the reference of every stage, so the baseline runs once, not once per stage."""
 
     def __init__(self, baseline: onnx.ModelProto, data: DataSource, backend: str | Backend, threads: int,
                  progress: Progress | None, cache: EvalCache | None = None, cache_latency: bool = False) -> None:
         self.baseline = baseline
         self.cache = cache
         self.cache_latency = cache_latency
+        from onnxforge.evaluate.evaluator import RecordedOutputs
+
+        self.reference = RecordedOutputs(baseline)
         self.data = data
         self.backend = backend
         self.threads = threads
@@ -144,8 +150,9 @@ class StageRunner:
         cb = (lambda d, t: self.progress(f"evaluate {stage.name}", d, t)) if self.progress else None
         result = evaluate(
             model, self.data.dataset, self.data.data_root, preset=self.data.preset, backend=self.backend,
-            limit=self.data.limit, progress=cb, reference=self.baseline if with_reference else None,
+            limit=self.data.limit, progress=cb, reference=self.reference if with_reference else None,
             num_classes=self.num_classes, per_image=True, cache=self.cache, cache_latency=self.cache_latency,
+            record=None if with_reference else self.reference,
         )
         if result.per_image is not None:
             self.per_image[stage.name] = result.per_image

@@ -667,6 +667,96 @@ class PredictionFolder(PredictionSource):
         return [split_batch(self.dir.read(p.name), 1)[0] for p in prepared]
 
 
+class RecordedOutputs(PredictionSource):
+    """A model's first outputs, recorded while the model itself was scored, served again as a reference.
+
+    `evaluate(..., record=rec)` fills it while scoring `model` (the baseline); `evaluate(..., reference=rec)`
+    then compares a stage with those outputs instead of running the baseline again. It serves only a plan
+    like the one it was recorded on (same data, canvas and spec) and only once complete; otherwise, or
+    when the outputs would take more than `max_bytes` of memory (they are then dropped), `evaluate` runs
+    `model` as the reference as usual. Either way the reference is the same model, so results are equal.
+    """
+
+    def __init__(self, model: onnx.ModelProto, max_bytes: int = 256 * 1024 ** 2, *, label: str = "baseline") -> None:
+        self.model = model
+        self.label = label
+        self.max_bytes = max_bytes
+        self.sha256 = model_sha256(model)
+        self.outputs: dict[str, np.ndarray] = {}
+        self.nbytes = 0
+        self.overflow = False
+        self.signature: tuple | None = None  # the plan recorded on, once complete
+
+    @property
+    def backend_label(self) -> str:
+        return "recorded outputs"
+
+    def io(self) -> tuple[list[TensorInfo], list[TensorInfo]]:
+        return model_inputs(self.model), model_outputs(self.model)
+
+    @staticmethod
+    def _signature(plan: EvalPlan) -> tuple:
+        return (plan.dataset_name, len(plan.dataset), tuple(plan.dataset.names()), tuple(plan.canvas), plan.whole_images,
+                repr(plan.spec))
+
+    def serves(self, plan: EvalPlan) -> bool:
+        """Whether every output `plan` needs was recorded (on a plan like it)."""
+        return not self.overflow and self.signature is not None and self.signature == self._signature(plan)
+
+    def _add(self, prepared: list[Prepared], outputs: list[np.ndarray]) -> None:
+        if self.overflow:
+            return
+        for p, out in zip(prepared, outputs):
+            kept = np.array(out, copy=True)
+            self.nbytes += kept.nbytes
+            if self.nbytes > self.max_bytes:
+                log.info("the reference's outputs exceed %d bytes: it will run again for each comparison", self.max_bytes)
+                self.outputs.clear()
+                self.overflow = True
+                return
+            self.outputs[p.name] = kept
+
+    def _finish(self, plan: EvalPlan) -> None:
+        if not self.overflow:
+            self.signature = self._signature(plan)
+
+    def predict(self, prepared: list[Prepared], inp: TensorInfo, output: str, batch: int) -> list[np.ndarray]:
+        return [self.outputs[p.name] for p in prepared]
+
+
+class _Recording(PredictionSource):
+    """`inner` (an open ModelRunner) whose predictions are also added to a RecordedOutputs."""
+
+    def __init__(self, inner: PredictionSource, store: RecordedOutputs) -> None:
+        self.inner, self.store, self.label = inner, store, inner.label
+
+    @property
+    def backend_label(self) -> str:
+        return self.inner.backend_label
+
+    @property
+    def setup_s(self) -> float:  # type: ignore[override]
+        return self.inner.setup_s
+
+    @property
+    def inference_s(self) -> float:
+        return self.inner.inference_s
+
+    def io(self):
+        return self.inner.io()
+
+    def batch_for(self, plan: EvalPlan, inp: TensorInfo) -> int:
+        return self.inner.batch_for(plan, inp)
+
+    def prepare_for(self, plan: EvalPlan) -> list[str]:
+        return self.inner.prepare_for(plan)
+
+    def predict(self, prepared: list[Prepared], inp: TensorInfo, output: str, batch: int) -> list[np.ndarray]:
+        out = self.inner.predict(prepared, inp, output, batch)
+        self.store._add(prepared, out)
+        return out
+
+
 # ------------------------------------------------------------------------------------------- score
 def _batched(it: Iterator, n: int) -> Iterator[list]:
     while True:
@@ -779,7 +869,7 @@ def evaluate(
     limit: int | None = None,
     batch_size: int | None = None,
     progress: Progress | None = None,
-    reference: str | Path | onnx.ModelProto | None = None,
+    reference: str | Path | onnx.ModelProto | RecordedOutputs | None = None,
     *,
     predictions: str | Path | None = None,
     backend_options: dict | None = None,
@@ -789,6 +879,7 @@ def evaluate(
     per_image: bool = False,
     cache: EvalCache | None = None,
     cache_latency: bool = False,
+    record: RecordedOutputs | None = None,
 ) -> EvalResult:
     """Evaluates a model on `dataset` (read from `data_root`): `plan_evaluation`, then `score`.
 
@@ -802,7 +893,8 @@ def evaluate(
         limit: evaluate the first `limit` samples only.
         batch_size: images per run; must equal a static batch; default: the static batch, else 1.
         progress: called as progress(done, total) after each batch.
-        reference: a baseline model run on the same inputs; adds agreement metrics.
+        reference: a baseline model run on the same inputs; adds agreement metrics. A `RecordedOutputs`
+            (filled by an earlier `record=`) serves the baseline's outputs without running it again.
         predictions: a folder of outputs written by ais_bench/benchmark; the model is not run.
         num_classes: class count where the model cannot tell it (label-map outputs on synthetic data).
         synthetic_seed: seed of in-memory synthetic data (default scenes.EVAL_SEED).
@@ -810,6 +902,7 @@ def evaluate(
         per_image: keep each image's metric contribution (`EvalResult.per_image`).
         cache: reuse (and store) the result under its content key (`cache_key`); None: always evaluate.
         cache_latency: also store and reuse the timings (by default a reused result carries none).
+        record: keep the model's first outputs in this `RecordedOutputs` (bounded), to serve as a reference later.
 
     Raises:
         EvaluationError: the model does not fit the preset, or predictions are missing/wrong.
@@ -852,22 +945,29 @@ def evaluate(
                 source = PredictionFolder(predictions, proto, label=plan.label)
             else:
                 source = ModelRunner(proto, be, label=plan.label)  # opened below, unless the cache has the result
-        ref = ModelRunner(reference, be) if reference is not None else None
+        ref: PredictionSource | None = None
+        if isinstance(reference, RecordedOutputs):
+            ref = reference if reference.serves(plan) else ModelRunner(reference.model, be, label=reference.label)
+        elif reference is not None:
+            ref = ModelRunner(reference, be)
         key = None
         if cache is not None:
             extra = {"per_image": per_image}
             if predictions is not None:
                 extra["predictions"] = cache.memo(("files", str(predictions)), lambda: files_fingerprint(predictions))
             key = cache_key(cache, plan, data_root, model_sha, str(be) if predictions is None else "predictions",
-                            _runner_sha(ref) if ref is not None else None, extra)
+                            _reference_sha(ref) if ref is not None else None, extra)
             hit = cached_result(cache, key, plan, cache_latency)
             if hit is not None:
                 return replace(hit, model=source.label, total_s=time.perf_counter() - t_start if not cache_latency else hit.total_s)
         if isinstance(source, ModelRunner) and source.runner is None:
             stack.enter_context(source)
-        if ref is not None:
+        if isinstance(ref, ModelRunner):
             stack.enter_context(ref)
-        result = score(plan, source, reference=ref, progress=progress, per_image=per_image)
+        scored = _Recording(source, record) if record is not None and isinstance(source, ModelRunner) else source
+        result = score(plan, scored, reference=ref, progress=progress, per_image=per_image)
+        if scored is not source:
+            record._finish(plan)
     result = replace(result, total_s=time.perf_counter() - t_start)
     if cache is not None:
         store_result(cache, key, result, cache_latency)
@@ -885,8 +985,10 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _runner_sha(runner: ModelRunner) -> str:
-    return model_sha256(runner.proto) if runner.proto is not None else _file_sha256(Path(runner.source))
+def _reference_sha(ref: PredictionSource) -> str:
+    if isinstance(ref, RecordedOutputs):
+        return ref.sha256
+    return model_sha256(ref.proto) if ref.proto is not None else _file_sha256(Path(ref.source))
 
 
 def plan_fingerprint(plan: EvalPlan, data_root: str | Path | None, *, files: str | None = None) -> str:
