@@ -81,7 +81,7 @@ def _changed_model():
 
 
 @pytest.mark.parametrize("change", ["model byte", "limit", "backend option", "preprocessing", "metric", "version",
-                                    "reference", "synthetic seed"])
+                                    "code", "reference", "synthetic seed"])
 def test_any_key_ingredient_changed_misses(tmp_path, monkeypatch, change):
     cache = EvalCache(tmp_path / "c")
     spec = generic_spec("synthetic", C, (H, W))
@@ -102,6 +102,10 @@ def test_any_key_ingredient_changed_misses(tmp_path, monkeypatch, change):
         kw["preset"] = replace(spec, metric="miou-segmentron")
     elif change == "version":
         monkeypatch.setattr(onnxforge, "__version__", onnxforge.__version__ + ".post1")
+    elif change == "code":  # an edited checkout at the same version
+        from onnxforge.evaluate import cache as cache_module
+
+        monkeypatch.setattr(cache_module, "code_fingerprint", lambda: "edited")
     elif change == "reference":
         kw["reference"] = _changed_model()
     elif change == "synthetic seed":
@@ -142,6 +146,9 @@ def test_dataset_fingerprint_and_key_ingredients():
     assert fp != dataset_fingerprint("synthetic", None, limit=3, synthetic={"seed": 1, "size": (8, 9), "count": 3})
     assert fp != dataset_fingerprint("synthetic", None, limit=3, preprocessing={"policy": "full"},
                                      synthetic={"seed": 1, "size": (8, 8), "count": 3})
+    from onnxforge.evaluate.cache import code_fingerprint
+
+    assert len(code_fingerprint()) == 64 and code_fingerprint() == code_fingerprint()
     key = evaluation_key("a" * 64, fp, "onnxruntime", "miou-mmseg", "1.0")
     assert len(key) == 64 and key == evaluation_key("a" * 64, fp, "onnxruntime", "miou-mmseg", "1.0")
     others = [evaluation_key("b" * 64, fp, "onnxruntime", "miou-mmseg", "1.0"),
@@ -256,6 +263,15 @@ def test_eviction_keeps_the_most_recently_used_under_the_limit(tmp_path):
     now[0] += 10
     cache.put(keys[1], {"k": keys[1]}, {"blob": blob})
     assert cache.get(keys[0]) is None and cache.get(keys[3]) is not None and cache.get(keys[1]) is not None
+    # a temporary file a killed writer left goes after an hour, not before
+    left = tmp_path / "c" / keys[3][:2] / ".tmp-x.json"
+    left.write_text("{")
+    os.utime(left, (now[0] - 60, now[0] - 60))
+    cache.evict()
+    assert left.exists()
+    now[0] += 3600
+    cache.evict()
+    assert not left.exists()
 
 
 def test_concurrent_writers_of_one_key_write_the_same_bytes(tmp_path):

@@ -109,7 +109,8 @@ def open_cache(no_cache: bool, cache_dir: Optional[Path], cache_size: str):
 
 
 def cache_line(cache, what: str = "evaluations") -> Optional[str]:
-    """``reused 5 of 7 evaluations from the cache (DIR)`` (None without a cache or when nothing was looked up)."""
-    if cache is None or (cache.stats.lookups == 0 and cache.disabled_reason is None):
+    """``reused 5 of 7 evaluations from the cache (DIR)`` (None without a cache, when nothing was looked up,
+    or when the cache is off: its warning said so already)."""
+    if cache is None or cache.stats.lookups == 0 or cache.disabled_reason is not None:
         return None
     return cache.summary(what)

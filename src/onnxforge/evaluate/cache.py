@@ -3,8 +3,10 @@
 An entry is the result of one evaluation under a key that names everything the result depends on
 (`evaluation_key`): the model's bytes (sha256), the dataset (`dataset_fingerprint`: root, the sorted file
 list with sizes and mtimes, the preprocessing policy, the limit; synthetic data: count, seed, shape),
-the backend spec with its options, the metric and preset, the onnxforge version, the reference model's
-hash where agreement with a reference is scored, and any extra ingredient a caller names. Change any of
+the backend spec with its options, the metric and preset, the onnxforge version and a hash of the source
+of the code that computes results (`code_fingerprint`: an edited checkout invalidates its entries even
+at the same version), the reference model's hash where agreement with a reference is scored, and any
+extra ingredient a caller names. Change any of
 them and the key changes: a stale entry is never found, so it can never give a wrong result.
 
 Layout: ``DIR/<key[:2]>/<key>.json`` holds the JSON value, the sha256 of the arrays file and a checksum
@@ -30,6 +32,7 @@ Default directory: ``$ONNXFORGE_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/onnxf
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -147,6 +150,27 @@ def dataset_fingerprint(dataset: str, data_root: str | Path | None = None, *, li
     })
 
 
+#: the parts of the package whose code decides an evaluation's result
+_CODE_PARTS = ("evaluate", "backends", "scenes.py", "numerics.py", "modelio.py", "spec.py", "pooling.py")
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """sha256 of the source files of the code that computes evaluation results (the evaluate and backends
+    packages and the modules they use), read once per process."""
+    import onnxforge
+
+    root = Path(onnxforge.__file__).parent
+    h = hashlib.sha256()
+    for part in _CODE_PARTS:
+        base = root / part
+        files = sorted(base.rglob("*")) if base.is_dir() else [base]
+        for f in files:
+            if f.is_file() and f.suffix in (".py", ".json", ".j2"):
+                h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def evaluation_key(model_sha256: str, dataset_fingerprint: str, backend: str, metric: str, version: str | None = None,
                    reference_sha256: str | None = None, extra: Mapping[str, Any] | None = None) -> str:
     """The cache key (hex sha256) of one evaluation.
@@ -157,14 +181,16 @@ def evaluation_key(model_sha256: str, dataset_fingerprint: str, backend: str, me
         dataset_fingerprint: `dataset_fingerprint(...)` of the data and its preprocessing.
         backend: the backend spec with its options (``str(Backend)``, e.g. ``onnxruntime{threads=2}``).
         metric: the metric (and preset) that scores it.
-        version: the onnxforge version (default: the running one).
+        version: the onnxforge version (default: the running one); the running code's `code_fingerprint`
+            is part of the key too.
         reference_sha256: the reference model's hash where agreement with it is scored, else None.
         extra: anything else the result depends on (e.g. whether per-image contributions are kept).
     """
     if version is None:
         from onnxforge import __version__ as version
     return _digest({"format": FORMAT, "model": model_sha256, "data": dataset_fingerprint, "backend": backend,
-                    "metric": metric, "version": version, "reference": reference_sha256, "extra": dict(extra or {})})
+                    "metric": metric, "version": version, "code": code_fingerprint(), "reference": reference_sha256,
+                    "extra": dict(extra or {})})
 
 
 def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
@@ -390,7 +416,15 @@ class EvalCache:
         return sum(size for _, size, _ in self.entries())
 
     def evict(self) -> int:
-        """Removes the least recently used entries until the rest fit in `max_bytes`; returns how many went."""
+        """Removes the least recently used entries until the rest fit in `max_bytes` (and temporary files a
+        killed writer left, after an hour); returns how many entries went."""
+        stale = self.clock() - 3600
+        for tmp in self.directory.glob("??/.tmp-*"):
+            try:
+                if tmp.stat().st_mtime < stale:
+                    tmp.unlink()
+            except OSError:
+                pass
         entries = self.entries()
         total = sum(size for _, size, _ in entries)
         removed = 0
