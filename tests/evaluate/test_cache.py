@@ -301,10 +301,11 @@ def _pipe():
     return Pipeline((parse_pipeline("simplify").passes[0], ScrambleLogits(), parse_pipeline("resize-nearest").passes[0]))
 
 
-def test_cached_decisions_equal_uncached_ones(tmp_path):
+@pytest.mark.parametrize("mode", [{}, {"isolated": True}, {"per_node": "resize-nearest"}])
+def test_cached_decisions_equal_uncached_ones(tmp_path, mode):
     data = DataSource("synthetic", None, None, 3)
     run = lambda cache: decide_pipeline(tiny_segmenter(), _pipe(), data, budget=0.001, clock=fake_clock(),
-                                        candidates_factory=fake_candidates(speed={"Neg": 0.5}), cache=cache, **FAKE)
+                                        candidates_factory=fake_candidates(speed={"Neg": 0.5}), cache=cache, **mode, **FAKE)
     plain = run(None)
     cache = EvalCache(tmp_path / "c")
     cold = run(cache)
