@@ -424,3 +424,15 @@ def test_a_report_runs_the_baseline_once(monkeypatch):
                         clock=fake_clock(), candidates_factory=fake_candidates(), **FAKE)
     assert entered.count(model_sha256(model)) == 1  # not once more per stage as the reference
     assert len(entered) >= 4 and all(s.agreement for s in d.stages[1:] if s.accuracy)
+
+
+def test_a_reference_run_is_recorded_for_the_next_comparison():
+    """When the baseline's own evaluation came from the cache (nothing recorded), the first stage runs it as
+    the reference and records it; the next stage is served."""
+    from onnxforge.evaluate.evaluator import RecordedOutputs
+
+    base, stage = tiny_segmenter(), _changed_model()
+    rec = RecordedOutputs(base)
+    first = evaluate(stage, "synthetic", None, limit=3, reference=rec)
+    second = evaluate(stage, "synthetic", None, limit=3, reference=rec)
+    assert first.reference_s > 0 and second.reference_s == 0.0 and first.agreement == second.agreement

@@ -26,9 +26,10 @@ Results are fractions in [0, 1]. Timings separate the backend's own inference ti
 (`overhead_s`: reading, preprocessing, postprocessing, metrics), so the evaluator's cost is visible.
 Progress is reported through ``progress(done, total)``; nothing is printed.
 
-With an `EvalCache` (`evaluate(..., cache=)`, `score_model(..., cache=)`), a result is looked up under its
-content key (`cache_key`: the model's hash, the plan's data and preprocessing, the backend spec, the metric,
-the reference's hash, the version) before anything runs, and stored after scoring; a reused result has
+With an `EvalCache` (`evaluate(..., cache=)`; `cache_key`, `cached_result` and `store_result` for callers that
+plan and score themselves, as bisect), a result is looked up under its content key (the model's hash, the
+plan's data and preprocessing, the backend spec, the metric, the reference's hash, the version and code)
+before anything runs, and stored after scoring; a reused result has
 the metrics, agreement and per-image contributions of the stored one. Its timings are the stored ones only
 with `cache_latency=True`; otherwise no timing is reused (``total_s`` is this call's, the rest 0) and a note
 says the result came from the cache.
@@ -716,6 +717,9 @@ class RecordedOutputs(PredictionSource):
                 return
             self.outputs[p.name] = kept
 
+    def _start(self) -> None:
+        self.outputs, self.nbytes, self.signature = {}, 0, None
+
     def _finish(self, plan: EvalPlan) -> None:
         if not self.overflow:
             self.signature = self._signature(plan)
@@ -946,8 +950,14 @@ def evaluate(
             else:
                 source = ModelRunner(proto, be, label=plan.label)  # opened below, unless the cache has the result
         ref: PredictionSource | None = None
+        recorders: list[tuple[PredictionSource, RecordedOutputs]] = []  # (source, what records it)
         if isinstance(reference, RecordedOutputs):
-            ref = reference if reference.serves(plan) else ModelRunner(reference.model, be, label=reference.label)
+            if reference.serves(plan):
+                ref = reference
+            else:  # run it, and record it on the way for the next comparison
+                ref = ModelRunner(reference.model, be, label=reference.label)
+                if not reference.overflow:
+                    recorders.append((ref, reference))
         elif reference is not None:
             ref = ModelRunner(reference, be)
         key = None
@@ -959,15 +969,21 @@ def evaluate(
                             _reference_sha(ref) if ref is not None else None, extra)
             hit = cached_result(cache, key, plan, cache_latency)
             if hit is not None:
-                return replace(hit, model=source.label, total_s=time.perf_counter() - t_start if not cache_latency else hit.total_s)
+                took = hit.total_s if cache_latency and hit.total_s else time.perf_counter() - t_start
+                return replace(hit, model=source.label, total_s=took)
         if isinstance(source, ModelRunner) and source.runner is None:
             stack.enter_context(source)
         if isinstance(ref, ModelRunner):
             stack.enter_context(ref)
-        scored = _Recording(source, record) if record is not None and isinstance(source, ModelRunner) else source
-        result = score(plan, scored, reference=ref, progress=progress, per_image=per_image)
-        if scored is not source:
-            record._finish(plan)
+        if record is not None and not record.overflow and isinstance(source, ModelRunner):
+            recorders.append((source, record))
+        wrapped = {id(src): _Recording(src, store) for src, store in recorders}
+        for _, store in recorders:
+            store._start()
+        result = score(plan, wrapped.get(id(source), source), reference=wrapped.get(id(ref), ref) if ref is not None else None,
+                       progress=progress, per_image=per_image)
+        for _, store in recorders:
+            store._finish(plan)
     result = replace(result, total_s=time.perf_counter() - t_start)
     if cache is not None:
         store_result(cache, key, result, cache_latency)
