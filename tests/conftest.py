@@ -23,6 +23,13 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     )
 
 
+@pytest.fixture(autouse=True)
+def _evaluation_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Every test (and every command it runs) uses a fresh evaluation cache under pytest's tmp dir,
+    never the user's ~/.cache."""
+    monkeypatch.setenv("ONNXFORGE_CACHE_DIR", str(tmp_path_factory.mktemp("onnxforge-cache")))
+
+
 @pytest.fixture
 def cli():
     return run_cli

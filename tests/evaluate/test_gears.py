@@ -184,3 +184,15 @@ def test_gears_refused_for_a_fixed_size_preset(tmp_path):
     write_voc(tmp_path, [(6, 8)], classes=21)
     with pytest.raises(EvaluationError, match="one gear suffices"):
         evaluate(oracle(21, ("H", "W")), "voc2012", tmp_path, preset=REFINE_SPEC, gears=("8x8", "16x16"))
+
+
+def test_gears_and_policy_are_part_of_the_cache_key(tmp_path):
+    from onnxforge.evaluate.cache import EvalCache
+
+    root = _city_mixed(tmp_path, CITY_SIZES)
+    cache = EvalCache(tmp_path / "c")
+    runs = [dict(gears=("8x16", "16x32"), gear_policy="pad"), dict(gears=("8x16", "16x32"), gear_policy="resize"),
+            dict(gears=("16x32",), gear_policy="pad"), dict(gears=("8x16", "16x32"), gear_policy="pad")]
+    for kw in runs:
+        evaluate(DYNAMIC, "cityscapes", root, preset=CITY_SPEC, cache=cache, **kw)
+    assert (cache.stats.lookups, cache.stats.hits) == (4, 1)  # only the repeated first run is reused

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from onnxforge.cli import console
+from onnxforge.cli.common import cache_dir_option, cache_line, cache_size_option, no_cache_option, open_cache
 from onnxforge.errors import ForgeError
 
 
@@ -23,8 +24,13 @@ def bisect(
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N images."),
     budget: str = typer.Option("1%", help="Allowed loss: 1% (relative) or 0.5pt (metric points)."),
     output: Path = typer.Option(Path("bisect-out"), "-o", "--output", help="Reproducer directory (written when over budget)."),
+    no_cache: bool = no_cache_option(),
+    cache_dir: Optional[Path] = cache_dir_option(),
+    cache_size: str = cache_size_option(),
 ) -> None:
-    """Find the first pass that puts the model over the accuracy budget, then its smallest node set; write a reproducer."""
+    """Find the first pass that puts the model over the accuracy budget, then its smallest node set; write a reproducer.
+
+    Evaluations are cached by content and reused on a rerun (--no-cache to evaluate all again)."""
     from onnxforge.cli.report_cmd import data_source
     from onnxforge.evaluate import bisect as bs
     from onnxforge.modelio import load_model
@@ -33,8 +39,9 @@ def bisect(
     if not passes.strip():
         raise ForgeError("--passes: the pipeline is empty")
     src = data_source(dataset, data_root, synthetic, preset, limit)
+    cache = open_cache(no_cache, cache_dir, cache_size)
     proto = load_model(model)
-    scorer, metric, plan = bs.make_scorer(proto, src.dataset, src.data_root, src.preset, limit=src.limit)
+    scorer, metric, plan = bs.make_scorer(proto, src.dataset, src.data_root, src.preset, limit=src.limit, cache=cache)
     result = bs.bisect(proto, passes, scorer, want, metric)
     table = Table(title=f"{model.name}: bisect {passes} (budget {want})")
     for col in ("stage", metric, "delta", "verdict"):
@@ -44,6 +51,9 @@ def bisect(
                       "over" if s.over else "within")
     console.out.print(table)
     console.out.print(f"{result.evaluations} evaluations", markup=False, highlight=False)
+    line = cache_line(cache)
+    if line:
+        console.out.print(line, markup=False, highlight=False, soft_wrap=True)
     if not result.within:
         bs.write_reproducer(output, proto, result, passes, plan)
         console.out.print(f"wrote {output}: bisect.json, subgraph.onnx, command.txt", markup=False, highlight=False)

@@ -1,10 +1,13 @@
-"""CLI helpers shared by `report`, `optimize --auto` and `demo`: data options, budget, timing policy, the
-decision table (progress and output formats are `cli.console`'s)."""
+"""CLI helpers shared by `report`, `optimize --auto`, `evaluate`, `bisect` and `demo`: data options, budget,
+timing policy, the evaluation-cache options, the decision table (progress and output formats are
+`cli.console`'s)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
+
+import typer
 
 from onnxforge.errors import ForgeError
 
@@ -65,3 +68,49 @@ def decision_table(stages, title: str, judged_on=None, full: bool = True):
     for s, r in zip(stages, rows):
         table.add_row(*r, style=style.get(s.verdict))
     return table
+
+
+# ---------------------------------------------------------------------------- the evaluation cache
+def no_cache_option() -> Any:
+    """`--no-cache`, declared once for every command that evaluates (a fresh typer.Option)."""
+    return typer.Option(False, "--no-cache", help="Do not read or write the evaluation cache: evaluate everything again, store nothing.")
+
+
+def cache_dir_option() -> Any:
+    """`--cache-dir DIR`."""
+    return typer.Option(None, "--cache-dir", help="Evaluation cache directory (default: $ONNXFORGE_CACHE_DIR, else "
+                        "$XDG_CACHE_HOME/onnxforge/eval, else ~/.cache/onnxforge/eval).", show_default=False)
+
+
+def cache_size_option() -> Any:
+    """`--cache-size SIZE` (default 2G)."""
+    return typer.Option("2G", "--cache-size", help="Size limit of the evaluation cache, e.g. 500M, 2G; the least recently "
+                        "used results are evicted beyond it.")
+
+
+def cache_latency_option() -> Any:
+    """`--cache-latency`."""
+    return typer.Option(False, "--cache-latency", help="Also reuse cached timings (by default timings are always measured "
+                        "again: they depend on the machine's state).")
+
+
+def open_cache(no_cache: bool, cache_dir: Optional[Path], cache_size: str):
+    """The `EvalCache` the options name, or None with --no-cache (nothing is read or written then).
+
+    Raises:
+        ForgeError: a bad --cache-size (before anything runs).
+    """
+    from onnxforge.evaluate.cache import EvalCache, parse_size
+
+    size = parse_size(cache_size)
+    if no_cache:
+        return None
+    return EvalCache(cache_dir, size)
+
+
+def cache_line(cache, what: str = "evaluations") -> Optional[str]:
+    """``reused 5 of 7 evaluations from the cache (DIR)`` (None without a cache, when nothing was looked up,
+    or when the cache is off: its warning said so already)."""
+    if cache is None or cache.stats.lookups == 0 or cache.disabled_reason is not None:
+        return None
+    return cache.summary(what)

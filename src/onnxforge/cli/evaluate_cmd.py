@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from onnxforge.cli import console
+from onnxforge.cli.common import cache_dir_option, cache_latency_option, cache_line, cache_size_option, no_cache_option, open_cache
 from onnxforge.errors import ForgeError
 from onnxforge.evaluate.catalog import dataset_help
 from onnxforge.frontends import MODELS
@@ -81,13 +82,19 @@ def evaluate(
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes the model predicts, where its output does not say (an integer label map) and no preset does."),
     gears: Optional[str] = typer.Option(None, "--gears", help="Image-size gears HxW,... (as compile --dynamic-image-sizes; `onnxforge shapes` proposes them): each image runs at the smallest gear holding it. Needs a model with dynamic H and W and a whole-image preset (fastscnn) or none."),
     gear_policy: str = typer.Option("pad", "--gear-policy", help="With --gears: pad (bottom/right with the mean colour; the prediction is cropped back to the image) or resize (to the gear, the prediction resized back)."),
+    no_cache: bool = no_cache_option(),
+    cache_dir: Optional[Path] = cache_dir_option(),
+    cache_size: str = cache_size_option(),
+    cache_latency: bool = cache_latency_option(),
 ) -> None:
     """Score a model on a dataset with the metric its upstream used (mIoU, pixAcc, top-1/5, IoU).
 
     Images are read in the dataset's real layout, preprocessed as the preset's guide did, run on the
     backend, and mapped back to the labels' geometry. Metrics are printed as percentages; --json writes
     fractions in [0, 1]. --threads, --device and --soc-version fill the backend spec's options; one
-    that contradicts the spec, or that the backend has no option for, is an error.
+    that contradicts the spec, or that the backend has no option for, is an error. The result is cached
+    by content (model, data, backend, metric, reference, version) and reused on a rerun; its timings
+    only with --cache-latency (--no-cache to evaluate again).
     """
     from onnxforge.evaluate.evaluator import evaluate as run_evaluate
 
@@ -98,16 +105,21 @@ def evaluate(
         from onnxforge.modelio import check_output_path
 
         check_output_path(model, json_path)
+    cache = open_cache(no_cache, cache_dir, cache_size)
     bar, update = _progress(f"evaluating {model.name}")
     with bar:
         result = run_evaluate(
             model, dataset, data_root, preset=preset, backend=be, limit=limit, batch_size=batch_size,
             progress=update, reference=reference, predictions=predictions, num_classes=num_classes,
             gears=_comma_list(gears, "--gears") or (), gear_policy=gear_policy,
+            cache=cache, cache_latency=cache_latency,
         )
     console.out.print(render_result(result))
     for note in result.notes:
         console.out.print(f"note: {note}")
+    line = cache_line(cache, "evaluation" if cache is not None and cache.stats.lookups == 1 else "evaluations")
+    if line:
+        console.out.print(line, markup=False, highlight=False, soft_wrap=True)
     if json_path is not None:
         from onnxforge.modelio import write_text_atomic
 

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from onnxforge.cli import console
+from onnxforge.cli.common import cache_dir_option, cache_latency_option, cache_size_option, no_cache_option
 
 
 def passes(
@@ -68,6 +69,10 @@ def optimize(
     min_rounds: int = typer.Option(10, "--min-rounds", help="--auto: interleaved timing rounds always run (>= 2)."),
     max_rounds: int = typer.Option(200, "--max-rounds", help="--auto: most timing rounds."),
     max_seconds: float = typer.Option(30.0, "--max-seconds", help="--auto: time limit of one timing run (seconds)."),
+    no_cache: bool = no_cache_option(),
+    cache_dir: Optional[Path] = cache_dir_option(),
+    cache_size: str = cache_size_option(),
+    cache_latency: bool = cache_latency_option(),
     fmt: console.OutputFormat = console.format_option(),
     quiet: bool = console.quiet_option(),
 ) -> None:
@@ -75,6 +80,7 @@ def optimize(
 
     Exact passes must keep the outputs (checked with onnxruntime on seeded inputs against the previous
     stage); approximate passes are measured. The output is written only when every pass succeeded.
+    With --auto, evaluations are cached by content and reused on a rerun (--no-cache to evaluate all again).
     """
     from onnxforge.passes import DumpStages, PassManager, Verifier, parse_pipeline
     from onnxforge.modelio import check_output_path, load_model, save_model
@@ -90,11 +96,11 @@ def optimize(
     verifier = Verifier(shapes=shapes, inputs=arrays, atol=atol, rtol=rtol)
     auto_record = None
     if auto:
-        from onnxforge.cli.common import data_source, parse_budget, timing_policy
+        from onnxforge.cli.common import data_source, open_cache, parse_budget, timing_policy
 
         pipeline, auto_record = _optimize_auto(proto, model, pipeline, parse_budget(budget), timing_policy(min_rounds, max_rounds, max_seconds),
                                   data_source(dataset, data_root, synthetic, preset, limit, num_classes), backend, threads,
-                                  not no_verify)
+                                  not no_verify, open_cache(no_cache, cache_dir, cache_size), cache_latency)
     out = console.Output(fmt, quiet)
     with out.progress(f"optimize {model.name}") as reporter:
         instruments = [_PassProgress(reporter)] + ([DumpStages(dump_dir)] if dump_dir else [])
@@ -117,17 +123,18 @@ def optimize(
         write_text_atomic(json_path, json.dumps(payload, indent=2, default=str))
 
 
-def _optimize_auto(proto, model, pipeline, budget, policy, source, backend, threads, verify):
+def _optimize_auto(proto, model, pipeline, budget, policy, source, backend, threads, verify, cache=None, cache_latency=False):
     """--auto: decide every pass on evidence (`evaluate.ab.decide_pipeline`, cumulative), print the
     decision table, and return the kept pipeline (which the plain path then applies and writes, so
     --dump-dir, --json and --no-verify apply to exactly what is stored) and the decisions for --json."""
-    from onnxforge.cli.common import decision_table
+    from onnxforge.cli.common import cache_line, decision_table
     from onnxforge.evaluate.ab import decide_pipeline
     from onnxforge.passes.pipeline import Pipeline
 
     with console.progress("--auto") as update:
         decision = decide_pipeline(proto, pipeline, source, backend=backend, budget=budget, threads=threads,
-                                   timing=policy, verify=verify, progress=update)
+                                   timing=policy, verify=verify, progress=update, cache=cache,
+                                   cache_latency=cache_latency)
     console.Output().table(decision_table(decision.stages, f"{model.name}: --auto over {pipeline}", decision.judged_on, full=False))
     for w in decision.warnings:
         console.err.print(f"warning: {w}", style="bold yellow", markup=False)
@@ -136,6 +143,9 @@ def _optimize_auto(proto, model, pipeline, budget, policy, source, backend, thre
             console.out.print(f"dropped {s.name}: {s.reason}", markup=False)
     kept = decision.kept_pipeline
     console.out.print(f"kept: {kept or 'nothing (the model is written unchanged)'}", markup=False)
+    line = cache_line(cache)
+    if line:
+        console.out.print(line, markup=False, highlight=False, soft_wrap=True)
     record = {
         "kept_pipeline": kept, "judged_on": decision.judged_on, "warnings": decision.warnings,
         "timing": decision.timing, "stages": [s.to_dict() for s in decision.stages],

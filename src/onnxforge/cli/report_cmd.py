@@ -10,7 +10,10 @@ from typing import Optional
 import typer
 
 from onnxforge.cli import console
-from onnxforge.cli.common import data_source, decision_table, parse_budget, timing_policy
+from onnxforge.cli.common import (
+    cache_dir_option, cache_latency_option, cache_line, cache_size_option, data_source, decision_table, no_cache_option,
+    open_cache, parse_budget, timing_policy,
+)
 from onnxforge.cli.console import OutputFormat, format_option, quiet_option
 
 
@@ -34,6 +37,10 @@ def report(
     max_rounds: int = typer.Option(200, "--max-rounds", help="Most timing rounds; timing stops earlier once every verdict is stable."),
     max_seconds: float = typer.Option(30.0, "--max-seconds", help="Time limit of one timing run (seconds)."),
     keep_stages: str = typer.Option("best", "--keep-stages", help="Models kept: best (the baseline and best.onnx), all (every stage), none."),
+    no_cache: bool = no_cache_option(),
+    cache_dir: Optional[Path] = cache_dir_option(),
+    cache_size: str = cache_size_option(),
+    cache_latency: bool = cache_latency_option(),
     fmt: OutputFormat = format_option(),
     quiet: bool = quiet_option(),
 ) -> None:
@@ -44,6 +51,8 @@ def report(
     the accuracy budget and faster (or exact and smaller at the same speed). The kept passes together
     are measured as the combined stage and written as best.onnx, with the command that rebuilds it.
     Writes report.json, report.md, a self-contained report.html and the plot, all or nothing.
+    Evaluations are cached by content (model, data, backend, metric, version): a rerun, or a run after
+    Ctrl-C, reuses those already done and says how many (--no-cache to evaluate all again).
     """
     from onnxforge.cli.console import parse_int_list
     from onnxforge.evaluate.ab import run_report
@@ -51,13 +60,18 @@ def report(
     sizes = parse_int_list(batch_sizes, "--batch-sizes")
     source = data_source(dataset, data_root, synthetic, preset, limit, num_classes)
     policy = timing_policy(min_rounds, max_rounds, max_seconds)
+    cache = open_cache(no_cache, cache_dir, cache_size)
     command = "onnxforge " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     out = console.Output(fmt, quiet)
     with out.progress("report") as update:
         result = run_report(model, passes, output, source, backend=backend, batch_sizes=sizes, isolated=isolated,
                             budget=parse_budget(budget), per_node=per_node, threads=threads, timing=policy,
-                            keep_stages=keep_stages, progress=update, command=command)
+                            keep_stages=keep_stages, progress=update, command=command, cache=cache,
+                            cache_latency=cache_latency)
     print_result(result, out)
+    line = cache_line(cache)
+    if line:
+        out.line(line)
 
 
 def print_result(result, out: console.Output) -> None:

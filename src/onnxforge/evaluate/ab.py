@@ -18,6 +18,10 @@ Contract of `run_report` (and `decide_pipeline`, its file-less core):
   mismatch) switches judging to agreement with the baseline, and the report says so at the top.
 - Outputs are written all or nothing (`modelio.staging_dir`): the input model is never modified;
   on an error or Ctrl-C nothing of the new run is left and an existing report stays as it was.
+- With an `EvalCache` (`cache=`), every evaluation (baseline, stages, per-node and combined stages) is
+  looked up by content before it runs and stored as soon as it has run, so a rerun with the same inputs
+  reuses them and a run interrupted after some stages resumes from them; the cache's `stats` count the
+  reuse. Timing runs are reused only with `cache_latency=True` (timings depend on the machine's state).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import onnx
 
 from onnxforge.backends import Backend
 from onnxforge.errors import ForgeError, OutputPathError, PassError
+from onnxforge.evaluate.cache import EvalCache
 from onnxforge.evaluate.history import Budget, StageEval, decide, fill_deltas, judge_accuracy, model_sha256, primary_metric
 from onnxforge.evaluate.timing import TimingPolicy, Timings, analyse, measure_interleaved
 from onnxforge.modelio import load_model
@@ -117,11 +122,19 @@ def _classes_of(model: onnx.ModelProto) -> int | None:
 
 
 class StageRunner:
-    """Evaluates stage models against one baseline (kept for agreement)."""
+    """Evaluates stage models against one baseline (kept for agreement), through `cache` where given.
+
+    The baseline's outputs are recorded while it is evaluated (`evaluator.RecordedOutputs`, bounded in
+    memory) and serve as the reference of every stage, so the baseline runs once, not once per stage."""
 
     def __init__(self, baseline: onnx.ModelProto, data: DataSource, backend: str | Backend, threads: int,
-                 progress: Progress | None) -> None:
+                 progress: Progress | None, cache: EvalCache | None = None, cache_latency: bool = False) -> None:
         self.baseline = baseline
+        self.cache = cache
+        self.cache_latency = cache_latency
+        from onnxforge.evaluate.evaluator import RecordedOutputs
+
+        self.reference = RecordedOutputs(baseline)
         self.data = data
         self.backend = backend
         self.threads = threads
@@ -137,8 +150,9 @@ class StageRunner:
         cb = (lambda d, t: self.progress(f"evaluate {stage.name}", d, t)) if self.progress else None
         result = evaluate(
             model, self.data.dataset, self.data.data_root, preset=self.data.preset, backend=self.backend,
-            limit=self.data.limit, progress=cb, reference=self.baseline if with_reference else None,
-            num_classes=self.num_classes, per_image=True,
+            limit=self.data.limit, progress=cb, reference=self.reference if with_reference else None,
+            num_classes=self.num_classes, per_image=True, cache=self.cache, cache_latency=self.cache_latency,
+            record=None if with_reference else self.reference,
         )
         if result.per_image is not None:
             self.per_image[stage.name] = result.per_image
@@ -251,6 +265,8 @@ def decide_pipeline(
     progress: Progress | None = None,
     clock: Callable[[], float] = time.perf_counter,
     candidates_factory: Callable[..., dict] | None = None,
+    cache: EvalCache | None = None,
+    cache_latency: bool = False,
 ) -> Decision:
     """Measures the baseline and every stage, decides each, and measures the combined stage.
 
@@ -259,6 +275,9 @@ def decide_pipeline(
             evaluated and timed on it (`threads`, when not 0, fills its threads option).
         candidates_factory: builds the timing candidates from {name: model} (default: a backend session
             per model, see `backend_candidates`); tests pass fake runners with a fake `clock`.
+        cache: reuse and store every evaluation by content (see the module docstring); None: evaluate all.
+        cache_latency: also reuse and store the interleaved timing runs (keyed by the timed models, the
+            backend, the policy and the seed).
 
     Raises:
         ForgeError: bad budget, timing policy or per-node pass; the backend cannot run a model.
@@ -268,7 +287,8 @@ def decide_pipeline(
     pipe = pipeline if isinstance(pipeline, Pipeline) else parse_pipeline(pipeline)
     node_pass = _node_protocol(per_node) if per_node else None
     backend = resolve_backend(backend, threads)
-    runner = StageRunner(model, data, backend, threads, progress)
+    runner = StageRunner(model, data, backend, threads, progress, cache, cache_latency)
+    timing_cache = (cache, str(backend)) if cache is not None and cache_latency else None
     base = _stage_from("baseline", None, "", None, model)
     base.verdict, base.reason = "baseline", "the input model"
     runner.measure(base, model, with_reference=False)
@@ -318,7 +338,7 @@ def decide_pipeline(
 
     factory = candidates_factory or (lambda ms: backend_candidates(ms, backend))
     timed = [s for s in stages if s.name in models]
-    t1 = _time(timed, models, timing, factory, clock, progress, "timing all stages (interleaved)")
+    t1 = _time(timed, models, timing, factory, clock, progress, "timing all stages (interleaved)", timing_cache)
     for s in stages[1:]:
         if s.name in models:
             _fill_speed(s, t1, s.parent or "baseline")
@@ -336,7 +356,7 @@ def decide_pipeline(
         attempts.append(("combined-exact", exact))
     for name, group in attempts if kept else []:
         stage, stage_model, t2 = _combined(name, group, model, base, stages, models, runner, budget, judged, seed,
-                                           verify, timing, factory, clock, progress, t1)
+                                           verify, timing, factory, clock, progress, t1, timing_cache)
         if t2 is not None:
             timings.append(t2.to_dict())
         stages.append(stage)
@@ -409,7 +429,8 @@ def _kept_passes(pipe: Pipeline, stages: list[StageEval], passes: dict[str, Pass
     return kept
 
 
-def _combined(name, kept, model, base, stages, models, runner, budget, judged, seed, verify, timing, factory, clock, progress, t1):
+def _combined(name, kept, model, base, stages, models, runner, budget, judged, seed, verify, timing, factory, clock, progress, t1,
+              timing_cache=None):
     """A combined stage `name`: the passes `kept` on the baseline, judged against the baseline."""
     pipe = Pipeline(tuple(kept))
     try:
@@ -437,7 +458,7 @@ def _combined(name, kept, model, base, stages, models, runner, budget, judged, s
     else:
         runner.measure(stage, cm, with_reference=True)
         t2 = _time([base, stage], {"baseline": model, name: cm}, timing, factory, clock, progress,
-                   f"timing the {name} stage")
+                   f"timing the {name} stage", timing_cache)
         _fill_speed(stage, t2, "baseline")
         # placed on the first run's scale (baseline latency there times the measured ratio), so the plot
         # and the table compare it with the other stages; the raw numbers of its own run are kept too
@@ -482,26 +503,52 @@ def _without_empty_tensor_names(node: onnx.NodeProto) -> onnx.NodeProto:
 
 
 def _time(stages: list[StageEval], models: dict[str, onnx.ModelProto], policy: TimingPolicy, factory, clock,
-          progress: Progress | None, phase: str) -> Timings:
-    """Times the stages' models (plus an A/A copy of the baseline) in one interleaved run."""
+          progress: Progress | None, phase: str, timing_cache: tuple[EvalCache, str] | None = None) -> Timings:
+    """Times the stages' models (plus an A/A copy of the baseline) in one interleaved run; with
+    `timing_cache` (cache, backend spec) the run's samples are reused from and stored in the cache."""
     named = {s.name: models[s.name] for s in stages}
     named[AA_NAME] = models["baseline"]
     pairs = [(s.name, s.parent or "baseline") for s in stages if s.name != "baseline"]
     decision_pairs = [p for p in pairs if p[1] in named] or [(AA_NAME, "baseline")]
     cb = (lambda d, t: progress(phase, d, t)) if progress else None
-    cands = factory(named)
-    try:
-        t = measure_interleaved(cands, decision_pairs, policy, aa=(AA_NAME, "baseline"), clock=clock, progress=cb)
-    finally:
-        close = getattr(cands, "close", None)
-        if close:
-            close()
+    key, raw = None, None
+    if timing_cache is not None:
+        key = _timing_key(named, decision_pairs, policy, timing_cache[1])
+        entry = timing_cache[0].get(key)
+        if entry is not None:
+            v = entry.value
+            raw = ({n: tuple(x) for n, x in v["samples_ms"].items()}, tuple(v["aa"]) if v["aa"] else None,
+                   v["stopped_by"], float(v["elapsed_s"]))
+    if raw is None:
+        cands = factory(named)
+        try:
+            t = measure_interleaved(cands, decision_pairs, policy, aa=(AA_NAME, "baseline"), clock=clock, progress=cb)
+        finally:
+            close = getattr(cands, "close", None)
+            if close:
+                close()
+        raw = (t.samples_ms, t.aa, t.stopped_by, t.elapsed_s)
+        if timing_cache is not None:
+            timing_cache[0].put(key, {"samples_ms": {n: list(x) for n, x in t.samples_ms.items()},
+                                      "aa": list(t.aa) if t.aa else None, "stopped_by": t.stopped_by, "elapsed_s": t.elapsed_s})
+    samples_ms, aa, stopped_by, elapsed_s = raw
     extra = [(s.name, "baseline") for s in stages if s.name != "baseline"]
     # a stage whose graph equals its parent's (a pass with nothing to do) is one more A/A measurement
     digest = {n: _graph_sha256(m) for n, m in named.items() if n != AA_NAME}
     identical = [(a, b) for a, b in decision_pairs if a != AA_NAME and digest[a] == digest[b]]
-    return analyse(t.samples_ms, list(dict.fromkeys(decision_pairs + extra)), policy, aa=t.aa,
-                   stopped_by=t.stopped_by, elapsed_s=t.elapsed_s, identical=identical)
+    return analyse(samples_ms, list(dict.fromkeys(decision_pairs + extra)), policy, aa=aa,
+                   stopped_by=stopped_by, elapsed_s=elapsed_s, identical=identical)
+
+
+def _timing_key(named: dict[str, onnx.ModelProto], pairs: list[tuple[str, str]], policy: TimingPolicy, backend: str) -> str:
+    """The cache key of one interleaved timing run: every timed model by name and hash, the pairs, the policy."""
+    from dataclasses import asdict
+
+    from onnxforge.evaluate.cache import evaluation_key
+
+    models = sorted((n, model_sha256(m)) for n, m in named.items())
+    return evaluation_key(model_sha256=f"timing:{models}", dataset_fingerprint="seeded inputs", backend=backend,
+                          metric="latency", extra={"pairs": [list(p) for p in pairs], "policy": asdict(policy)})
 
 
 def _fill_speed(stage: StageEval, t: Timings, vs: str, name: str | None = None) -> None:
@@ -647,12 +694,16 @@ def run_report(
     command: str | None = None,
     clock: Callable[[], float] = time.perf_counter,
     candidates_factory: Callable[..., dict] | None = None,
+    cache: EvalCache | None = None,
+    cache_latency: bool = False,
 ) -> ReportResult:
     """Decides every stage (`decide_pipeline`) and writes the report directory all or nothing.
 
     `keep_stages`: ``best`` (default) keeps the baseline and best.onnx, ``all`` every stage model under
     stages/, ``none`` no model at all (the report names the command that rebuilds best.onnx).
-    Throughput at batch sizes after the first is timed round-robin on the decided stages.
+    Throughput at batch sizes after the first is timed round-robin on the decided stages (never cached).
+    `cache`/`cache_latency`: as `decide_pipeline`; an interrupted run rerun with the same cache resumes
+    from the evaluations it stored.
 
     Raises:
         OutputPathError: `out_dir` exists and is not a directory.
@@ -676,7 +727,8 @@ def run_report(
     baseline_model = load_model(model_path)
     t0 = time.perf_counter()
     d = decide_pipeline(baseline_model, pipe, data, backend, budget, isolated, per_node, threads, seed, timing,
-                        progress=progress, clock=clock, candidates_factory=candidates_factory)
+                        progress=progress, clock=clock, candidates_factory=candidates_factory, cache=cache,
+                        cache_latency=cache_latency)
     stages, best = d.stages, d.best
     for bi, b in enumerate(batch_sizes):
         if bi == 0:

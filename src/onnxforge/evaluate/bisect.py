@@ -77,19 +77,31 @@ Scorer = Callable[[onnx.ModelProto], float]
 
 
 def make_scorer(model: onnx.ModelProto, dataset: str, data_root: str | Path | None, preset: str | None = None, *,
-                limit: int | None = None, backend: str = "onnxruntime") -> tuple[Scorer, str, Any]:
+                limit: int | None = None, backend: str = "onnxruntime", cache: Any = None) -> tuple[Scorer, str, Any]:
     """A scorer for models like `model` on one evaluation plan (planned once).
 
-    The score is the dataset metric; where it is None (no labels) the agreement with `model`.
+    The score is the dataset metric; where it is None (no labels) the agreement with `model`. With an
+    `EvalCache` (`cache`), each candidate's evaluation is looked up by content first and stored after.
     Returns (scorer, metric name, plan).
     """
-    from onnxforge.evaluate.evaluator import ModelRunner, plan_evaluation, score
+    from onnxforge.backends import parse_backend
+    from onnxforge.evaluate.evaluator import ModelRunner, cache_key, cached_result, plan_evaluation, score, store_result
+    from onnxforge.evaluate.history import model_sha256
 
     plan = plan_evaluation(model, dataset, data_root, preset, limit=limit, label="baseline")
+    spec = str(parse_backend(backend))
+    reference_sha = model_sha256(model) if cache is not None else None
 
     def scorer(candidate: onnx.ModelProto) -> float:
-        with ModelRunner(candidate, backend, label="candidate") as run, ModelRunner(model, backend, label="baseline") as ref:
-            result = score(plan, run, reference=ref)
+        key = result = None
+        if cache is not None:
+            key = cache_key(cache, plan, data_root, model_sha256(candidate), spec, reference_sha, {"per_image": False})
+            result = cached_result(cache, key, plan)
+        if result is None:
+            with ModelRunner(candidate, backend, label="candidate") as run, ModelRunner(model, backend, label="baseline") as ref:
+                result = score(plan, run, reference=ref)
+            if cache is not None:
+                store_result(cache, key, result)
         value = result.metrics.get(result.metric)
         if value is None and result.agreement:
             value = next((v for v in result.agreement.values() if v is not None), None)

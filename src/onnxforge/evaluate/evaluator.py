@@ -29,6 +29,14 @@ dataset has next to the model's, so a caller can tell a baseline that cannot be 
 Results are fractions in [0, 1]. Timings separate the backend's own inference time from everything else
 (`overhead_s`: reading, preprocessing, postprocessing, metrics), so the evaluator's cost is visible.
 Progress is reported through ``progress(done, total)``; nothing is printed.
+
+With an `EvalCache` (`evaluate(..., cache=)`; `cache_key`, `cached_result` and `store_result` for callers that
+plan and score themselves, as bisect), a result is looked up under its content key (the model's hash, the
+plan's data and preprocessing, the backend spec, the metric, the reference's hash, the version and code)
+before anything runs, and stored after scoring; a reused result has
+the metrics, agreement and per-image contributions of the stored one. Its timings are the stored ones only
+with `cache_latency=True`; otherwise no timing is reused (``total_s`` is this call's, the rest 0) and a note
+says the result came from the cache.
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ from onnxforge.backends import Backend, backend_class, backend_names, parse_back
 from onnxforge.backends.base import TensorInfo, model_inputs, model_outputs
 from onnxforge.errors import BackendError, EvaluationError
 from onnxforge.evaluate.agreement import Agreement
+from onnxforge.evaluate.cache import EvalCache, dataset_fingerprint, evaluation_key, files_fingerprint
+from onnxforge.evaluate.history import model_sha256
 from onnxforge.evaluate.catalog import dataset_class, open_dataset
 from onnxforge.evaluate.datasets import Dataset
 from onnxforge.evaluate.metrics import make_metric
@@ -709,6 +719,99 @@ class PredictionFolder(PredictionSource):
         return [split_batch(self.dir.read(p.name), 1)[0] for p in prepared]
 
 
+class RecordedOutputs(PredictionSource):
+    """A model's first outputs, recorded while the model itself was scored, served again as a reference.
+
+    `evaluate(..., record=rec)` fills it while scoring `model` (the baseline); `evaluate(..., reference=rec)`
+    then compares a stage with those outputs instead of running the baseline again. It serves only a plan
+    like the one it was recorded on (same data, canvas and spec) and only once complete; otherwise, or
+    when the outputs would take more than `max_bytes` of memory (they are then dropped), `evaluate` runs
+    `model` as the reference as usual. Either way the reference is the same model, so results are equal.
+    """
+
+    def __init__(self, model: onnx.ModelProto, max_bytes: int = 256 * 1024 ** 2, *, label: str = "baseline") -> None:
+        self.model = model
+        self.label = label
+        self.max_bytes = max_bytes
+        self.sha256 = model_sha256(model)
+        self.outputs: dict[str, np.ndarray] = {}
+        self.nbytes = 0
+        self.overflow = False
+        self.signature: tuple | None = None  # the plan recorded on, once complete
+
+    @property
+    def backend_label(self) -> str:
+        return "recorded outputs"
+
+    def io(self) -> tuple[list[TensorInfo], list[TensorInfo]]:
+        return model_inputs(self.model), model_outputs(self.model)
+
+    @staticmethod
+    def _signature(plan: EvalPlan) -> tuple:
+        return (plan.dataset_name, len(plan.dataset), tuple(plan.dataset.names()), tuple(plan.canvas), plan.whole_images,
+                repr(plan.spec))
+
+    def serves(self, plan: EvalPlan) -> bool:
+        """Whether every output `plan` needs was recorded (on a plan like it)."""
+        return not self.overflow and self.signature is not None and self.signature == self._signature(plan)
+
+    def _add(self, prepared: list[Prepared], outputs: list[np.ndarray]) -> None:
+        if self.overflow:
+            return
+        for p, out in zip(prepared, outputs):
+            kept = np.array(out, copy=True)
+            self.nbytes += kept.nbytes
+            if self.nbytes > self.max_bytes:
+                log.info("the reference's outputs exceed %d bytes: it will run again for each comparison", self.max_bytes)
+                self.outputs.clear()
+                self.overflow = True
+                return
+            self.outputs[p.name] = kept
+
+    def _start(self) -> None:
+        self.outputs, self.nbytes, self.signature = {}, 0, None
+
+    def _finish(self, plan: EvalPlan) -> None:
+        if not self.overflow:
+            self.signature = self._signature(plan)
+
+    def predict(self, prepared: list[Prepared], inp: TensorInfo, output: str, batch: int) -> list[np.ndarray]:
+        return [self.outputs[p.name] for p in prepared]
+
+
+class _Recording(PredictionSource):
+    """`inner` (an open ModelRunner) whose predictions are also added to a RecordedOutputs."""
+
+    def __init__(self, inner: PredictionSource, store: RecordedOutputs) -> None:
+        self.inner, self.store, self.label = inner, store, inner.label
+
+    @property
+    def backend_label(self) -> str:
+        return self.inner.backend_label
+
+    @property
+    def setup_s(self) -> float:  # type: ignore[override]
+        return self.inner.setup_s
+
+    @property
+    def inference_s(self) -> float:
+        return self.inner.inference_s
+
+    def io(self):
+        return self.inner.io()
+
+    def batch_for(self, plan: EvalPlan, inp: TensorInfo) -> int:
+        return self.inner.batch_for(plan, inp)
+
+    def prepare_for(self, plan: EvalPlan) -> list[str]:
+        return self.inner.prepare_for(plan)
+
+    def predict(self, prepared: list[Prepared], inp: TensorInfo, output: str, batch: int) -> list[np.ndarray]:
+        out = self.inner.predict(prepared, inp, output, batch)
+        self.store._add(prepared, out)
+        return out
+
+
 # ------------------------------------------------------------------------------------------- score
 def _batched(it: Iterator, n: int) -> Iterator[list]:
     while True:
@@ -822,7 +925,7 @@ def evaluate(
     limit: int | None = None,
     batch_size: int | None = None,
     progress: Progress | None = None,
-    reference: str | Path | onnx.ModelProto | None = None,
+    reference: str | Path | onnx.ModelProto | RecordedOutputs | None = None,
     *,
     predictions: str | Path | None = None,
     backend_options: dict | None = None,
@@ -832,6 +935,9 @@ def evaluate(
     per_image: bool = False,
     gears: Sequence[str | tuple[int, int]] = (),
     gear_policy: str = "pad",
+    cache: EvalCache | None = None,
+    cache_latency: bool = False,
+    record: RecordedOutputs | None = None,
 ) -> EvalResult:
     """Evaluates a model on `dataset` (read from `data_root`): `plan_evaluation`, then `score`.
 
@@ -845,13 +951,17 @@ def evaluate(
         limit: evaluate the first `limit` samples only.
         batch_size: images per run; must equal a static batch; default: the static batch, else 1.
         progress: called as progress(done, total) after each batch.
-        reference: a baseline model run on the same inputs; adds agreement metrics.
+        reference: a baseline model run on the same inputs; adds agreement metrics. A `RecordedOutputs`
+            (filled by an earlier `record=`) serves the baseline's outputs without running it again.
         predictions: a folder of outputs written by ais_bench/benchmark; the model is not run.
         num_classes: class count where the model cannot tell it (label-map outputs on synthetic data).
         synthetic_seed: seed of in-memory synthetic data (default scenes.EVAL_SEED).
         model_label: how errors and the result name the model (default: its path, or the graph name).
         per_image: keep each image's metric contribution (`EvalResult.per_image`).
         gears, gear_policy: image-size gears and how images reach them (see `plan_evaluation`).
+        cache: reuse (and store) the result under its content key (`cache_key`); None: always evaluate.
+        cache_latency: also store and reuse the timings (by default a reused result carries none).
+        record: keep the model's first outputs in this `RecordedOutputs` (bounded), to serve as a reference later.
 
     Raises:
         EvaluationError: the model does not fit the preset, or predictions are missing/wrong.
@@ -873,6 +983,7 @@ def evaluate(
             source: PredictionSource = stack.enter_context(
                 ModelRunner(model_path_or_proto, be, label=model_label))
             plan = plan_evaluation(source.io(), dataset, data_root, preset, **{**options, "label": source.label})
+            model_sha = _file_sha256(Path(model_path_or_proto)) if cache is not None else ""
         else:
             label = _label_of(model_path_or_proto, model_label)
             loaded: list[onnx.ModelProto] = []
@@ -888,10 +999,137 @@ def evaluate(
 
             plan = plan_evaluation(load_io, dataset, data_root, preset, **{**options, "label": label})
             proto = loaded[0]
+            model_sha = model_sha256(proto) if cache is not None else ""
             if predictions is not None:
                 source = PredictionFolder(predictions, proto, label=plan.label)
             else:
-                source = stack.enter_context(ModelRunner(proto, be, label=plan.label))
-        ref = stack.enter_context(ModelRunner(reference, be)) if reference is not None else None
-        result = score(plan, source, reference=ref, progress=progress, per_image=per_image)
-    return replace(result, total_s=time.perf_counter() - t_start)
+                source = ModelRunner(proto, be, label=plan.label)  # opened below, unless the cache has the result
+        ref: PredictionSource | None = None
+        recorders: list[tuple[PredictionSource, RecordedOutputs]] = []  # (source, what records it)
+        if isinstance(reference, RecordedOutputs):
+            if reference.serves(plan):
+                ref = reference
+            else:  # run it, and record it on the way for the next comparison
+                ref = ModelRunner(reference.model, be, label=reference.label)
+                if not reference.overflow:
+                    recorders.append((ref, reference))
+        elif reference is not None:
+            ref = ModelRunner(reference, be)
+        key = None
+        if cache is not None:
+            extra = {"per_image": per_image}
+            if predictions is not None:
+                extra["predictions"] = cache.memo(("files", str(predictions)), lambda: files_fingerprint(predictions))
+            key = cache_key(cache, plan, data_root, model_sha, str(be) if predictions is None else "predictions",
+                            _reference_sha(ref) if ref is not None else None, extra)
+            hit = cached_result(cache, key, plan, cache_latency)
+            if hit is not None:
+                took = hit.total_s if cache_latency and hit.total_s else time.perf_counter() - t_start
+                return replace(hit, model=source.label, total_s=took)
+        if isinstance(source, ModelRunner) and source.runner is None:
+            stack.enter_context(source)
+        if isinstance(ref, ModelRunner):
+            stack.enter_context(ref)
+        if record is not None and not record.overflow and isinstance(source, ModelRunner):
+            recorders.append((source, record))
+        wrapped = {id(src): _Recording(src, store) for src, store in recorders}
+        for _, store in recorders:
+            store._start()
+        result = score(plan, wrapped.get(id(source), source), reference=wrapped.get(id(ref), ref) if ref is not None else None,
+                       progress=progress, per_image=per_image)
+        for _, store in recorders:
+            store._finish(plan)
+    result = replace(result, total_s=time.perf_counter() - t_start)
+    if cache is not None:
+        store_result(cache, key, result, cache_latency)
+    return result
+
+
+# ------------------------------------------------------------------------------------------- cache
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _reference_sha(ref: PredictionSource) -> str:
+    if isinstance(ref, RecordedOutputs):
+        return ref.sha256
+    return model_sha256(ref.proto) if ref.proto is not None else _file_sha256(Path(ref.source))
+
+
+def plan_fingerprint(plan: EvalPlan, data_root: str | Path | None, *, files: str | None = None) -> str:
+    """`cache.dataset_fingerprint` of what `plan` reads and how: the dataset and its files under `data_root`
+    (None: generated in memory, keyed by its generator parameters), the samples it holds (the limit), the
+    spec's preprocessing and metric, the canvas, the batch size and the image-size gears. `files`: `files_fingerprint(data_root)`
+    if already computed."""
+    from dataclasses import asdict
+
+    spec = {k: v for k, v in asdict(plan.spec).items() if k not in ("reported", "notes")}
+    synthetic = None
+    if data_root is None:
+        from onnxforge.scenes import GENERATOR_VERSION
+
+        ds = plan.dataset
+        synthetic = {k: getattr(ds, k, None) for k in ("count", "size", "classes", "seed", "void", "start", "task", "ignore_index")}
+        synthetic["generator"] = GENERATOR_VERSION
+    return dataset_fingerprint(plan.dataset_name, data_root, limit=len(plan.dataset), synthetic=synthetic, files=files, preprocessing={
+        "spec": spec, "preset": plan.preset, "canvas": list(plan.canvas), "whole_images": plan.whole_images,
+        "batch_size": plan.batch_size, "generic": plan.generic,
+        "gears": [list(g) for g in plan.gears], "gear_policy": plan.gear_policy if plan.gears else None})
+
+
+def cache_key(cache: EvalCache, plan: EvalPlan, data_root: str | Path | None, model_sha: str, backend: str,
+              reference_sha: str | None = None, extra: dict | None = None) -> str:
+    """The content key of scoring the model hashed `model_sha` on `plan` with `backend` (and agreement with
+    the reference hashed `reference_sha`); the data's fingerprint is computed once per cache object."""
+    files = None
+    if data_root is not None:  # the one costly ingredient (a stat per file): once per cache object
+        files = cache.memo(("files", str(Path(data_root).resolve())), lambda: files_fingerprint(data_root))
+    fp = plan_fingerprint(plan, data_root, files=files)
+    return evaluation_key(model_sha, fp, backend, f"{plan.spec.metric}/{plan.preset or 'generic'}",
+                          reference_sha256=reference_sha, extra=extra)
+
+
+_TIMING_FIELDS = ("total_s", "inference_s", "setup_s", "reference_s")
+
+
+def store_result(cache: EvalCache, key: str, result: EvalResult, cache_latency: bool = False) -> bool:
+    """Stores `result` under `key`: its fields as JSON (timings only with `cache_latency`), the per-image
+    contributions as arrays."""
+    value = {k: getattr(result, k) for k in (
+        "metrics", "metric", "dataset", "preset", "backend", "images", "batch_size", "model", "per_class_iou",
+        "agreement", "predictions", "notes", "task", "dataset_classes", "model_classes")}
+    if cache_latency:
+        value["timings"] = {k: getattr(result, k) for k in _TIMING_FIELDS}
+    arrays = {}
+    if result.per_image is not None:
+        pi = result.per_image
+        value["per_image"] = {"names": list(pi.names), "kind": pi.kind, "keys": list(pi.keys)}
+        arrays["values"] = np.asarray(pi.values)
+        if pi.agreement is not None:
+            arrays["agreement"] = np.asarray(pi.agreement)
+    return cache.put(key, value, arrays)
+
+
+def cached_result(cache: EvalCache, key: str, plan: EvalPlan, cache_latency: bool = False) -> EvalResult | None:
+    """The result stored under `key`, rebuilt for `plan` (its per-image metric from the plan's spec), or None."""
+    entry = cache.get(key)
+    if entry is None:
+        return None
+    v = dict(entry.value)
+    timings = v.pop("timings", None) or {}
+    pi = v.pop("per_image", None)
+    kept = None
+    if pi is not None:
+        spec = plan.spec
+        kept = PerImage(names=list(pi["names"]), kind=pi["kind"], values=entry.arrays["values"], keys=tuple(pi["keys"]),
+                        agreement=entry.arrays.get("agreement"),
+                        metric=make_metric(spec.metric, spec.num_classes, spec.ignore_index))
+    notes = list(v.pop("notes", [])) + ["result reused from the evaluation cache (no inference ran; --no-cache evaluates again)"]
+    times = {k: (float(timings.get(k, 0.0)) if cache_latency else 0.0) for k in _TIMING_FIELDS}
+    return EvalResult(**v, **times, notes=notes, per_image=kept)
