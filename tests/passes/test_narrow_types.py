@@ -101,6 +101,27 @@ def test_numerics_through_manager(text, opset):
     np.testing.assert_allclose(outputs(result.model)["y"], outputs(model)["y"], rtol=1e-6)
 
 
+def test_an_int64_graph_output_keeps_its_name_and_type_through_a_cast_back():
+    text = """
+g (float[2,5] x, float[16,2] t) => (float[2,2] y, int64[2] z) {
+  a = ArgMax<axis = 1, keepdims = 0>(x)
+  one = Constant<value = int64[1] {1}>()
+  three = Constant<value = int64[1] {3}>()
+  b = Add(a, one)
+  c = Mul(b, three)
+  z = Max(c, one)
+  y = Gather<axis = 0>(t, z)
+}"""
+    model = parse(text)
+    result, out = apply(NarrowTypes(), model)
+    assert result.stats["nodes_narrowed"] == 3 and result.stats["casts_added"] == 2
+    assert [o.name for o in out.graph.output] == ["y", "z"]
+    assert out.graph.output[1].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    gather = next(n for n in out.graph.node if n.op_type == "Gather")
+    assert _types(out)[gather.input[1]] == onnx.TensorProto.INT32  # the Gather reads the narrow value
+    np.testing.assert_array_equal(outputs(out)["z"], outputs(model)["z"])
+
+
 def test_int64_graph_input_needs_io_option_and_then_the_interface_narrows():
     text = """
 g (int64[5] ids, float[8,2] table) => (float[5,2] y, int64[5] z) {
@@ -116,7 +137,8 @@ g (int64[5] ids, float[8,2] table) => (float[5,2] y, int64[5] z) {
     assert model.graph.output[1].type.tensor_type.elem_type == onnx.TensorProto.INT32
 
 
-def test_torch_float64_and_int64_model(tmp_path):
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_torch_float64_and_int64_model(tmp_path, dynamo):
     torch = pytest.importorskip("torch")
     from tests.passes.torch_export import export
 
@@ -131,11 +153,13 @@ def test_torch_float64_and_int64_model(tmp_path):
             labels = (torch.argmax(x, 1) * 3 + 1).float()
             return h, labels
 
-    model = export(Mixed(), (torch.randn(2, 4),), tmp_path / "m.onnx", dynamo=False, input_names=["x"], output_names=["h", "labels"])
+    model = export(Mixed(), (torch.randn(2, 4),), tmp_path / "m.onnx", dynamo=dynamo, input_names=["x"], output_names=["h", "labels"])
     assert any(t.data_type == onnx.TensorProto.DOUBLE for t in model.graph.initializer) or "Constant" in ops(model)
     result, out = apply(NarrowTypes(), model)
     assert result.modified and result.stats["regions_narrowed"] == 2, result.stats
-    assert result.stats["index_constants_narrowed"] == 1
+    # TorchScript indexes with Gather (int64 index constant -> int32), dynamo with GatherND (indices int64-only)
+    assert result.stats["index_constants_narrowed"] == (0 if dynamo else 1)
+    assert result.stats["casts_added"] == 1 and result.stats["casts_removed"] == 1  # ArgMax -> int32; x.double() goes
     types = _types(out)
     assert onnx.TensorProto.DOUBLE not in types.values()
     assert [o.type.tensor_type.elem_type for o in out.graph.output] == [onnx.TensorProto.FLOAT] * 2
