@@ -122,6 +122,27 @@ g (float[2,5] x, float[16,2] t) => (float[2,2] y, int64[2] z) {
     np.testing.assert_array_equal(outputs(out)["z"], outputs(model)["z"])
 
 
+def test_a_cast_left_no_op_by_a_later_region_is_removed():
+    text = """
+g (float[2,5] x, float[16,2] t) => (float[2,2] y, float[2,2] z) {
+  a = ArgMax<axis = 1, keepdims = 0>(x)
+  b = ArgMin<axis = 1, keepdims = 0>(x)
+  one = Constant<value = int64[1] {1}>()
+  three = Constant<value = int64[1] {3}>()
+  n = Add(a, one)
+  m = Mul(b, three)
+  v = Max(m, one)
+  k = Cast<to = 7>(v)
+  s = Add(n, k)
+  y = Gather<axis = 0>(t, s)
+  z = Gather<axis = 0>(t, v)
+}"""
+    result, model = apply(NarrowTypes(), parse(text))
+    # {n, k, s} is narrowed first (k then casts int64 -> int32), {m, v} second: k is then int32 -> int32
+    assert result.stats["regions_narrowed"] == 2 and result.stats["casts_removed"] == 1
+    assert op_counts(model)["Cast"] == 2  # the two ArgMax/ArgMin outputs entering
+
+
 def test_int64_graph_input_needs_io_option_and_then_the_interface_narrows():
     text = """
 g (int64[5] ids, float[8,2] table) => (float[5,2] y, int64[5] z) {

@@ -117,10 +117,6 @@ class Family:
     def narrow_np(self) -> np.dtype:
         return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(self.narrow))
 
-    @property
-    def wide_np(self) -> np.dtype:
-        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(self.wide))
-
 
 INT = Family("int", onnx.TensorProto.INT64, onnx.TensorProto.INT32, INT_OPS)
 FLOAT = Family("float", onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT, FLOAT_OPS)
@@ -462,6 +458,7 @@ class NarrowRegion(Rule):
     def targets(self, ctx: RuleContext) -> list[Region | Skip]:
         self._a = Analysis(ctx)
         self.nodes = self.casts = self.dropped = 0
+        self._retargeted: list[tuple[gs.Node, Family]] = []
         return find_regions(self._a)
 
     def match(self, target: Region | Skip, ctx: RuleContext) -> Match | Skip | None:
@@ -511,17 +508,30 @@ class NarrowRegion(Rule):
             for t in builder.graph.outputs:
                 if any(t is n.outputs[j] for n in region.nodes for j in group_outputs(n)):
                     t.dtype = fam.narrow_np
-        self.dropped += _drop_noop_casts(region, fam, a)
+        # a Cast of this region may read a value another region narrows later: every retargeted Cast is
+        # checked again after each region
+        self._retargeted.extend((n, fam) for n in region.nodes if n.op == "Cast")
+        self.dropped += _drop_noop_casts(self._retargeted, a)
         self.nodes += len(region.nodes)
         return None
 
 
-def _drop_noop_casts(region: Region, fam: Family, a: Analysis) -> int:
-    """Retargeted Casts whose input already has the narrow type, bypassed (the manager's cleanup drops
-    them); a graph output keeps its Cast. Returns how many."""
+def _current_elem(tensor: gs.Tensor, a: Analysis) -> int | None:
+    """The element type of `tensor` now (a region rewritten before may have narrowed it in place)."""
+    if isinstance(tensor, gs.Variable) and tensor.dtype is not None:
+        try:
+            return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(tensor.dtype))
+        except (TypeError, KeyError):
+            pass
+    return a.elem(tensor)
+
+
+def _drop_noop_casts(casts: list[tuple[gs.Node, Family]], a: Analysis) -> int:
+    """Retargeted Casts whose input now has the narrow type, bypassed (the manager's cleanup drops
+    them); a graph output keeps its Cast. Returns how many were bypassed now."""
     dropped = 0
-    for node in region.nodes:
-        if node.op != "Cast" or a.elem(node.inputs[0]) != fam.narrow:
+    for node, fam in casts:
+        if not node.outputs or _current_elem(node.inputs[0], a) != fam.narrow:
             continue
         out, src = node.outputs[0], node.inputs[0]
         if is_graph_output(a.graph, out):
