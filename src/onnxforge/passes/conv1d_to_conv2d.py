@@ -10,7 +10,8 @@ Why: atc has no 1-D convolution on the AI Core; it runs Conv1d as a 2-D convolut
 NC1HWC0 layout and inserts a TransData (plus a reshape) before and after every 1-D Conv, so a stack
 of N Conv1d layers pays 2N layout conversions through global memory. Lifted once at the region's
 edges, the whole stack stays in 4-D: one Unsqueeze at each input, one Squeeze at each output, and atc
-converts the layout once (Ascend's retired surgeon tool's Conv1d-to-Conv2d knowledge).
+converts the layout once (Ascend's retired surgeon tool's Conv1d-to-Conv2d knowledge; the effect on a
+device is not measured here).
 
 What is lifted (the region): a Conv whose input is rank 3 (a 1-D kernel) seeds it; it grows through
 the rank-3 tensors connecting it to neighbours that are

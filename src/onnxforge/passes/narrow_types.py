@@ -5,20 +5,22 @@ Before -> After (position ids from a static length; an int64 index constant)::
     Range(0, L, 1) -> Add(2) -> Unsqueeze -> Gather(table, .)       (int64, every value in [2, L + 2))
         ->  Range(0, L, 1) -> Cast<to=int32> -> Add(2:int32) -> Unsqueeze -> Gather(table, .)
     Cast<to=double>(x) -> Mul(2.0:double) -> Add(0.5:double) -> Cast<to=float> -> y
-        ->  Mul(x, 2.0:float) -> Add(0.5:float) -> Cast<to=float> -> y   (the no-op Cast is left for merge-casts)
+        ->  Mul(x, 2.0:float) -> Add(0.5:float) -> Cast<to=float> -> y   (that Cast, now a no-op, is merge-casts' job)
     Gather(x, [2, 0, 1]:int64)  ->  Gather(x, [2, 0, 1]:int32)
 
-Why: the AI Core computes in 32 bits; atc runs int64 arithmetic and most int64 and float64 ops on the
-AI CPU (or refuses float64), so a torch graph's int64 index arithmetic and any float64 math cost a
-device round trip each (Ascend's retired surgeon tool's type-narrowing knowledge).
+Why: Ascend's AI Core kernels are built for 32- and 16-bit types; an op on int64 or float64 runs on
+an AI CPU kernel (a round trip off the AI Core) or is refused, so a torch graph's int64 index
+arithmetic and any float64 math cost a device transfer each. This is the reason Ascend's retired
+surgeon tool carried a type-narrowing knowledge; the effect on a device is not measured here.
 
 What is narrowed: a region is a connected set of nodes whose ops are in `INT_OPS` / `FLOAT_OPS` and
 compute in int64 (float64) on the inputs and outputs `_SLOTS` names (the type ``T`` of the ONNX spec:
 Add's inputs and output, Reshape's data but not its shape, Gather's data; Cast to int64/float64 is
 retargeted). Inputs of those ops that the spec allows only as int64 stay int64: Reshape's and
-Expand's shape, Tile's repeats, Unsqueeze/Squeeze/Reduce axes, Slice's starts/ends/axes/steps, Pad's
-pads, TopK's K, Split's split, ScatterND's and GatherND's indices, ConstantOfShape's input; so do
-Shape, Size, ArgMax/ArgMin, NonZero and TopK's indices (int64 by spec). Index inputs that take either
+Expand's shape, Tile's repeats, Unsqueeze/Squeeze/Reduce axes, Pad's pads, TopK's K, Split's split,
+ScatterND's and GatherND's indices, ConstantOfShape's input; so do Slice's starts/ends/axes/steps
+(int32 is allowed there, but all four must share one type) and the outputs of Shape, Size,
+ArgMax/ArgMin, NonZero and TopK's indices (int64 by spec). Index inputs that take either
 width (Gather, GatherElements and ScatterElements indices, Cast's and Shape's inputs) read the narrow
 values as they are, and int64 index constants there become int32.
 
