@@ -386,7 +386,7 @@ def _linked(node: gs.Node, ok: dict[int, gs.Node]) -> list[gs.Node]:
     out = []
     for i in group_inputs(node):
         producer = node.inputs[i].inputs[0] if node.inputs[i].inputs else None
-        if producer is not None and id(producer) in ok and node.inputs[i] in [producer.outputs[j] for j in group_outputs(producer)]:
+        if producer is not None and id(producer) in ok and any(node.inputs[i] is producer.outputs[j] for j in group_outputs(producer)):
             out.append(producer)
     for j in group_outputs(node):
         for consumer in node.outputs[j].outputs:
