@@ -80,6 +80,26 @@ g (float[2,3,20] x, float[3,1] scale, float[2,3,10] skip, float[10] ramp) => (fl
     assert op_counts(model)["Squeeze"] == 2
 
 
+def test_conv_transpose_and_concat_stay_in_the_region():
+    text = """
+g (float[1,2,8] x, float[2,3,3] wt, float[5,5,1] w) => (float[1,5,17] y) {
+  up = ConvTranspose<strides = [2], pads = [1, 0], output_padding = [1]>(x, wt)
+  r = Relu(up)
+  roi = Constant<value = float[0] {}>()
+  scales = Constant<value = float[3] {1, 1, 2.125}>()
+  skip = Resize(x, roi, scales)
+  cat = Concat<axis = -2>(r, skip)
+  y = Conv(cat, w)
+}"""
+    result, out = apply(Conv1dToConv2d(), parse(text))
+    assert result.stats["convs_lifted"] == 2 and result.stats["nodes_lifted"] == 4 and result.stats["squeezes"] == 1
+    assert result.stats["unsqueezes"] == 4  # x, the Resize output (outside), and the two runtime weights
+    nodes = {n.op_type: n for n in out.graph.node}
+    attrs = {a.name: (a.i if a.type == onnx.AttributeProto.INT else list(a.ints)) for a in nodes["ConvTranspose"].attribute}
+    assert attrs["strides"] == [1, 2] and attrs["pads"] == [0, 1, 0, 0] and attrs["output_padding"] == [0, 1]
+    assert [a.i for a in nodes["Concat"].attribute if a.name == "axis"] == [1]
+
+
 def test_shared_weight_lifted_once_and_shared_constant_kept_for_outside_users():
     text = """
 g (float[1,2,8] x) => (float[1,2,8] y, float[2,2,3] wsum) {

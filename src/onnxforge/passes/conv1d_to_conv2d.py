@@ -16,9 +16,11 @@ device is not measured here).
 What is lifted (the region): a Conv whose input is rank 3 (a 1-D kernel) seeds it; it grows through
 the rank-3 tensors connecting it to neighbours that are
 
-- ``Conv`` with a rank-3 input (W[:, :, None, :]; a runtime weight gets an Unsqueeze), ``MaxPool``
-  (one output) and ``AveragePool`` on rank 3: kernel_shape, strides and dilations get 1 and pads 0 on
-  the new axis (``pads [b, e] -> [0, b, 0, e]``); auto_pad and ceil_mode mean the same on an axis of 1;
+- ``Conv`` and ``ConvTranspose`` with a rank-3 input (W[:, :, None, :]; a runtime weight gets an
+  Unsqueeze), ``MaxPool`` (one output) and ``AveragePool`` on rank 3: kernel_shape, strides, dilations
+  and output_shape get 1 and pads and output_padding 0 on the new axis (``pads [b, e] -> [0, b, 0, e]``);
+  auto_pad and ceil_mode mean the same on an axis of 1;
+- ``Concat`` of rank-3 tensors (its axis mapped: 0, 1, 2 -> 0, 1, 3), so skip connections stay inside;
 - ``GlobalAveragePool``, ``GlobalMaxPool``, ``BatchNormalization`` (inference: one output) and
   ``InstanceNormalization`` on rank 3: per-channel parameters stay as they are;
 - the element-wise ops in `ELEMENTWISE` (activations, ``Clip``, arithmetic, comparisons, ``Where``,
@@ -56,9 +58,12 @@ ELEMENTWISE = frozenset({
     "Ceil", "Round", "Sin", "Cos", "Not", "Identity", "Cast", "Clip",
     "Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Sum", "Mean", "Where",
     "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor",
+    "Concat",  # not element-wise, but its axis maps to 4-D (N, C, L -> 0, 1, 3) and all inputs are rank 3
 })
 #: Ops with a spatial window: their 1-D attributes get the new axis (value on it: 1, pads 0).
-WINDOWED = frozenset({"Conv", "MaxPool", "AveragePool"})
+WINDOWED = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool"})
+#: Ops whose second input is a convolution weight (lifted to W[:, :, None, :]).
+CONVS = frozenset({"Conv", "ConvTranspose"})
 #: Ops that see only their first input's layout (the others are per-channel parameters).
 CHANNELWISE = frozenset({"BatchNormalization", "InstanceNormalization", "GlobalAveragePool", "GlobalMaxPool"})
 LIFTED_AXIS = 2
@@ -112,7 +117,7 @@ def liftable(node: gs.Node, ranks: _Ranks, graph: gs.Graph) -> bool:
     if len(used) != 1 or used[0] is not node.outputs[0] or ranks(used[0]) != 3:
         return False
     if node.op in WINDOWED or node.op in CHANNELWISE:
-        return ranks(node.inputs[0]) == 3 and (node.op != "Conv" or ranks(node.inputs[1]) == 3)
+        return ranks(node.inputs[0]) == 3 and (node.op not in CONVS or ranks(node.inputs[1]) == 3)
     return all(ranks(t) is not None and ranks(t) <= 3 for _, t in _present(node))
 
 
@@ -122,7 +127,7 @@ def find_regions(ctx: RuleContext) -> list[Region | Skip]:
     taken: set[int] = set()
     found: list[Region | Skip] = []
     for node in graph.nodes:
-        if node.op != "Conv" or node.domain not in (None, "", "ai.onnx") or id(node) in taken:
+        if node.op not in CONVS or node.domain not in (None, "", "ai.onnx") or id(node) in taken:
             continue
         weight_rank = ranks(node.inputs[1]) if len(node.inputs) > 1 else None
         if weight_rank != 3:
@@ -169,9 +174,9 @@ def _reads_as_data(consumer: gs.Node, tensor: gs.Tensor, members: set[int]) -> b
 
 def lift_attrs(node: gs.Node) -> None:
     """The 1-D window attributes of `node` extended to 2-D (the new axis first: size 1, no padding)."""
-    for key in ("kernel_shape", "strides", "dilations"):
+    for key, new_axis in (("kernel_shape", 1), ("strides", 1), ("dilations", 1), ("output_padding", 0), ("output_shape", 1)):
         if key in node.attrs:
-            node.attrs[key] = [1, *[int(v) for v in node.attrs[key]]]
+            node.attrs[key] = [new_axis, *[int(v) for v in node.attrs[key]]]
     if "pads" in node.attrs:
         begin, end = [int(v) for v in node.attrs["pads"]]
         node.attrs["pads"] = [0, begin, 0, end]
@@ -226,7 +231,7 @@ class _Lifter:
         for node in region.nodes:
             slots = set(data_slots(node))
             for i, tensor in _present(node):
-                if node.op == "Conv" and i == 1:
+                if node.op in CONVS and i == 1:
                     node.inputs[1] = self.outside(tensor, 3, weight=True)
                     continue
                 if i not in slots:
@@ -239,6 +244,8 @@ class _Lifter:
                     node.inputs[i] = self.outside(tensor, rank)
             if node.op in WINDOWED:
                 lift_attrs(node)
+            if node.op == "Concat":
+                node.attrs["axis"] = (0, 1, 3)[int(node.attrs["axis"]) % 3]
         for lifted, out in exits:
             self.builder.squeeze(lifted, [LIFTED_AXIS], out=out, hint="squeeze")
             self.squeezed += 1
@@ -264,7 +271,7 @@ class LiftConv1dRegion(Rule):
         region: Region = match["region"]
         lifter = _Lifter(builder, self._ranks, self._cache)
         lifter.lift(region)
-        self.convs += sum(n.op == "Conv" for n in region.nodes)
+        self.convs += sum(n.op in CONVS for n in region.nodes)
         self.nodes += len(region.nodes)
         self.unsqueezed += lifter.unsqueezed
         self.squeezed += lifter.squeezed
