@@ -83,3 +83,18 @@ def test_ddmin_minimal():
         return "c" in s and "f" in s
 
     assert sorted(ddmin(list("abcdefgh"), fails)) == ["c", "f"]
+
+
+def test_scorer_judges_on_the_dataset_metric_not_agreement(tmp_path):
+    from onnxforge.evaluate.bisect import make_scorer
+    from onnxforge.evaluate.evaluator import evaluate
+    from onnxforge.evaluate.synthetic import write_synthetic
+    from tests.evaluate.test_report import C, H, W, tiny_segmenter
+
+    root = tmp_path / "synth"
+    write_synthetic(root, n=3, size=(H, W), classes=C)
+    model = tiny_segmenter()
+    scorer, _, _ = make_scorer(model, "synthetic", root)
+    expected = evaluate(model, "synthetic", root).metrics["mIoU"]
+    assert expected < 1.0  # an untrained model: its mIoU differs from its agreement with itself (1.0)
+    assert scorer(model) == pytest.approx(expected)

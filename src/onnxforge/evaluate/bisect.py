@@ -80,13 +80,14 @@ def make_scorer(model: onnx.ModelProto, dataset: str, data_root: str | Path | No
                 limit: int | None = None, backend: str = "onnxruntime", cache: Any = None) -> tuple[Scorer, str, Any]:
     """A scorer for models like `model` on one evaluation plan (planned once).
 
-    The score is the dataset metric; where it is None (no labels) the agreement with `model`. With an
+    The score is the dataset's headline metric (`history.primary_metric`: mIoU, top1, IoU or pixAcc, as the
+    report judges); where the data has no labels, the agreement with `model`. With an
     `EvalCache` (`cache`), each candidate's evaluation is looked up by content first and stored after.
     Returns (scorer, metric name, plan).
     """
     from onnxforge.backends import parse_backend
     from onnxforge.evaluate.evaluator import ModelRunner, cache_key, cached_result, plan_evaluation, score, store_result
-    from onnxforge.evaluate.history import model_sha256
+    from onnxforge.evaluate.history import model_sha256, primary_metric
 
     plan = plan_evaluation(model, dataset, data_root, preset, limit=limit, label="baseline")
     spec = str(parse_backend(backend))
@@ -102,7 +103,8 @@ def make_scorer(model: onnx.ModelProto, dataset: str, data_root: str | Path | No
                 result = score(plan, run, reference=ref)
             if cache is not None:
                 store_result(cache, key, result)
-        value = result.metrics.get(result.metric)
+        labelled = {k: v for k, v in result.metrics.items() if v is not None}
+        value = labelled[primary_metric(labelled)] if labelled else None
         if value is None and result.agreement:
             value = next((v for v in result.agreement.values() if v is not None), None)
         if value is None:
