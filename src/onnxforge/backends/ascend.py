@@ -19,7 +19,7 @@ Compiling (atc). The command is derived from the model itself:
   is read, reported, and a disagreement with the graph is logged.
 
 Before calling atc the model is checked against what the selected CANN profile says atc accepts
-(`onnxforge.backends.cann`: one JSON file per CANN line, sources inside; option ``cann``, default the
+(`onnxforge.cann`: one JSON file per CANN line, sources inside; option ``cann``, default the
 installed CANN, else 5.0): the ai.onnx opset range (overridable with ``min_opset``/``max_opset``) and,
 where the profile records an op list (5.0), every op type. atc options the profile does not list
 (``precision_mode_v2`` on 5.0) are refused before anything runs.
@@ -56,7 +56,7 @@ import numpy as np
 import onnx
 
 from onnxforge import spec
-from onnxforge.backends.cann import DEFAULT_CANN, CannProfile, profile as cann_profile, select_profile
+from onnxforge.cann import DEFAULT_CANN, CannProfile, profile as cann_profile, select_profile
 from onnxforge.backends.base import (
     Backend,
     Runner,

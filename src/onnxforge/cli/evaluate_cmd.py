@@ -185,7 +185,7 @@ def bench(
 
 
 def _cann_help() -> str:
-    from onnxforge.backends.cann import DEFAULT_CANN, profiles
+    from onnxforge.cann import DEFAULT_CANN, profiles
 
     lines = [f"{p.version} ({p.line}): opset {p.min_opset}..{p.max_opset}, ONNX {p.onnx_version}"
              + ("" if p.ops is not None else ", no op list") for p in profiles().values()]
@@ -194,7 +194,7 @@ def _cann_help() -> str:
 
 
 def _max_opset_help() -> str:
-    from onnxforge.backends.cann import profiles
+    from onnxforge.cann import profiles
 
     ranges = ", ".join(f"{p.line}: {p.max_opset}" for p in profiles().values())
     return f"Shorthand for the spec option max_opset: highest ai.onnx opset atc accepts (default: the CANN profile's; {ranges})."
