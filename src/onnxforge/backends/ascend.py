@@ -543,11 +543,9 @@ class _AscendBackend(Backend):
             raise BackendError(f"{label}: atc failed (exit {proc.returncode}): {summarize_atc_failure(text)}{where}")
         if not om_path.is_file():
             raise BackendError(f"{label}: atc exited 0 but wrote no {om_path}")
-        write_text_atomic(om_path.with_name(om_path.name + ".json"), json.dumps({
-            "model": label, "om": str(om_path), "command": plan.command, "shell": plan.shell(),
-            "cann_profile": self.profile.version, "pipeline": plan.pipeline, "notes": list(plan.notes),
-        }, indent=2) + "\n")
         self.last_result = CompileResult(om_path, plan.command, log_path, plan)
+        record = {"model": label, **(self.compile_record() or {})}
+        write_text_atomic(om_path.with_name(om_path.name + ".json"), json.dumps(record, indent=2) + "\n")
         return self.last_result
 
     def compile_notes(self) -> list[str]:
@@ -559,6 +557,15 @@ class _AscendBackend(Backend):
         if result.plan.pipeline:
             lines.append(f"pipeline recorded in the model: {result.plan.pipeline}")
         return lines
+
+    def compile_record(self) -> dict[str, object] | None:
+        """The last compile as the .om's sidecar JSON and the A/B report record it: the exact atc argv, its
+        shell form, the .om, the CANN profile, the pipeline recorded in the model and the planner's notes."""
+        result = self.last_result
+        if result is None:
+            return None
+        return {"tool": "atc", "om": str(result.om_path), "command": list(result.command), "shell": result.plan.shell(),
+                "cann_profile": self.profile.version, "pipeline": result.plan.pipeline, "notes": list(result.plan.notes)}
 
     def runner(self, artifact: str | Path) -> AisBenchRunner:
         """An ais_bench runner on an .om (BackendUnavailable without the ais_bench package)."""

@@ -194,6 +194,11 @@ class Backend(ABC):
         read from the model); empty by default."""
         return []
 
+    def compile_record(self) -> dict[str, Any] | None:
+        """What the last `compile` of this backend object ran, for reports (``{"command": [argv...], ...}``,
+        JSON-ready); None when it runs no tool (the default) or has not compiled yet."""
+        return None
+
     def __str__(self) -> str:
         return format_item(self.name, self.non_default_options())
 

@@ -121,6 +121,10 @@ class EvalResult:
     dataset_classes: int | None = None
     model_classes: int | None = None
     per_image: PerImage | None = None
+    #: what the backend ran to compile the model (`Backend.compile_record`: atc's exact argv...), if anything
+    compiled: dict[str, Any] | None = None
+    #: a run split across devices (ais_bench ``devices``): per-device commands and throughputs, their sum
+    devices: dict[str, Any] | None = None
 
     @property
     def overhead_s(self) -> float:
@@ -155,6 +159,8 @@ class EvalResult:
             "per_class_iou": self.per_class_iou,
             "agreement": self.agreement,
             "notes": list(self.notes),
+            **({"compiled": self.compiled} if self.compiled else {}),
+            **({"devices": self.devices} if self.devices else {}),
             "onnxforge_version": __version__,
         }
 
@@ -508,6 +514,10 @@ class PredictionSource(ABC):
 
     label: str = "model"
     setup_s: float = 0.0
+    #: what compiling the model ran (`Backend.compile_record`), for the result; None: nothing ran
+    compiled: dict[str, Any] | None = None
+    #: a run split across devices (see `EvalResult.devices`); None: not split
+    devices: dict[str, Any] | None = None
 
     @property
     @abstractmethod
@@ -587,6 +597,8 @@ class ModelRunner(PredictionSource, contextlib.AbstractContextManager):
                 artifact = self.backend.compile(self.proto, self.backend.artifact_path(workdir, "model"))
             else:
                 artifact = self.backend.compile(self.proto, None)
+            if not self.is_artifact:
+                self.compiled = self.backend.compile_record()
             self.runner = self._stack.enter_context(self.backend.runner(artifact))
         except BaseException:
             self._stack.close()
@@ -757,6 +769,8 @@ def score(plan: EvalPlan, source: PredictionSource, *, reference: PredictionSour
         dataset_classes=plan.dataset_classes,
         model_classes=model_classes(outputs) if outputs else plan.model_classes,
         per_image=kept,
+        compiled=source.compiled,
+        devices=source.devices,
     )
 
 
