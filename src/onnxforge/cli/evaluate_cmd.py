@@ -52,16 +52,41 @@ COMPILE_SHORTHANDS = {
     "--dynamic-batch-sizes": "dynamic_batch_sizes", "--dynamic-image-sizes": "dynamic_image_sizes",
     "--atc-arg": "extra_args", "--aipp": "insert_op_conf",
 }
+DEVICE_HELP = ("Shorthand for the spec option device (onnxruntime: cpu | cuda | tensorrt | cann | auto); with ais_bench "
+               "the spec option devices: NPU ids such as 0,1,2,3, one ais_bench process each, the work split between them "
+               "and the throughputs summed (ais_bench --device).")
 EVALUATE_SHORTHANDS = {"--threads": "threads", "--device": "device", "--soc-version": "soc_version"}
 
 
 def _backend(spec: str, shorthands: dict[str, str], values: dict[str, object]):
     """The backend `spec` names, with the shorthand flags that were given filling its options (a flag the
-    backend has no option for, or one contradicting the spec, is an error)."""
+    backend has no option for, or one contradicting the spec, is an error). ``--device`` is the ``devices``
+    list (``0,1,2,3``) for a backend that splits work across devices (ais_bench), else its ``device``."""
     from onnxforge.backends import parse_backend
 
+    shorthands, values = dict(shorthands), dict(values)
+    if values.get("--device") is not None and "--device" in shorthands:
+        shorthands["--device"], values["--device"] = device_option(spec, str(values["--device"]))
     flags = {option: flag for flag, option in shorthands.items()}
     return parse_backend(spec, {shorthands[f]: v for f, v in values.items()}, flags=flags)
+
+
+def device_option(spec: str, text: str) -> tuple[str, object]:
+    """(option, value) that ``--device TEXT`` fills on the backend `spec` names: ``devices`` as a tuple of
+    ids (``0,1,2,3``; a repeated id is an error) where the backend has that option, else ``device``."""
+    from dataclasses import fields
+
+    from onnxforge.backends import parse_backend
+
+    names = {f.name for f in fields(parse_backend(spec).Options)}
+    if "devices" not in names:
+        return "device", text
+    from onnxforge.backends.ascend import check_devices
+
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        return "device", text  # not NPU ids (e.g. cuda): the backend has no such option, which parse_backend says
+    return "devices", check_devices([int(p) for p in parts], "--device")
 
 
 def evaluate(
@@ -77,7 +102,7 @@ def evaluate(
     reference: Optional[Path] = typer.Option(None, "--reference", help="Baseline model: adds agreement with its predictions."),
     soc_version: Optional[str] = typer.Option(None, "--soc-version", help="Shorthand for the spec option soc_version (atc/ais_bench target SoC, default Ascend310P3)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Shorthand for the spec option threads (onnxruntime intra-op threads; 0: one per core)."),
-    device: Optional[str] = typer.Option(None, "--device", help="Shorthand for the spec option device (onnxruntime: cpu | cuda | tensorrt | auto)."),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes the model predicts, where its output does not say (an integer label map) and no preset does."),
 ) -> None:
     """Score a model on a dataset with the metric its upstream used (mIoU, pixAcc, top-1/5, IoU).
@@ -137,7 +162,7 @@ def bench(
     backend: str = typer.Option("onnxruntime", "--backend", help=_backend_option_help("onnxruntime"), show_default=False),
     batch_sizes: str = typer.Option("1,4,8,16", "--batch-sizes", help="Comma-separated batch sizes."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Shorthand for the spec option threads (onnxruntime intra-op threads; 0: one per core)."),
-    device: Optional[str] = typer.Option(None, "--device", help="Shorthand for the spec option device (onnxruntime: cpu | cuda | tensorrt | auto)."),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     warmup: int = typer.Option(5, "--warmup", help="Untimed runs first."),
     iters: int = typer.Option(20, "--iters", help="Timed runs per batch size."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the records as JSON (atomically)."),

@@ -664,10 +664,87 @@ class PredictionFolder(PredictionSource):
 
     def prepare_for(self, plan: EvalPlan) -> list[str]:
         self.dir.check_complete(plan.dataset.names())
-        return [f"outputs read from {self.directory} ({self.dir.convention} naming <image>_{self.dir.index}.bin)"]
+        notes = [f"outputs read from {self.directory} ({self.dir.convention} naming <image>_{self.dir.index}.bin)"]
+        if self.dir.throughput is not None:
+            n = len(self.dir.summaries)
+            notes.append(f"ais_bench throughput {self.dir.throughput:.1f} images/s"
+                         + (f" (the sum of {n} devices' summaries)" if n > 1 else " (its summary)"))
+        return notes
 
     def predict(self, prepared: list[Prepared], inp: TensorInfo, output: str, batch: int) -> list[np.ndarray]:
         return [split_batch(self.dir.read(p.name), 1)[0] for p in prepared]
+
+
+class DeviceSplit(PredictionFolder):
+    """The planned dataset run on several devices at once: each sample's preprocessed input is written as
+    ``<image>.bin`` into the folder of the device that runs it (`Backend.split_work`), the model is compiled
+    (atc), one process per device runs it (`Backend.run_split`: ais_bench, all at once), and the outputs are
+    read back from ais_bench's layout exactly as ``--predictions`` reads them.
+
+    `workdir` keeps ``model.om``, ``input/device<k>/`` and ``output/TS/...``; `devices` on the result holds
+    every device's argv and throughput and their sum.
+    """
+
+    def __init__(self, proto: onnx.ModelProto, backend: Backend, plan: EvalPlan, workdir: Path, *,
+                 label: str | None = None) -> None:
+        self.label = _label_of(proto, label)
+        self._io = model_inputs(proto), model_outputs(proto)
+        inp = plan.check(*self._io, self.label)
+        self.backend = backend
+        workdir.mkdir(parents=True, exist_ok=True)
+        by_name = {n: d for d, names in backend.split_work(plan.dataset.names()).items() for n in names}
+        folders = {d: workdir / "input" / f"device{d}" for d in backend.split_devices()}
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        for sample in plan.dataset:
+            prepared = _prepare(plan, sample)
+            arr = np.ascontiguousarray(prepared.input[None].astype(inp.dtype, copy=False))
+            (folders[by_name[prepared.name]] / f"{prepared.name}.bin").write_bytes(arr.tobytes())
+        t0 = time.perf_counter()
+        artifact = backend.compile(proto, backend.artifact_path(workdir, "model"))
+        self.compiled = backend.compile_record()
+        run = backend.run_split(artifact, workdir / "output", folders)
+        self.setup_s = time.perf_counter() - t0
+        self.run = run
+        self.devices = run.to_dict()
+        self.directory = run.root
+        self.dir = PredictionDir(run.root, self._io[1][0])
+
+    @property
+    def backend_label(self) -> str:
+        return str(self.backend)
+
+    @property
+    def inference_s(self) -> float:
+        return float(self.run.compute_s)
+
+    def prepare_for(self, plan: EvalPlan) -> list[str]:
+        notes = super().prepare_for(plan)
+        per = ", ".join(f"device {r['device']}: {r['throughput']:.1f}" for r in self.devices["devices"])
+        return notes + [f"split across devices {','.join(str(r['device']) for r in self.devices['devices'])} "
+                        f"(one ais_bench process each; images/s {per})"]
+
+
+def _split_workdir(backend: Backend, stack: contextlib.ExitStack) -> Path:
+    """Where a devices run keeps its files: the backend's ``ais_bench_output`` option, else a temporary folder
+    that lives as long as `stack`."""
+    kept = getattr(backend.options, "ais_bench_output", None)
+    if kept:
+        return Path(kept)
+    return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="onnxforge-devices-")))
+
+
+def _load(path: str | Path) -> onnx.ModelProto:
+    from onnxforge.modelio import load_model
+
+    return load_model(path)
+
+
+def _prepare(plan: EvalPlan, sample) -> Prepared:
+    """One sample preprocessed as the plan's spec says (at the plan's canvas, or the image's own size)."""
+    spec = plan.spec
+    return prepare(spec.preprocess, sample, sample.image.shape[:2] if plan.whole_images else plan.canvas, spec.mean,
+                   spec.std, spec.resize_short, spec.ignore_index)
 
 
 # ------------------------------------------------------------------------------------------- score
@@ -713,11 +790,7 @@ def score(plan: EvalPlan, source: PredictionSource, *, reference: PredictionSour
     total = len(ds)
     done = 0
     for chunk in _batched(iter(ds), batch):
-        prepared = [
-            prepare(spec.preprocess, s, s.image.shape[:2] if plan.whole_images else plan.canvas, spec.mean, spec.std,
-                    spec.resize_short, spec.ignore_index)
-            for s in chunk
-        ]
+        prepared = [_prepare(plan, s) for s in chunk]
         first = source.predict(prepared, inp, outputs[0].name, batch)
         ref_first = None
         if reference is not None:
@@ -826,6 +899,10 @@ def evaluate(
         _refuse_foreign_artifact(Path(model_path_or_proto), be, _label_of(model_path_or_proto, model_label))
     if predictions is not None and is_artifact:
         raise EvaluationError(f"--predictions needs the ONNX model (for its output shape and dtype), not the {be.artifact_suffix}")
+    if is_artifact and be.split_devices() and predictions is None:
+        raise EvaluationError(f"{_label_of(model_path_or_proto, model_label)}: a run split across devices reads ais_bench's "
+                              "files by the ONNX model's outputs: give the ONNX model (it is compiled first), not the "
+                              f"{be.artifact_suffix}")
     with contextlib.ExitStack() as stack:
         if is_artifact:  # no graph to plan from: the runner says what the model takes
             dataset_class(dataset)
@@ -849,8 +926,16 @@ def evaluate(
             proto = loaded[0]
             if predictions is not None:
                 source = PredictionFolder(predictions, proto, label=plan.label)
+            elif be.split_devices():
+                source = DeviceSplit(proto, be, plan, _split_workdir(be, stack), label=plan.label)
             else:
                 source = stack.enter_context(ModelRunner(proto, be, label=plan.label))
-        ref = stack.enter_context(ModelRunner(reference, be)) if reference is not None else None
+        ref: PredictionSource | None = None
+        if reference is not None and be.split_devices() and not be.is_artifact(reference):
+            # the reference runs the same way, on the same split, so agreement compares like with like
+            ref_proto = reference if isinstance(reference, onnx.ModelProto) else _load(reference)
+            ref = DeviceSplit(ref_proto, be, plan, _split_workdir(be, stack) / "reference", label=_label_of(reference, None))
+        elif reference is not None:
+            ref = stack.enter_context(ModelRunner(reference, be))
         result = score(plan, source, reference=ref, progress=progress, per_image=per_image)
     return replace(result, total_s=time.perf_counter() - t_start)
