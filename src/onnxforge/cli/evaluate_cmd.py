@@ -98,7 +98,7 @@ def evaluate(
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N samples only."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per run (a static batch must match)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON (atomically)."),
-    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Folder of outputs from ais_bench (<image>_0.bin) or benchmark (<image>_1.bin): score those instead of running the model."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Folder of outputs from ais_bench (<image>_0.bin) or benchmark (<image>_1.bin): score those instead of running the model. Any level of ais_bench's --output layout (OUT, OUT/TS, OUT/TS/device<k>); several devices' folders are read as one set and their summaries' throughputs summed."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Baseline model: adds agreement with its predictions."),
     soc_version: Optional[str] = typer.Option(None, "--soc-version", help="Shorthand for the spec option soc_version (atc/ais_bench target SoC, default Ascend310P3)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Shorthand for the spec option threads (onnxruntime intra-op threads; 0: one per core)."),
