@@ -156,3 +156,12 @@ def test_report_cli_device_flag_fills_devices(ascend, tmp_path):
                    "--device", "0,0", "-o", tmp_path / "r")
     assert_one_line_error(proc, "device 0 is given twice")
     assert not (tmp_path / "r").exists()
+
+
+def test_missing_tools_write_nothing_into_the_kept_folder(tmp_path, monkeypatch, model):
+    out = tmp_path / "kept"
+    install_fake_ais_bench_cli(monkeypatch, tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no atc
+    with pytest.raises(BackendUnavailable, match="atc not found"):
+        evaluate(model, "synthetic", None, backend=f"ais_bench{{devices=0|1,ais_bench_output={out}}}", limit=IMAGES)
+    assert not (out / "input").exists() and not (out / "output").exists()

@@ -747,6 +747,8 @@ class _AscendBackend(Backend):
         return tuple(self.options.devices)
 
     def split_work(self, names: Sequence[str]) -> dict[int, list[str]]:
+        """`split_work` on ``devices``; BackendUnavailable first where ais_bench cannot run here."""
+        check_ais_bench_module()
         return split_work(names, self.options.devices)
 
     def run_split(self, om: str | Path, output: str | Path, inputs: Mapping[int, Path] | None = None, *,

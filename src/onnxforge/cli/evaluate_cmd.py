@@ -195,6 +195,8 @@ def bench(
             table.add_row(str(r.batch_size), "-", "-", "-", "-", f"[red]{r.error}[/]")
             continue
         note = f"batch fixed on a copy (model is static at {fixed})" if r.fixed_batch else ""
+        if r.devices:
+            note = "; ".join(filter(None, [note, f"devices {','.join(map(str, r.devices))} at once: images/s summed from ais_bench's summaries"]))
         table.add_row(str(r.batch_size), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.throughput:.1f}", note)
     console.out.print(table)
     if fixed is not None and any(r.fixed_batch for r in records):

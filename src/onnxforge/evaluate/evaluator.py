@@ -693,6 +693,9 @@ class DeviceSplit(PredictionFolder):
         self.backend = backend
         workdir.mkdir(parents=True, exist_ok=True)
         by_name = {n: d for d, names in backend.split_work(plan.dataset.names()).items() for n in names}
+        t0 = time.perf_counter()
+        artifact = backend.compile(proto, backend.artifact_path(workdir, "model"))  # fails before any input is written
+        self.compiled = backend.compile_record()
         folders = {d: workdir / "input" / f"device{d}" for d in backend.split_devices()}
         for folder in folders.values():
             folder.mkdir(parents=True, exist_ok=True)
@@ -700,9 +703,6 @@ class DeviceSplit(PredictionFolder):
             prepared = _prepare(plan, sample)
             arr = np.ascontiguousarray(prepared.input[None].astype(inp.dtype, copy=False))
             (folders[by_name[prepared.name]] / f"{prepared.name}.bin").write_bytes(arr.tobytes())
-        t0 = time.perf_counter()
-        artifact = backend.compile(proto, backend.artifact_path(workdir, "model"))
-        self.compiled = backend.compile_record()
         run = backend.run_split(artifact, workdir / "output", folders)
         self.setup_s = time.perf_counter() - t0
         self.run = run
