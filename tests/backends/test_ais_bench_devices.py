@@ -165,3 +165,21 @@ def test_missing_tools_write_nothing_into_the_kept_folder(tmp_path, monkeypatch,
     with pytest.raises(BackendUnavailable, match="atc not found"):
         evaluate(model, "synthetic", None, backend=f"ais_bench{{devices=0|1,ais_bench_output={out}}}", limit=IMAGES)
     assert not (out / "input").exists() and not (out / "output").exists()
+
+
+def test_fewer_images_than_devices_runs_only_the_devices_with_work(ascend, model):
+    result = evaluate(model, "synthetic", None, backend="ais_bench{devices=0|1}", limit=1)
+    assert [d["device"] for d in result.devices["devices"]] == [0] and result.images == 1
+    assert not (ascend / "device1.argv").exists()
+
+
+def test_timing_rounds_run_in_process_on_the_first_device(tmp_path, monkeypatch, model):
+    from tests.backends.fakes import install_fake_ais_bench
+
+    install_fake_atc(tmp_path / "bin", tmp_path / "atc_argv.txt")
+    monkeypatch.setenv("PATH", path_with(tmp_path / "bin"))
+    fake = install_fake_ais_bench(monkeypatch)
+    be = get_backend("ais_bench{devices=3|1}")
+    with be.runner(be.compile(model, tmp_path / "m.om")):
+        pass
+    assert fake.instances[0].device_id == 3
