@@ -332,6 +332,13 @@ def import_infer_session():
     return InferSession
 
 
+AIS_BENCH_CLI_MISSING = (
+    f"a run split across devices needs 'python -m ais_bench' in this interpreter ({sys.executable}), and the ais_bench "
+    "package is not installed here: install the aclruntime and ais_bench wheels from Ascend's ait/ais_bench tools on an "
+    "Ascend host with CANN, or run the model there and evaluate its outputs here with --predictions DIR"
+)
+
+
 def check_ais_bench_module() -> None:
     """BackendUnavailable (with the fix) unless ``python -m ais_bench`` can run in this interpreter."""
     try:
@@ -339,7 +346,7 @@ def check_ais_bench_module() -> None:
     except (ImportError, ValueError):
         found = None
     if found is None:
-        raise BackendUnavailable(AIS_BENCH_MISSING)
+        raise BackendUnavailable(AIS_BENCH_CLI_MISSING)
 
 
 def check_devices(devices: Sequence[int], what: str = "devices") -> tuple[int, ...]:
