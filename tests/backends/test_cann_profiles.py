@@ -147,3 +147,9 @@ def test_every_profile_has_a_default_opset_it_accepts_and_the_old_path_still_wor
     assert profile("5.0").default_opset == 11  # the seeds' opset on CANN 5.0.2
     assert profile("5.0").describe_opsets() == "CANN 5.0's atc accepts opset 9..13 (default 11)"
     assert old_path.select_profile is select_profile and old_path.DEFAULT_CANN == DEFAULT_CANN
+
+
+def test_opset_error_suggests_the_profiles_default_opset():
+    m17 = seg_model(opset=17)
+    assert any("--passes 'target-opset{opset=11}'" in p for p in check_model_for_atc(m17))
+    assert any("--passes 'target-opset{opset=13}'" in p for p in check_model_for_atc(m17, min_opset=12, max_opset=13))

@@ -161,9 +161,11 @@ def check_model_for_atc(model: onnx.ModelProto, min_opset: int | None = None, ma
     if opset is None:
         problems.append("model imports no ai.onnx opset")
     elif not (min_opset <= opset <= max_opset):
+        # the profile's default opset (what export and target-opset aim at), unless the range was narrowed past it
+        target = prof.default_opset if min_opset <= prof.default_opset <= max_opset else min(max(opset, min_opset), max_opset)
         problems.append(
             f"ai.onnx opset {opset} is outside what atc accepts ({min_opset}..{max_opset}) in the CANN {prof.line} profile; "
-            f"convert it first, e.g. --passes 'target-opset{{opset={min(max(opset, min_opset), max_opset)}}}'"
+            f"convert it first, e.g. --passes 'target-opset{{opset={target}}}'"
         )
     bad: dict[str, list[str]] = {}
     nodes = model.graph.node if prof.ops is not None else []
