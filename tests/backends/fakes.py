@@ -111,3 +111,68 @@ def install_fake_ais_bench(monkeypatch) -> type:
 
 def as_np(x) -> np.ndarray:
     return np.asarray(x)
+
+
+FAKE_AIS_BENCH_MAIN = '''
+"""A recording fake of `python -m ais_bench` (ais_bench 0.0.2's command line and output layout) over onnxruntime."""
+import argparse, json, os, pathlib, sys
+
+import numpy as np
+import onnxruntime as ort
+
+RECORD = {record!r}
+parser = argparse.ArgumentParser()
+for flag in ("--model", "--input", "--output", "--output_dirname", "--outfmt", "--device"):
+    parser.add_argument(flag)
+parser.add_argument("--loop", type=int, default=1)
+parser.add_argument("--warmup_count", type=int, default=1)
+args = parser.parse_args()
+pathlib.Path(RECORD, f"device{{args.device}}.argv").write_text(json.dumps(sys.argv[1:]))
+if {fail_device!r} is not None and args.device == str({fail_device!r}):
+    print("[ERROR] E19999: open device {{}} failed".format(args.device))
+    sys.exit(1)
+sess = ort.InferenceSession(pathlib.Path(args.model).read_bytes(), providers=["CPUExecutionProvider"])
+inp = sess.get_inputs()[0]
+dtype = {{"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}}[inp.type]
+shape = [int(d) for d in inp.shape]
+prefix = pathlib.Path(args.output, args.output_dirname)
+prefix.mkdir(parents=True, exist_ok=True)
+ms_per_run = 2.0 + 0.5 * int(args.device)  # a fake NPU compute time per run, in milliseconds
+times = []
+if args.input:
+    files = sorted(pathlib.Path(args.input).iterdir())
+    for f in files:
+        x = np.fromfile(f, dtype=dtype).reshape(shape)
+        for i, out in enumerate(sess.run(None, {{inp.name: x}})):
+            np.asarray(out).tofile(prefix / f"{{f.stem}}_{{i}}.bin")
+        times.append(ms_per_run)
+else:
+    x = np.zeros(shape, dtype)
+    for _ in range(args.loop):
+        sess.run(None, {{inp.name: x}})
+        times.append(ms_per_run)
+    for i, out in enumerate(sess.run(None, {{inp.name: x}})):
+        np.asarray(out).tofile(prefix / f"pure_infer_data_{{i}}.bin")
+mean = sum(times) / len(times)
+summary = {{"NPU_compute_time": {{"mean": mean, "count": len(times)}}, "throughput": 1000.0 * shape[0] / mean,
+            "npu_compute_time_list": times, "pid": os.getpid()}}
+pathlib.Path(str(prefix) + "_summary.json").write_text(json.dumps(summary))
+print("[INFO] throughput 1000*batchsize.mean({{}})/NPU_compute_time.mean({{}}): {{}}".format(shape[0], mean, summary["throughput"]))
+'''
+
+
+def install_fake_ais_bench_cli(monkeypatch, root: Path, fail_device: int | None = None) -> Path:
+    """A fake ``ais_bench`` package whose ``python -m ais_bench`` records its argv as ``RECORD/device<k>.argv``,
+    runs the fake .om (ONNX bytes) on each input file and writes ais_bench's output files and summary; put on
+    this process's sys.path and the children's PYTHONPATH. Returns the record folder."""
+    pkg = root / "fake_site" / "ais_bench"
+    pkg.mkdir(parents=True, exist_ok=True)
+    record = root / "ais_bench_argv"
+    record.mkdir(exist_ok=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text(FAKE_AIS_BENCH_MAIN.format(record=str(record), fail_device=fail_device))
+    monkeypatch.syspath_prepend(str(pkg.parent))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(pkg.parent), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    for name in [m for m in sys.modules if m == "ais_bench" or m.startswith("ais_bench.")]:
+        monkeypatch.delitem(sys.modules, name)
+    return record

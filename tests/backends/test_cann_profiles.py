@@ -7,7 +7,7 @@ import json
 import pytest
 
 from onnxforge.backends.ascend import AtcBackend, check_model_for_atc
-from onnxforge.backends.cann import DEFAULT_CANN, installed_version, profile, profiles, select_profile
+from onnxforge.cann import DEFAULT_CANN, installed_version, profile, profiles, select_profile
 from onnxforge.errors import BackendError
 from tests.backends.fakes import install_fake_atc, path_with
 from tests.evaluate.builders import save, seg_model
@@ -136,3 +136,20 @@ def test_plan_is_a_dry_run_needing_no_atc(tmp_path, monkeypatch):
     assert plan.command[0] == "atc" and f"--output={tmp_path / 'out'}" in plan.command
     assert plan.shell().endswith("'--dynamic_image_size=8,8;16,16'")  # quoted for the shell
     assert not any(p.name.startswith("out") for p in tmp_path.iterdir())
+
+
+def test_every_profile_has_a_default_opset_it_accepts_and_the_old_path_still_works():
+    from onnxforge.backends import cann as old_path
+
+    for prof in profiles().values():
+        assert prof.accepts_opset(prof.default_opset), prof.version
+        assert any("default_opset" in n for n in prof.notes), prof.version  # the reason is recorded
+    assert profile("5.0").default_opset == 11  # the seeds' opset on CANN 5.0.2
+    assert profile("5.0").describe_opsets() == "CANN 5.0's atc accepts opset 9..13 (default 11)"
+    assert old_path.select_profile is select_profile and old_path.DEFAULT_CANN == DEFAULT_CANN
+
+
+def test_opset_error_suggests_the_profiles_default_opset():
+    m17 = seg_model(opset=17)
+    assert any("--passes 'target-opset{opset=11}'" in p for p in check_model_for_atc(m17))
+    assert any("--passes 'target-opset{opset=13}'" in p for p in check_model_for_atc(m17, min_opset=12, max_opset=13))

@@ -105,3 +105,68 @@ def test_unloadable_model_is_one_backend_error_line():
     with pytest.raises(BackendError) as info:
         make_session(model)
     assert str(info.value).startswith("onnxruntime cannot load the model: ") and "\n" not in str(info.value)
+
+
+# -- onnxruntime's CANN execution provider (device=cann) -----------------------------------------------
+
+def test_cann_provider_absent_here_is_one_clear_unavailable_error():
+    assert "CANNExecutionProvider" not in available_providers()  # this machine's onnxruntime has no CANN build
+    be = get_backend("onnxruntime{device=cann,device_id=1}")
+    with pytest.raises(BackendUnavailable) as info:
+        be.check_available()
+    msg = str(info.value)
+    assert "CANNExecutionProvider is not in this onnxruntime build" in msg and "onnxruntime-cann" in msg
+    assert "set_env.sh" in msg and "--device cpu" in msg and "\n" not in msg
+    with pytest.raises(BackendUnavailable):
+        be.runner(seg_model())
+
+
+def test_cann_provider_list_and_options_reach_the_session(monkeypatch):
+    import onnxforge.backends.onnxruntime as ort_backend
+
+    monkeypatch.setattr(ort_backend, "available_providers", lambda: ["CANNExecutionProvider", "CPUExecutionProvider"])
+    seen = {}
+
+    def fake_make_session(model, **kwargs):
+        seen.update(kwargs)
+        raise BackendError("stop here")  # nothing can run the CANN provider on this machine
+
+    monkeypatch.setattr(ort_backend, "make_session", fake_make_session)
+    be = get_backend("onnxruntime{device=cann,device_id=2,precision_mode=allow_mix_precision,"
+                     "op_select_impl_mode=high_performance,npu_mem_limit=2147483648,enable_cann_graph=false}")
+    be.check_available()
+    with pytest.raises(BackendError, match="stop here"):
+        with be.runner(seg_model()):
+            pass
+    assert seen["providers"] == [
+        ("CANNExecutionProvider", {"device_id": "2", "precision_mode": "allow_mix_precision",
+                                   "op_select_impl_mode": "high_performance", "npu_mem_limit": "2147483648",
+                                   "enable_cann_graph": "0"}),
+        "CPUExecutionProvider",
+    ]
+    plain = get_backend("onnxruntime{device=cann}")
+    assert ort_backend.session_providers(plain.options) == [("CANNExecutionProvider", {"device_id": "0"}), "CPUExecutionProvider"]
+    assert str(be).startswith("onnxruntime{device=cann,device_id=2,")  # the canonical spec round-trips
+    assert get_backend(str(be)) == be
+
+
+@pytest.mark.parametrize("spec", ["onnxruntime{precision_mode=force_fp16}", "onnxruntime{device=cuda,device_id=1}",
+                                  "onnxruntime{device=cpu,npu_mem_limit=1024}"])
+def test_cann_provider_options_need_device_cann(spec):
+    with pytest.raises(BackendError, match="is a CANN provider option; it needs device=cann"):
+        get_backend(spec)
+
+
+def test_cann_precision_mode_is_checked_against_the_documented_values():
+    with pytest.raises(BackendError, match="precision_mode"):
+        get_backend("onnxruntime{device=cann,precision_mode=fp8}")
+
+
+def test_cli_with_device_cann_is_one_error_line_and_writes_nothing(tmp_path):
+    from tests.conftest import assert_one_line_error, run_cli
+
+    model = save(seg_model(), tmp_path / "m.onnx")
+    out = tmp_path / "b.json"
+    proc = run_cli("bench", model, "--device", "cann", "--batch-sizes", "1", "--json", out)
+    assert_one_line_error(proc, "CANNExecutionProvider is not in this onnxruntime build", "onnxruntime-cann")
+    assert not out.exists()

@@ -62,7 +62,7 @@ def test_spec_values_are_typed():
         ("onnxrt", ["backend spec 'onnxrt' column 1", "unknown backend 'onnxrt'", "known backends: ais_bench, atc, onnxruntime"]),
         ("onnxruntime{thread=2}", ["column 13", "backend 'onnxruntime' has no option 'thread'", "threads, inter_op_threads"]),
         ("onnxruntime{threads=two}", ["column 13", "option 'onnxruntime.threads'", "expected an integer, got 'two'"]),
-        ("onnxruntime{device=npu}", ["column 13", "expected one of cpu, cuda, tensorrt, auto, got 'npu'"]),
+        ("onnxruntime{device=npu}", ["column 13", "expected one of cpu, cuda, tensorrt, cann, auto, got 'npu'"]),
         ("onnxruntime{threads=-1}", ["column 1", "'threads' must be a non-negative integer, got -1"]),
         ("onnxruntime{threads=2", ["column 22", "expected ',' or '}'"]),
         ("onnxruntime{threads=1,threads=2}", ["column 23", "given twice"]),
@@ -110,7 +110,7 @@ def test_help_has_one_line_per_backend_with_its_options():
         assert cls.summary in line
         for f in cls.Options.__dataclass_fields__:
             assert f"{f}=" in line
-    assert "device=cpu|cuda|tensorrt|auto (default cpu)" in lines[2]
+    assert "device=cpu|cuda|tensorrt|cann|auto (default cpu)" in lines[2]
 
 
 def test_importing_backends_imports_no_backend_module():

@@ -105,3 +105,40 @@ def test_output_paths(cli, tmp_path):
     assert_one_line_error(cli("export", "fastscnn", "-o", ck, "--checkpoint", ck), "output path is the input")
     assert ck.read_bytes() == before
     assert_one_line_error(cli("export", "fastscnn", "-o", tmp_path / "no" / "m.onnx"), "does not exist")
+
+
+# -- the opset default and range come from the CANN profile ---------------------------------------------
+
+NO_CANN = {"ASCEND_TOOLKIT_HOME": "", "ASCEND_HOME_PATH": ""}
+
+
+def test_opset_help_and_range_read_the_exporter_and_the_cann_profile(cli):
+    from onnxforge.cli.export_cmd import CANN_HELP, EXPORT_OPSETS
+    from onnxforge.frontends.export import MAX_OPSET, MIN_OPSET
+
+    assert EXPORT_OPSETS == (MIN_OPSET, MAX_OPSET)
+    text = " ".join(cli("export", "--help", env={"COLUMNS": "250"}).stdout.split())
+    assert "CANN 5.0's atc accepts opset 9..13 (default 11)" in text and "--cann" in text
+    assert "8.0: opset 9..17, default 17" in CANN_HELP
+
+
+def test_opset_default_is_the_selected_profiles_and_a_note_says_when_atc_would_refuse(cli, tmp_path):
+    (tmp_path / "tiny_models.py").write_text("from torch import nn\ndef net():\n    return nn.Conv2d(3, 4, 3)\n")
+    import os
+
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]), **NO_CANN}
+    for extra, opset, note in (((), 11, False), (("--cann", "8.0"), 17, False), (("--opset", "17"), 17, True)):
+        out = tmp_path / f"m{len(extra)}{opset}.onnx"
+        proc = cli("export", "tiny_models:net", "-o", out, "--input-shape", "1x3x8x8", *extra, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert onnx.load(str(out)).opset_import[0].version == opset, extra
+        assert ("note: CANN 5.0's atc accepts opset 9..13 (default 11)" in proc.stdout) == note, proc.stdout
+
+
+def test_bad_cann_version_and_opset_errors_name_the_profile(cli, tmp_path):
+    out = tmp_path / "m.onnx"
+    assert_one_line_error(cli("export", "pspnet", "-o", out, "--cann", "4.0", env=NO_CANN),
+                          "no CANN profile for version '4.0'")
+    assert_one_line_error(cli("export", "pspnet", "-o", out, "--opset", "9", "--cann", "8.0", env=NO_CANN),
+                          "opset 9 is not supported; choose 11..20 (CANN 8.x's atc accepts opset 9..17 (default 17))")
+    assert not out.exists()

@@ -16,7 +16,7 @@ import onnxforge
 SRC = Path(onnxforge.__file__).resolve().parent
 #: what each layer may import from inside onnxforge (prefixes); cli -> evaluate -> frontends/backends/passes -> low
 LOW = ("onnxforge.numerics", "onnxforge.modelio", "onnxforge.errors", "onnxforge.scenes", "onnxforge.pooling",
-       "onnxforge.spec")
+       "onnxforge.spec", "onnxforge.cann")
 ALLOWED = {
     "onnxforge.frontends": ("onnxforge.frontends",) + LOW,
     "onnxforge.passes": ("onnxforge.passes", "onnxforge.__version__") + LOW,
@@ -25,6 +25,7 @@ ALLOWED = {
     "onnxforge.scenes": ("onnxforge.errors",),
     "onnxforge.pooling": (),  # pure arithmetic below frontends and passes
     "onnxforge.spec": ("onnxforge.errors",),
+    "onnxforge.cann": ("onnxforge.errors",),  # CANN profiles: data below frontends, passes and backends
 }
 
 

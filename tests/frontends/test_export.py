@@ -186,3 +186,19 @@ def test_named_model_without_checkpoint_warns_and_is_deterministic(tmp_path, cap
     a = onnx.load(str(tmp_path / "a.onnx"))
     assert [i.name for i in a.graph.input] == ["image"] and [o.name for o in a.graph.output] == ["output1"]
     assert {n.op_type for n in a.graph.node}.isdisjoint({"Shape", "Gather", "Slice"})  # static-clean
+
+
+def test_opset_none_is_the_cann_profiles_default_and_errors_name_the_profile(tmp_path, factories, monkeypatch):
+    from onnxforge.frontends.export import DEFAULT_OPSET
+
+    monkeypatch.delenv("ASCEND_TOOLKIT_HOME", raising=False)
+    monkeypatch.delenv("ASCEND_HOME_PATH", raising=False)
+    shape = (1, 3, 16, 20)
+    assert export_model(f"{factories}:tiny", tmp_path / "a.onnx", input_shape=shape, opset=None).opset == 11  # CANN 5.0's
+    assert export_model(f"{factories}:tiny", tmp_path / "b.onnx", input_shape=shape, opset=None, cann="8.0").opset == 17
+    assert DEFAULT_OPSET == 17  # the library's own default is unchanged
+    with pytest.raises(FrontendError, match=r"choose 11..20 \(CANN 7.x's atc accepts opset 9..18 \(default 18\)\)"):
+        export_model(f"{factories}:tiny", tmp_path / "c.onnx", input_shape=shape, opset=21, cann="7.0")
+    with pytest.raises(FrontendError, match="no CANN profile for version '3.3'"):
+        export_model(f"{factories}:tiny", tmp_path / "d.onnx", input_shape=shape, opset=None, cann="3.3")
+    assert not (tmp_path / "c.onnx").exists() and not (tmp_path / "d.onnx").exists()

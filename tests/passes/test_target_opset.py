@@ -361,3 +361,27 @@ g (float[1,2,4,4] x) => (float[1,2,8,8] y, float[2,4,4] z, float[1,2,1,1] m) {
     assert nodes["drop_batch"].op_type == "Squeeze" and len(nodes["drop_batch"].input) == 1
     assert nodes["pool"].op_type == "ReduceMean" and {a.name for a in nodes["pool"].attribute} == {"keepdims", "axes"}
     assert len(nodes) == len(result.model.graph.node)  # no duplicate names
+
+
+# -- the default target comes from the CANN profile ----------------------------------------------------
+
+def test_default_target_is_the_cann_profiles_and_cann_selects_another(monkeypatch):
+    from onnxforge.cann import profile, select_profile
+
+    monkeypatch.delenv("ASCEND_TOOLKIT_HOME", raising=False)
+    monkeypatch.delenv("ASCEND_HOME_PATH", raising=False)
+    assert TargetOpset().target() == select_profile().default_opset == 11
+    assert TargetOpset(cann="8.0").target() == profile("8.0").default_opset == 17
+    assert TargetOpset(opset=13, cann="8.0").target() == 13  # an explicit opset wins
+    assert "CANN 5.0's atc accepts opset 9..13 (default 11)" in TargetOpset.summary
+    with pytest.raises(PipelineError, match="target-opset: option 'cann': no CANN profile for version '4.0'"):
+        TargetOpset(cann="4.0")
+
+
+def test_default_target_follows_the_installed_cann(tmp_path, monkeypatch):
+    info = tmp_path / "latest" / "ascend_toolkit_install.info"
+    info.parent.mkdir()
+    info.write_text("version=8.0.RC2\n")
+    monkeypatch.setenv("ASCEND_TOOLKIT_HOME", str(info.parent))
+    assert TargetOpset().target() == 17
+    assert str(TargetOpset()) == "target-opset"  # the canonical form stays the same; the result records the target

@@ -19,7 +19,7 @@ Compiling (atc). The command is derived from the model itself:
   is read, reported, and a disagreement with the graph is logged.
 
 Before calling atc the model is checked against what the selected CANN profile says atc accepts
-(`onnxforge.backends.cann`: one JSON file per CANN line, sources inside; option ``cann``, default the
+(`onnxforge.cann`: one JSON file per CANN line, sources inside; option ``cann``, default the
 installed CANN, else 5.0): the ai.onnx opset range (overridable with ``min_opset``/``max_opset``) and,
 where the profile records an op list (5.0), every op type. atc options the profile does not list
 (``precision_mode_v2`` on 5.0) are refused before anything runs.
@@ -35,6 +35,19 @@ Running (ais_bench). Needs ``ais_bench`` and ``aclruntime`` (CANN's inference to
 anywhere else the runner raises BackendUnavailable saying so. A path that already ends in ``.om`` is
 not compiled again. On a machine without an NPU, run the model on the Ascend host with ais_bench and
 give its output directory to ``onnxforge evaluate --predictions DIR``: accuracy is then computed here.
+
+Many devices (option ``devices``, ``--device 0,1,2,3``). The work is split as ais_bench's own multi-device
+run splits it (contiguous chunks of ceil(n / devices) input files, in order) and one ais_bench process
+runs per device, all at once (`run_ais_bench_devices`)::
+
+    python -m ais_bench --model M.om --input IN/device0 --output OUT --output_dirname TS/device0 --outfmt BIN --device 0
+
+so the outputs land where ``ais_bench --device 0,1`` itself puts them (ais_bench 0.0.2, Ascend/tools
+ais-bench_workload/tool/ais_bench README and ``infer/__main__.py``): ``OUT/TS/device<k>/<name>_<i>.bin``
+and ``OUT/TS/device<k>_summary.json``, TS the run's ``%Y_%m_%d-%H_%M_%S`` stamp. Throughput is the sum of
+the devices' ``throughput`` as their summaries report it (ais_bench's "summary throughput"). Timing
+rounds (`runner`) stay serial on the first device. ais_bench runs in this interpreter (``sys.executable
+-m ais_bench``), so it must be importable here.
 """
 
 from __future__ import annotations
@@ -45,7 +58,10 @@ import os
 import re
 import shlex
 import shutil
+import importlib.util
+import math
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -56,7 +72,7 @@ import numpy as np
 import onnx
 
 from onnxforge import spec
-from onnxforge.backends.cann import DEFAULT_CANN, CannProfile, profile as cann_profile, select_profile
+from onnxforge.cann import DEFAULT_CANN, CannProfile, profile as cann_profile, select_profile
 from onnxforge.backends.base import (
     Backend,
     Runner,
@@ -145,9 +161,11 @@ def check_model_for_atc(model: onnx.ModelProto, min_opset: int | None = None, ma
     if opset is None:
         problems.append("model imports no ai.onnx opset")
     elif not (min_opset <= opset <= max_opset):
+        # the profile's default opset (what export and target-opset aim at), unless the range was narrowed past it
+        target = prof.default_opset if min_opset <= prof.default_opset <= max_opset else min(max(opset, min_opset), max_opset)
         problems.append(
             f"ai.onnx opset {opset} is outside what atc accepts ({min_opset}..{max_opset}) in the CANN {prof.line} profile; "
-            f"convert it first, e.g. --passes 'target-opset{{opset={min(max(opset, min_opset), max_opset)}}}'"
+            f"convert it first, e.g. --passes 'target-opset{{opset={target}}}'"
         )
     bad: dict[str, list[str]] = {}
     nodes = model.graph.node if prof.ops is not None else []
@@ -316,6 +334,160 @@ def import_infer_session():
     return InferSession
 
 
+AIS_BENCH_CLI_MISSING = (
+    f"a run split across devices needs 'python -m ais_bench' in this interpreter ({sys.executable}), and the ais_bench "
+    "package is not installed here: install the aclruntime and ais_bench wheels from Ascend's ait/ais_bench tools on an "
+    "Ascend host with CANN, or run the model there and evaluate its outputs here with --predictions DIR"
+)
+
+
+def check_ais_bench_module() -> None:
+    """BackendUnavailable (with the fix) unless ``python -m ais_bench`` can run in this interpreter."""
+    try:
+        found = importlib.util.find_spec("ais_bench")
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        raise BackendUnavailable(AIS_BENCH_CLI_MISSING)
+
+
+def check_devices(devices: Sequence[int], what: str = "devices") -> tuple[int, ...]:
+    """The device ids as a tuple, or BackendError naming a negative or repeated id."""
+    ids = tuple(int(d) for d in devices)
+    for d in ids:
+        if d < 0 or d > 255:  # ais_bench's own range check
+            raise BackendError(f"{what}: device id {d} is outside 0..255")
+    seen = [d for i, d in enumerate(ids) if d in ids[:i]]
+    if seen:
+        raise BackendError(f"{what}: device {seen[0]} is given twice ({','.join(map(str, ids))}); give each NPU once")
+    return ids
+
+
+def split_work(names: Sequence[str], devices: Sequence[int]) -> dict[int, list[str]]:
+    """Which names each device runs: contiguous chunks of ceil(n / len(devices)), in order, as ais_bench's
+    multi-device run splits its input files (a device may get none when there are fewer names)."""
+    per = max(1, math.ceil(len(names) / len(devices))) if devices else 0
+    return {d: list(names[i * per:(i + 1) * per]) for i, d in enumerate(devices)}
+
+
+def ais_bench_command(om: str | Path, output: str | Path, output_dirname: str, device: int,
+                      input_dir: str | Path | None = None, *, loop: int = 1, warmup: int = 1,
+                      python: str | None = None) -> list[str]:
+    """The ``python -m ais_bench`` argv of one device's run (no `input_dir`: pure inference on zeros)."""
+    cmd = [python or sys.executable, "-m", "ais_bench", "--model", str(om)]
+    if input_dir is not None:
+        cmd += ["--input", str(input_dir)]
+    cmd += ["--output", str(output), "--output_dirname", output_dirname, "--outfmt", "BIN", "--device", str(device)]
+    if loop != 1:
+        cmd += ["--loop", str(loop)]
+    if warmup != 1:
+        cmd += ["--warmup_count", str(warmup)]
+    return cmd
+
+
+@dataclass(frozen=True)
+class DeviceRun:
+    """One device's ais_bench run: its argv, output folder, log and summary (``<folder>_summary.json``)."""
+
+    device: int
+    command: list[str]
+    folder: Path
+    log: Path
+    summary: dict
+
+    @property
+    def throughput(self) -> float:
+        return float(self.summary.get("throughput") or 0.0)
+
+    @property
+    def compute_ms(self) -> list[float]:
+        """The NPU compute time of every run, in milliseconds (``npu_compute_time_list``)."""
+        return [float(t) for t in self.summary.get("npu_compute_time_list") or []]
+
+
+@dataclass(frozen=True)
+class SplitRun:
+    """A workload split across devices: `root` is ``OUT/TS`` (what ``evaluate --predictions`` reads)."""
+
+    root: Path
+    runs: tuple[DeviceRun, ...]
+
+    @property
+    def throughput(self) -> float:
+        """The sum of the devices' throughputs as their summaries report them (ais_bench's summary throughput)."""
+        return sum(r.throughput for r in self.runs)
+
+    @property
+    def compute_s(self) -> float:
+        """NPU compute seconds over all devices and runs."""
+        return sum(sum(r.compute_ms) for r in self.runs) / 1000.0
+
+    def to_dict(self) -> dict:
+        return {"root": str(self.root), "throughput": self.throughput,
+                "devices": [{"device": r.device, "command": r.command, "folder": str(r.folder), "throughput": r.throughput,
+                             "runs": len(r.compute_ms)} for r in self.runs]}
+
+
+def run_ais_bench_devices(om: str | Path, output: str | Path, devices: Sequence[int],
+                          inputs: Mapping[int, Path] | None = None, *, loop: int = 1, warmup: int = 1,
+                          timestamp: str | None = None, timeout_s: float | None = None) -> SplitRun:
+    """Runs one ais_bench process per device at once, writing ais_bench's multi-device layout under `output`.
+
+    Args:
+        inputs: device -> folder of that device's input files (`split_work`); None: pure inference.
+        timestamp: the run's folder name (default: now, as ais_bench names it).
+
+    Raises:
+        BackendUnavailable: ais_bench is not importable here.
+        BackendError: a repeated device, a process that fails (its last error line and log quoted) or
+            writes no summary.
+    """
+    devices = check_devices(devices)
+    check_ais_bench_module()
+    out = Path(output)
+    stamp = timestamp or time.strftime("%Y_%m_%d-%H_%M_%S")
+    root = out / stamp
+    root.mkdir(parents=True, exist_ok=True)
+    procs = []
+    try:
+        for d in devices:
+            in_dir = inputs.get(d) if inputs is not None else None
+            if inputs is not None and (in_dir is None or not any(Path(in_dir).iterdir())):
+                continue  # fewer inputs than devices: this one has nothing to do
+            cmd = ais_bench_command(om, out, f"{stamp}/device{d}", d, in_dir, loop=loop, warmup=warmup)
+            log_path = root / f"device{d}.log"
+            handle = open(log_path, "w", encoding="utf-8")
+            log.info("ais_bench: %s", shlex.join(cmd))
+            procs.append((d, cmd, log_path, handle, subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT,
+                                                                       env=dict(os.environ))))
+        for d, cmd, log_path, handle, proc in procs:
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise BackendError(f"ais_bench on device {d} did not finish within {timeout_s:.0f} s; log: {log_path}") from None
+    finally:
+        for _, _, _, handle, proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            handle.close()
+    runs = []
+    for d, cmd, log_path, _, proc in procs:
+        if proc.returncode != 0:
+            text = log_path.read_text(encoding="utf-8", errors="replace")
+            raise BackendError(f"ais_bench on device {d} failed (exit {proc.returncode}): {summarize_atc_failure(text)}; "
+                               f"log: {log_path}")
+        summary_path = root / f"device{d}_summary.json"
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise BackendError(f"ais_bench on device {d} wrote no readable {summary_path}; log: {log_path}") from None
+        runs.append(DeviceRun(d, cmd, root / f"device{d}", log_path, summary))
+    return SplitRun(root, tuple(runs))
+
+
 def _dtype_of(datatype: object) -> np.dtype:
     text = str(datatype).lower().rsplit(".", 1)[-1]
     for key, dt in _DTYPES.items():
@@ -387,6 +559,8 @@ class AscendOptions:
 
     soc_version: str = option(DEFAULT_SOC_VERSION, "target Ascend SoC (atc --soc_version), e.g. Ascend310, Ascend310P3, Ascend910")
     device_id: int = option(0, "NPU the .om runs on (ais_bench)")
+    devices: tuple[int, ...] = option((), "NPUs to split evaluate/bench work across, one ais_bench process each (e.g. 0|1|2|3; timing rounds use the first)")
+    ais_bench_output: Optional[str] = option(None, "folder that keeps a devices run's inputs and ais_bench outputs (none: a temporary folder)")
     cann: Optional[str] = option(None, f"CANN version whose profile applies, e.g. 8.0 (none: the installed CANN, else {DEFAULT_CANN})")
     min_opset: Optional[int] = option(None, "lowest ai.onnx opset atc accepts (none: the CANN profile's)")
     max_opset: Optional[int] = option(None, "highest ai.onnx opset atc accepts (none: the CANN profile's)")
@@ -426,6 +600,10 @@ class _AscendBackend(Backend):
     def validate(self) -> None:
         o = self.options
         check_non_negative(self, "device_id", *[n for n in ("min_opset", "max_opset") if getattr(o, n) is not None])
+        try:
+            check_devices(o.devices)
+        except BackendError as exc:
+            raise BackendError(f"backend '{self.name}': {exc}") from None
         try:
             prof = self.profile
         except BackendError as exc:
@@ -543,11 +721,9 @@ class _AscendBackend(Backend):
             raise BackendError(f"{label}: atc failed (exit {proc.returncode}): {summarize_atc_failure(text)}{where}")
         if not om_path.is_file():
             raise BackendError(f"{label}: atc exited 0 but wrote no {om_path}")
-        write_text_atomic(om_path.with_name(om_path.name + ".json"), json.dumps({
-            "model": label, "om": str(om_path), "command": plan.command, "shell": plan.shell(),
-            "cann_profile": self.profile.version, "pipeline": plan.pipeline, "notes": list(plan.notes),
-        }, indent=2) + "\n")
         self.last_result = CompileResult(om_path, plan.command, log_path, plan)
+        record = {"model": label, **(self.compile_record() or {})}
+        write_text_atomic(om_path.with_name(om_path.name + ".json"), json.dumps(record, indent=2) + "\n")
         return self.last_result
 
     def compile_notes(self) -> list[str]:
@@ -560,10 +736,35 @@ class _AscendBackend(Backend):
             lines.append(f"pipeline recorded in the model: {result.plan.pipeline}")
         return lines
 
+    def compile_record(self) -> dict[str, object] | None:
+        """The last compile as the .om's sidecar JSON and the A/B report record it: the exact atc argv, its
+        shell form, the .om, the CANN profile, the pipeline recorded in the model and the planner's notes."""
+        result = self.last_result
+        if result is None:
+            return None
+        return {"tool": "atc", "om": str(result.om_path), "command": list(result.command), "shell": result.plan.shell(),
+                "cann_profile": self.profile.version, "pipeline": result.plan.pipeline, "notes": list(result.plan.notes)}
+
     def runner(self, artifact: str | Path) -> AisBenchRunner:
-        """An ais_bench runner on an .om (BackendUnavailable without the ais_bench package)."""
+        """An ais_bench runner on an .om (BackendUnavailable without the ais_bench package); with ``devices``
+        it runs on the first of them."""
         import_infer_session()
-        return AisBenchRunner(Path(artifact), device_id=self.options.device_id)
+        o = self.options
+        return AisBenchRunner(Path(artifact), device_id=o.devices[0] if o.devices else o.device_id)
+
+    def split_devices(self) -> tuple[int, ...]:
+        return tuple(self.options.devices)
+
+    def split_work(self, names: Sequence[str]) -> dict[int, list[str]]:
+        """`split_work` on ``devices``; BackendUnavailable first where ais_bench cannot run here."""
+        check_ais_bench_module()
+        return split_work(names, self.options.devices)
+
+    def run_split(self, om: str | Path, output: str | Path, inputs: Mapping[int, Path] | None = None, *,
+                  loop: int = 1, warmup: int = 1) -> SplitRun:
+        """`run_ais_bench_devices` on this backend's ``devices`` (see the module docstring)."""
+        return run_ais_bench_devices(om, output, self.options.devices, inputs, loop=loop, warmup=warmup,
+                                     timeout_s=self.options.timeout_s)
 
 
 class AtcBackend(_AscendBackend):
@@ -583,4 +784,7 @@ class AisBenchBackend(_AscendBackend):
     summary = "runs Ascend .om models on an NPU with ais_bench; an ONNX model is compiled with atc first."
 
     def check_available(self) -> None:
-        import_infer_session()
+        if self.options.devices:  # a devices run is `python -m ais_bench`, one process per device
+            check_ais_bench_module()
+        else:
+            import_infer_session()

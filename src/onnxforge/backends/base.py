@@ -194,6 +194,26 @@ class Backend(ABC):
         read from the model); empty by default."""
         return []
 
+    def split_devices(self) -> tuple[int, ...]:
+        """The devices this backend splits a workload across, one process each (ais_bench ``devices``); empty
+        (the default) when it runs in this process through `runner`."""
+        return ()
+
+    def split_work(self, names: Sequence[str]) -> dict[int, list[str]]:
+        """Which of `names` (input files, in order) each of `split_devices` runs; empty by default."""
+        return {}
+
+    def run_split(self, artifact: Any, output: str | Path, inputs: Mapping[int, Path] | None = None, *,
+                  loop: int = 1, warmup: int = 1) -> Any:
+        """Runs `artifact` on every `split_devices` device at once, each on its folder of `inputs` (None: pure
+        inference, `loop` timed runs after `warmup`), writing under `output`. Only backends with devices."""
+        raise BackendError(f"backend '{self.name}' does not split work across devices")
+
+    def compile_record(self) -> dict[str, Any] | None:
+        """What the last `compile` of this backend object ran, for reports (``{"command": [argv...], ...}``,
+        JSON-ready); None when it runs no tool (the default) or has not compiled yet."""
+        return None
+
     def __str__(self) -> str:
         return format_item(self.name, self.non_default_options())
 

@@ -1,10 +1,18 @@
-"""onnxruntime backend: runs ONNX models on the CPU by default, CUDA or TensorRT where installed.
+"""onnxruntime backend: runs ONNX models on the CPU by default, CUDA, TensorRT or CANN where installed.
 
 `compile` is the identity (onnxruntime optimises at session creation); the runner owns one
 InferenceSession, built by `onnxforge.numerics.make_session` (the one place sessions are made).
 Options (`OnnxruntimeOptions`; spec ``onnxruntime{device=cuda,threads=2}``):
-- ``device``: ``cpu`` (default), ``cuda``, ``tensorrt``, or ``auto`` (TensorRT, then CUDA, then CPU,
+- ``device``: ``cpu`` (default), ``cuda``, ``tensorrt``, ``cann`` (Huawei Ascend NPUs through onnxruntime's
+  CANN execution provider, the ``onnxruntime-cann`` build), or ``auto`` (TensorRT, then CUDA, then CPU,
   whatever this onnxruntime build offers). Asking for a provider the build lacks is BackendUnavailable.
+- CANN provider options (``device=cann`` only), passed as the provider's options as onnxruntime's CANN
+  execution provider page documents them (onnxruntime.ai, execution-providers/community-maintained/
+  CANN-ExecutionProvider, the page listing onnxruntime 1.20.0-1.22.1 with CANN 8.2.0): ``device_id``,
+  ``precision_mode`` (force_fp32, force_fp16, allow_fp32_to_fp16, must_keep_origin_dtype, allow_mix_precision),
+  ``op_select_impl_mode`` (high_performance, high_precision), ``npu_mem_limit`` (bytes of the provider's
+  arena), ``enable_cann_graph``. The CPU provider follows it for what CANN does not run. Not run on an NPU
+  here: only the provider list and options handed to the session are tested.
 - ``threads``: intra-op threads (0 = onnxruntime's default, one per core); ``inter_op_threads``.
 - ``optimize``: False disables onnxruntime's graph optimisations (what the verifier wants).
 - ``spin``: False stops idle worker threads spin-waiting (`interleaved()` sets it for round-robin timing).
@@ -15,7 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Mapping, Sequence
+from typing import Literal, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import onnx
@@ -37,7 +45,20 @@ _DEVICE_PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    "cann": ["CANNExecutionProvider", "CPUExecutionProvider"],
 }
+#: what to install for a device's provider
+_INSTALL = {
+    "cann": "install onnxruntime-cann (onnxruntime built with the CANN execution provider) on an Ascend host with CANN "
+            "and run 'source /usr/local/Ascend/ascend-toolkit/set_env.sh'",
+}
+#: Options handed to the CANN execution provider (onnxruntime's CANN EP page): option field -> provider key
+CANN_PROVIDER_OPTIONS = {
+    "device_id": "device_id", "precision_mode": "precision_mode", "op_select_impl_mode": "op_select_impl_mode",
+    "npu_mem_limit": "npu_mem_limit", "enable_cann_graph": "enable_cann_graph",
+}
+#: a provider name, or (name, its options) as InferenceSession takes them
+Provider = Union[str, tuple[str, dict[str, str]]]
 
 
 def available_providers() -> list[str]:
@@ -55,21 +76,43 @@ def resolve_providers(device: str) -> list[str]:
         raise BackendError(f"onnxruntime: unknown device '{device}'; choose one of auto, {', '.join(_DEVICE_PROVIDERS)}")
     wanted = _DEVICE_PROVIDERS[device]
     if wanted[0] not in have:
+        fix = _INSTALL.get(device, "install onnxruntime-gpu with a matching CUDA/TensorRT")
         raise BackendUnavailable(
             f"onnxruntime: {wanted[0]} is not in this onnxruntime build (available: {', '.join(have)}); "
-            "install onnxruntime-gpu with a matching CUDA/TensorRT, or use --device cpu"
+            f"{fix}, or use --device cpu"
         )
     return [p for p in wanted if p in have]
+
+
+def provider_options(options: "OnnxruntimeOptions") -> dict[str, dict[str, str]]:
+    """Per-provider options from the backend options: the CANN provider's where ``device=cann`` (values as
+    the strings onnxruntime takes; ``enable_cann_graph`` as 0/1), else none."""
+    if options.device != "cann":
+        return {}
+    cann: dict[str, str] = {}
+    for field_name, key in CANN_PROVIDER_OPTIONS.items():
+        value = getattr(options, field_name)
+        if value is None:
+            continue
+        cann[key] = str(int(value)) if isinstance(value, bool) else str(value)
+    return {"CANNExecutionProvider": cann}
+
+
+def session_providers(options: "OnnxruntimeOptions") -> list[Provider]:
+    """The providers list `make_session` hands to InferenceSession: names, with (name, options) where a
+    provider has options. Raises BackendUnavailable where the device's provider is absent."""
+    extra = provider_options(options)
+    return [(p, extra[p]) if p in extra else p for p in resolve_providers(options.device)]
 
 
 class OnnxruntimeRunner(Runner):
     """One InferenceSession over an in-memory model (built by `numerics.make_session`)."""
 
-    def __init__(self, model: onnx.ModelProto, providers: list[str], threads: int = 0,
+    def __init__(self, model: onnx.ModelProto, providers: Sequence[Provider], threads: int = 0,
                  inter_op_threads: int = 0, optimize: bool = True, spin: bool = True) -> None:
         super().__init__()
         self.model = model
-        self.providers = providers
+        self.providers = list(providers)
         self.threads = threads
         self.inter_op_threads = inter_op_threads
         self.optimize = optimize
@@ -106,33 +149,47 @@ class OnnxruntimeRunner(Runner):
 class OnnxruntimeOptions:
     """Options of the onnxruntime backend (`onnxruntime{device=cuda,threads=2}`)."""
 
-    device: Literal["cpu", "cuda", "tensorrt", "auto"] = option(
-        "cpu", "execution provider: cpu, cuda, tensorrt, or auto (TensorRT, then CUDA, then CPU, as installed)")
+    device: Literal["cpu", "cuda", "tensorrt", "cann", "auto"] = option(
+        "cpu", "execution provider: cpu, cuda, tensorrt, cann (Ascend NPU, onnxruntime-cann), or auto (TensorRT, then CUDA, then CPU, as installed)")
     threads: int = option(0, "intra-op threads (0: onnxruntime's default, one per core)")
     inter_op_threads: int = option(0, "inter-op threads (0: 1 when threads is set, else onnxruntime's default)")
     optimize: bool = option(True, "onnxruntime graph optimisations (false: run the graph as written)")
     spin: bool = option(True, "worker threads spin-wait between runs (false when sessions are timed in turn)")
+    device_id: int = option(0, "NPU the CANN provider runs on (device=cann)")
+    precision_mode: Optional[Literal["force_fp32", "force_fp16", "allow_fp32_to_fp16", "must_keep_origin_dtype",
+                                     "allow_mix_precision"]] = option(None, "CANN provider precision_mode (device=cann; none: the provider's default)")
+    op_select_impl_mode: Optional[Literal["high_performance", "high_precision"]] = option(
+        None, "CANN provider op_select_impl_mode (device=cann)")
+    npu_mem_limit: Optional[int] = option(None, "CANN provider arena limit in bytes (device=cann; none: no limit)")
+    enable_cann_graph: Optional[bool] = option(None, "CANN provider runs the graph with CANN's graph engine (device=cann)")
 
 
 class OnnxruntimeBackend(Backend):
     """onnxruntime on CPU (default) or CUDA/TensorRT; see the module docstring for options."""
 
     name = "onnxruntime"
-    summary = "runs ONNX in onnxruntime (CPU, or CUDA/TensorRT where installed); no compile step."
+    summary = "runs ONNX in onnxruntime (CPU, or CUDA/TensorRT/CANN where installed); no compile step."
     Options = OnnxruntimeOptions
     artifact_suffix = None
 
     def validate(self) -> None:
-        check_non_negative(self, "threads", "inter_op_threads")
-        if self.options.device not in ("auto", *_DEVICE_PROVIDERS):
-            raise BackendError(f"onnxruntime: unknown device '{self.options.device}'; choose one of auto, {', '.join(_DEVICE_PROVIDERS)}")
+        o = self.options
+        check_non_negative(self, "threads", "inter_op_threads", "device_id",
+                           *(["npu_mem_limit"] if o.npu_mem_limit is not None else []))
+        if o.device not in ("auto", *_DEVICE_PROVIDERS):
+            raise BackendError(f"onnxruntime: unknown device '{o.device}'; choose one of auto, {', '.join(_DEVICE_PROVIDERS)}")
+        if o.device != "cann":
+            given = [n for n in CANN_PROVIDER_OPTIONS if (o.device_id != 0 if n == "device_id" else getattr(o, n) is not None)]
+            if given:
+                raise BackendError(f"backend 'onnxruntime': option '{given[0]}' is a CANN provider option; "
+                                   f"it needs device=cann (device is {o.device})")
 
     def check_available(self) -> None:
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
             raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime") from None
-        resolve_providers(self.options.device)
+        session_providers(self.options)
 
     def compile(self, model: str | Path | onnx.ModelProto, output: str | Path | None = None) -> onnx.ModelProto:
         """Loads the model; onnxruntime needs no ahead-of-time step. `output` is ignored."""
@@ -140,7 +197,7 @@ class OnnxruntimeBackend(Backend):
 
     def runner(self, artifact: onnx.ModelProto | str | Path) -> OnnxruntimeRunner:
         o = self.options
-        return OnnxruntimeRunner(load_model_arg(artifact), resolve_providers(o.device), o.threads, o.inter_op_threads,
+        return OnnxruntimeRunner(load_model_arg(artifact), session_providers(o), o.threads, o.inter_op_threads,
                                  o.optimize, o.spin)
 
     def interleaved(self) -> "OnnxruntimeBackend":

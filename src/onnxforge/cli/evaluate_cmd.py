@@ -53,16 +53,41 @@ COMPILE_SHORTHANDS = {
     "--dynamic-batch-sizes": "dynamic_batch_sizes", "--dynamic-image-sizes": "dynamic_image_sizes",
     "--atc-arg": "extra_args", "--aipp": "insert_op_conf",
 }
+DEVICE_HELP = ("Shorthand for the spec option device (onnxruntime: cpu | cuda | tensorrt | cann | auto); with ais_bench "
+               "the spec option devices: NPU ids such as 0,1,2,3, one ais_bench process each, the work split between them "
+               "and the throughputs summed (ais_bench --device).")
 EVALUATE_SHORTHANDS = {"--threads": "threads", "--device": "device", "--soc-version": "soc_version"}
 
 
 def _backend(spec: str, shorthands: dict[str, str], values: dict[str, object]):
     """The backend `spec` names, with the shorthand flags that were given filling its options (a flag the
-    backend has no option for, or one contradicting the spec, is an error)."""
+    backend has no option for, or one contradicting the spec, is an error). ``--device`` is the ``devices``
+    list (``0,1,2,3``) for a backend that splits work across devices (ais_bench), else its ``device``."""
     from onnxforge.backends import parse_backend
 
+    shorthands, values = dict(shorthands), dict(values)
+    if values.get("--device") is not None and "--device" in shorthands:
+        shorthands["--device"], values["--device"] = device_option(spec, str(values["--device"]))
     flags = {option: flag for flag, option in shorthands.items()}
     return parse_backend(spec, {shorthands[f]: v for f, v in values.items()}, flags=flags)
+
+
+def device_option(spec: str, text: str) -> tuple[str, object]:
+    """(option, value) that ``--device TEXT`` fills on the backend `spec` names: ``devices`` as a tuple of
+    ids (``0,1,2,3``; a repeated id is an error) where the backend has that option, else ``device``."""
+    from dataclasses import fields
+
+    from onnxforge.backends import parse_backend
+
+    names = {f.name for f in fields(parse_backend(spec).Options)}
+    if "devices" not in names:
+        return "device", text
+    from onnxforge.backends.ascend import check_devices
+
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        return "device", text  # not NPU ids (e.g. cuda): the backend has no such option, which parse_backend says
+    return "devices", check_devices([int(p) for p in parts], "--device")
 
 
 def evaluate(
@@ -74,11 +99,11 @@ def evaluate(
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N samples only."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Images per run (a static batch must match)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON (atomically)."),
-    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Folder of outputs from ais_bench (<image>_0.bin) or benchmark (<image>_1.bin): score those instead of running the model."),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Folder of outputs from ais_bench (<image>_0.bin) or benchmark (<image>_1.bin): score those instead of running the model. Any level of ais_bench's --output layout (OUT, OUT/TS, OUT/TS/device<k>); several devices' folders are read as one set and their summaries' throughputs summed."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Baseline model: adds agreement with its predictions."),
     soc_version: Optional[str] = typer.Option(None, "--soc-version", help="Shorthand for the spec option soc_version (atc/ais_bench target SoC, default Ascend310P3)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Shorthand for the spec option threads (onnxruntime intra-op threads; 0: one per core)."),
-    device: Optional[str] = typer.Option(None, "--device", help="Shorthand for the spec option device (onnxruntime: cpu | cuda | tensorrt | auto)."),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes the model predicts, where its output does not say (an integer label map) and no preset does."),
     gears: Optional[str] = typer.Option(None, "--gears", help="Image-size gears HxW,... (as compile --dynamic-image-sizes; `onnxforge shapes` proposes them): each image runs at the smallest gear holding it. Needs a model with dynamic H and W and a whole-image preset (fastscnn) or none."),
     gear_policy: str = typer.Option("pad", "--gear-policy", help="With --gears: pad (bottom/right with the mean colour; the prediction is cropped back to the image) or resize (to the gear, the prediction resized back)."),
@@ -152,7 +177,7 @@ def bench(
     backend: str = typer.Option("onnxruntime", "--backend", help=_backend_option_help("onnxruntime"), show_default=False),
     batch_sizes: str = typer.Option("1,4,8,16", "--batch-sizes", help="Comma-separated batch sizes."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Shorthand for the spec option threads (onnxruntime intra-op threads; 0: one per core)."),
-    device: Optional[str] = typer.Option(None, "--device", help="Shorthand for the spec option device (onnxruntime: cpu | cuda | tensorrt | auto)."),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
     warmup: int = typer.Option(5, "--warmup", help="Untimed runs first."),
     iters: int = typer.Option(20, "--iters", help="Timed runs per batch size."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the records as JSON (atomically)."),
@@ -185,6 +210,8 @@ def bench(
             table.add_row(str(r.batch_size), "-", "-", "-", "-", f"[red]{r.error}[/]")
             continue
         note = f"batch fixed on a copy (model is static at {fixed})" if r.fixed_batch else ""
+        if r.devices:
+            note = "; ".join(filter(None, [note, f"devices {','.join(map(str, r.devices))} at once: images/s summed from ais_bench's summaries"]))
         table.add_row(str(r.batch_size), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.throughput:.1f}", note)
     console.out.print(table)
     if fixed is not None and any(r.fixed_batch for r in records):
@@ -200,7 +227,7 @@ def bench(
 
 
 def _cann_help() -> str:
-    from onnxforge.backends.cann import DEFAULT_CANN, profiles
+    from onnxforge.cann import DEFAULT_CANN, profiles
 
     lines = [f"{p.version} ({p.line}): opset {p.min_opset}..{p.max_opset}, ONNX {p.onnx_version}"
              + ("" if p.ops is not None else ", no op list") for p in profiles().values()]
@@ -209,7 +236,7 @@ def _cann_help() -> str:
 
 
 def _max_opset_help() -> str:
-    from onnxforge.backends.cann import profiles
+    from onnxforge.cann import profiles
 
     ranges = ", ".join(f"{p.line}: {p.max_opset}" for p in profiles().values())
     return f"Shorthand for the spec option max_opset: highest ai.onnx opset atc accepts (default: the CANN profile's; {ranges})."

@@ -9,8 +9,18 @@ from typing import Optional
 
 import typer
 
+from onnxforge.cann import DEFAULT_CANN, profile, profiles
 from onnxforge.cli import console
 from onnxforge.errors import ForgeError
+
+#: The exporter's opset range (frontends.export.MIN_OPSET..MAX_OPSET; not imported here, that imports torch;
+#: tests/cli/test_export_cli.py checks it).
+EXPORT_OPSETS = (11, 20)
+OPSET_HELP = (f"ONNX opset, {EXPORT_OPSETS[0]}..{EXPORT_OPSETS[1]} (default: the CANN profile's default opset; "
+              f"{profile(DEFAULT_CANN).describe_opsets()}).")
+CANN_HELP = (f"CANN version whose profile gives the --opset default (default: the installed CANN, else {DEFAULT_CANN}). "
+             "Profiles: " + "; ".join(f"{p.version}: opset {p.min_opset}..{p.max_opset}, default {p.default_opset}"
+                                      for p in profiles().values()) + ".")
 
 # Static on purpose: building it from the specs would import torch for every command's --help.
 # tests/cli/test_export_cli.py checks it against the registered specs.
@@ -36,7 +46,8 @@ def export(
     variant: str = typer.Option("upstream", "--variant", help="Model variant: upstream or guide (see above)."),
     batch_size: int = typer.Option(1, "--batch-size", "-b", help="Static batch size."),
     input_size: Optional[str] = typer.Option(None, "--input-size", help="H,W (default: the model's evaluation size)."),
-    opset: int = typer.Option(17, "--opset", help="ONNX opset, 11..20 (atc wants 11)."),
+    opset: Optional[int] = typer.Option(None, "--opset", help=OPSET_HELP, show_default=False),
+    cann: Optional[str] = typer.Option(None, "--cann", help=CANN_HELP, show_default=False),
     with_aux: bool = typer.Option(False, "--with-aux", help="Also export the auxiliary heads' outputs."),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Full input shape NxCxHxW (generic factories; or instead of --batch-size/--input-size)."),
 ) -> None:
@@ -44,7 +55,9 @@ def export(
 
     The graph is verified with onnx.checker and onnxruntime on a seeded input (max abs difference to
     PyTorch is printed). Without --checkpoint the weights are deterministic, not trained: fine for
-    checking passes and speed, meaningless for accuracy.
+    checking passes and speed, meaningless for accuracy. Without --opset the opset is the CANN profile's
+    default (--cann, else the installed CANN, else 5.0); an opset that profile's atc does not accept is
+    exported with a note.
     """
     from onnxforge.frontends.export import export_model
 
@@ -62,8 +75,15 @@ def export(
             with_aux=with_aux,
             input_shape=shape,
             progress=reporter.step,
+            cann=cann,
         )
     _render(result)
+    from onnxforge.cann import select_profile
+
+    prof = select_profile(cann)
+    if not prof.accepts_opset(result.opset):
+        console.out.print(f"note: {prof.describe_opsets()}; convert before compiling: "
+                          f"--passes 'target-opset{{opset={prof.default_opset}}}'", markup=False, highlight=False)
 
 
 def _parse_size(text: str) -> tuple[int, int]:

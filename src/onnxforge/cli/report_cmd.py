@@ -33,6 +33,9 @@ def report(
     per_node: Optional[str] = typer.Option(None, "--per-node", help="Also measure each node this pass selects, alone (any pass with candidates/with_nodes, e.g. resize-nearest)."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes the data has, where the model cannot tell (a mismatch with the model switches judging to agreement)."),
     threads: int = typer.Option(0, help="onnxruntime intra-op threads (0: onnxruntime's default)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Shorthand for the backend's device option; with ais_bench "
+                                         "the NPUs (0,1,2,3) every stage's evaluation is split across, one ais_bench process "
+                                         "each (timing rounds stay on the first)."),
     min_rounds: int = typer.Option(10, "--min-rounds", help="Interleaved timing rounds always run (>= 2)."),
     max_rounds: int = typer.Option(200, "--max-rounds", help="Most timing rounds; timing stops earlier once every verdict is stable."),
     max_seconds: float = typer.Option(30.0, "--max-seconds", help="Time limit of one timing run (seconds)."),
@@ -58,6 +61,12 @@ def report(
     from onnxforge.evaluate.ab import run_report
 
     sizes = parse_int_list(batch_sizes, "--batch-sizes")
+    if device is not None:
+        from onnxforge.backends import parse_backend
+        from onnxforge.cli.evaluate_cmd import device_option
+
+        key, value = device_option(backend, device)
+        backend = str(parse_backend(backend, {key: value}, flags={key: "--device"}))
     source = data_source(dataset, data_root, synthetic, preset, limit, num_classes)
     policy = timing_policy(min_rounds, max_rounds, max_seconds)
     cache = open_cache(no_cache, cache_dir, cache_size)

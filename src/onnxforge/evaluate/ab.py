@@ -97,6 +97,10 @@ class Decision:
     judged_on: dict[str, str]  # {"metric": ..., "source": accuracy|agreement}
     warnings: list[str]
     timing: list[dict]  # Timings.to_dict() of each timing run
+    #: what the backend ran to compile each evaluated stage (`Backend.compile_record`: atc's exact argv...), by stage
+    compiled: dict[str, dict] = field(default_factory=dict)
+    #: each stage's evaluation split across devices (`EvalResult.devices`: argv and throughput per device, their sum)
+    device_runs: dict[str, dict] = field(default_factory=dict)
 
     @property
     def kept_pipeline(self) -> str:
@@ -142,6 +146,8 @@ class StageRunner:
         self.model_classes = _classes_of(baseline)
         self.num_classes = data.num_classes or self.model_classes
         self.per_image: dict[str, object] = {}  # stage name -> EvalResult.per_image (for the bootstrap)
+        self.compiled: dict[str, dict] = {}  # stage name -> Backend.compile_record() of its evaluation
+        self.device_runs: dict[str, dict] = {}  # stage name -> EvalResult.devices (evaluation split across devices)
         self.dataset_classes: int | None = None  # as the baseline's evaluation reported it
 
     def measure(self, stage: StageEval, model: onnx.ModelProto, with_reference: bool) -> None:
@@ -156,6 +162,10 @@ class StageRunner:
         )
         if result.per_image is not None:
             self.per_image[stage.name] = result.per_image
+        if result.compiled:
+            self.compiled[stage.name] = result.compiled
+        if result.devices:
+            self.device_runs[stage.name] = result.devices
         if not with_reference:
             self.dataset_classes = result.dataset_classes
             self.model_classes = result.model_classes or self.model_classes
@@ -372,7 +382,8 @@ def decide_pipeline(
     noise = bootstrap_noise(runner.per_image.get("baseline"), primary_metric(base.accuracy), seed)
     for s in stages[1:]:
         flag_suspicious_gain(s, base, meaningless, noise)
-    return Decision(stages, best, best_model, combined, chosen, models, judged, warnings, timings)
+    return Decision(stages, best, best_model, combined, chosen, models, judged, warnings, timings, dict(runner.compiled),
+                    dict(runner.device_runs))
 
 
 def _per_node(node_pass, model, base, runner, budget, judged, seed, verify, models, passes, node_of) -> list[StageEval]:
@@ -453,6 +464,8 @@ def _combined(name, kept, model, base, stages, models, runner, budget, judged, s
     if same is not None:
         stage.accuracy, stage.agreement = dict(same.accuracy), dict(same.agreement)
         stage.reason = f"same model as {same.name}"
+        if same.name in runner.compiled:  # not compiled again: the same graph's command stands for it
+            runner.compiled[name] = runner.compiled[same.name]
         tim = analyse(t1.samples_ms, [(same.name, "baseline")], t1.policy, aa=t1.aa, stopped_by=t1.stopped_by)
         _fill_speed(stage, tim, "baseline", name=same.name)
     else:
@@ -770,6 +783,10 @@ def run_report(
         "timing": d.timing,
         "keep_stages": keep_stages,
         "environment": environment(str(backend), threads, seed),
+        # the exact command the backend's compiler ran for each evaluated stage (atc's argv; empty for onnxruntime)
+        "compile_commands": [{"stage": s.name, **d.compiled[s.name]} for s in stages if s.name in d.compiled],
+        # evaluations split across devices (ais_bench devices): every device's argv and throughput, and their sum
+        "device_runs": [{"stage": s.name, **d.device_runs[s.name]} for s in stages if s.name in d.device_runs],
         "seconds": 0.0,
         "commands": [c for c in (command or _report_command(model_path, pipe, out_dir, data, isolated, per_node, budget), best_cmd) if c],
     }

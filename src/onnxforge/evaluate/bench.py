@@ -9,6 +9,11 @@ static batch B runs B as it is; every other size runs on a **copy whose batch di
 that size (graph inputs and outputs re-declared, intermediate shapes dropped for re-inference); the
 record says so (`fixed_batch=True`). A graph that hard-codes its batch elsewhere (e.g. a Reshape to
 [1, -1]) cannot run at another size: that record carries the backend's error instead of timings.
+
+Many devices (a backend with `split_devices`, e.g. ``ais_bench{devices=0|1}``): every device runs the
+compiled model at once, `iters` timed runs after `warmup` (``ais_bench --loop/--warmup_count``); the
+latencies are all devices' compute times together, and the throughput is the sum of the devices'
+throughputs as ais_bench's summaries report them (``devices`` on the record says which ran).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class BenchRecord:
     threads: int = 0  # the backend's `threads` option (0: its default, or it has none)
     error: str | None = None
     spec: str = ""  # the canonical backend spec it ran on, e.g. onnxruntime{threads=2}
+    devices: tuple[int, ...] = ()  # the devices it ran on at once (throughput: their sum); () for one runner
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,6 +122,7 @@ def benchmark(
     be = _configured(backend, threads, backend_options)
     be.check_available()
     ran_threads = getattr(be.options, "threads", 0)
+    devices = be.split_devices()
     fixed = static_batch(proto)
     total = len(batch_sizes) * (warmup + iters)
     done = 0
@@ -125,18 +132,27 @@ def benchmark(
             b = int(b)
             is_fixed_copy = fixed is not None and b != fixed
             m = with_batch(proto, b) if is_fixed_copy else proto
+            throughput = None
             try:
-                feeds = seeded_inputs(m, seed=seed, overrides={"batch": b})
                 artifact = be.compile(m, be.artifact_path(tmp, f"b{b}"))
                 times = []
-                with be.runner(artifact) as runner:
-                    for i in range(warmup + iters):
-                        runner.infer(feeds)
-                        if i >= warmup:
-                            times.append(runner.last_inference_s)
-                        done += 1
-                        if progress is not None:
-                            progress(done, total)
+                if devices:
+                    run = be.run_split(artifact, Path(tmp) / f"ais_bench_b{b}", None, loop=iters, warmup=warmup)
+                    times = [t / 1000.0 for r in run.runs for t in r.compute_ms]
+                    throughput = run.throughput
+                    done += warmup + iters
+                    if progress is not None:
+                        progress(done, total)
+                else:
+                    feeds = seeded_inputs(m, seed=seed, overrides={"batch": b})
+                    with be.runner(artifact) as runner:
+                        for i in range(warmup + iters):
+                            runner.infer(feeds)
+                            if i >= warmup:
+                                times.append(runner.last_inference_s)
+                            done += 1
+                            if progress is not None:
+                                progress(done, total)
             except ForgeError as exc:
                 if not is_fixed_copy or isinstance(exc, BackendUnavailable):
                     raise
@@ -148,9 +164,13 @@ def benchmark(
                 if progress is not None:
                     progress(min(done, total), total)
                 continue
+            if not times:
+                raise EvaluationError(f"{be}: batch {b}: the devices reported no compute times")
             p50, p90, p99, mean, mn = _percentiles(times)
-            records.append(BenchRecord(b, be.name, iters, warmup, p50, p90, p99, mean, mn,
-                                       b / (p50 / 1000.0) if p50 > 0 else None, is_fixed_copy, ran_threads, None, str(be)))
+            if throughput is None:
+                throughput = b / (p50 / 1000.0) if p50 > 0 else None
+            records.append(BenchRecord(b, be.name, iters, warmup, p50, p90, p99, mean, mn, throughput, is_fixed_copy,
+                                       ran_threads, None, str(be), devices))
     return records
 
 

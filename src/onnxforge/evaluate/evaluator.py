@@ -135,6 +135,10 @@ class EvalResult:
     dataset_classes: int | None = None
     model_classes: int | None = None
     per_image: PerImage | None = None
+    #: what the backend ran to compile the model (`Backend.compile_record`: atc's exact argv...), if anything
+    compiled: dict[str, Any] | None = None
+    #: a run split across devices (ais_bench ``devices``): per-device commands and throughputs, their sum
+    devices: dict[str, Any] | None = None
 
     @property
     def overhead_s(self) -> float:
@@ -169,6 +173,8 @@ class EvalResult:
             "per_class_iou": self.per_class_iou,
             "agreement": self.agreement,
             "notes": list(self.notes),
+            **({"compiled": self.compiled} if self.compiled else {}),
+            **({"devices": self.devices} if self.devices else {}),
             "onnxforge_version": __version__,
         }
 
@@ -566,6 +572,10 @@ class PredictionSource(ABC):
 
     label: str = "model"
     setup_s: float = 0.0
+    #: what compiling the model ran (`Backend.compile_record`), for the result; None: nothing ran
+    compiled: dict[str, Any] | None = None
+    #: a run split across devices (see `EvalResult.devices`); None: not split
+    devices: dict[str, Any] | None = None
 
     @property
     @abstractmethod
@@ -645,6 +655,8 @@ class ModelRunner(PredictionSource, contextlib.AbstractContextManager):
                 artifact = self.backend.compile(self.proto, self.backend.artifact_path(workdir, "model"))
             else:
                 artifact = self.backend.compile(self.proto, None)
+            if not self.is_artifact:
+                self.compiled = self.backend.compile_record()
             self.runner = self._stack.enter_context(self.backend.runner(artifact))
         except BaseException:
             self._stack.close()
@@ -713,7 +725,12 @@ class PredictionFolder(PredictionSource):
 
     def prepare_for(self, plan: EvalPlan) -> list[str]:
         self.dir.check_complete(plan.dataset.names())
-        return [f"outputs read from {self.directory} ({self.dir.convention} naming <image>_{self.dir.index}.bin)"]
+        notes = [f"outputs read from {self.directory} ({self.dir.convention} naming <image>_{self.dir.index}.bin)"]
+        if self.dir.throughput is not None:
+            n = len(self.dir.summaries)
+            notes.append(f"ais_bench throughput {self.dir.throughput:.1f} images/s"
+                         + (f" (the sum of {n} devices' summaries)" if n > 1 else " (its summary)"))
+        return notes
 
     def predict(self, prepared: list[Prepared], inp: TensorInfo, output: str, batch: int) -> list[np.ndarray]:
         return [split_batch(self.dir.read(p.name), 1)[0] for p in prepared]
@@ -749,7 +766,7 @@ class RecordedOutputs(PredictionSource):
     @staticmethod
     def _signature(plan: EvalPlan) -> tuple:
         return (plan.dataset_name, len(plan.dataset), tuple(plan.dataset.names()), tuple(plan.canvas), plan.whole_images,
-                repr(plan.spec))
+                repr(plan.spec), plan.gears, plan.gear_policy)
 
     def serves(self, plan: EvalPlan) -> bool:
         """Whether every output `plan` needs was recorded (on a plan like it)."""
@@ -794,6 +811,14 @@ class _Recording(PredictionSource):
         return self.inner.setup_s
 
     @property
+    def compiled(self) -> dict | None:  # type: ignore[override]
+        return self.inner.compiled
+
+    @property
+    def devices(self) -> dict | None:  # type: ignore[override]
+        return self.inner.devices
+
+    @property
     def inference_s(self) -> float:
         return self.inner.inference_s
 
@@ -810,6 +835,80 @@ class _Recording(PredictionSource):
         out = self.inner.predict(prepared, inp, output, batch)
         self.store._add(prepared, out)
         return out
+
+
+class DeviceSplit(PredictionFolder):
+    """The planned dataset run on several devices at once: each sample's preprocessed input is written as
+    ``<image>.bin`` into the folder of the device that runs it (`Backend.split_work`), the model is compiled
+    (atc), one process per device runs it (`Backend.run_split`: ais_bench, all at once), and the outputs are
+    read back from ais_bench's layout exactly as ``--predictions`` reads them.
+
+    `workdir` keeps ``model.om``, ``input/device<k>/`` and ``output/TS/...``; `devices` on the result holds
+    every device's argv and throughput and their sum.
+    """
+
+    def __init__(self, proto: onnx.ModelProto, backend: Backend, plan: EvalPlan, workdir: Path, *,
+                 label: str | None = None) -> None:
+        self.label = _label_of(proto, label)
+        self._io = model_inputs(proto), model_outputs(proto)
+        inp = plan.check(*self._io, self.label)
+        self.backend = backend
+        workdir.mkdir(parents=True, exist_ok=True)
+        by_name = {n: d for d, names in backend.split_work(plan.dataset.names()).items() for n in names}
+        t0 = time.perf_counter()
+        artifact = backend.compile(proto, backend.artifact_path(workdir, "model"))  # fails before any input is written
+        self.compiled = backend.compile_record()
+        folders = {d: workdir / "input" / f"device{d}" for d in backend.split_devices()}
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        for sample in plan.dataset:
+            prepared = _prepare(plan, sample)
+            arr = np.ascontiguousarray(prepared.input[None].astype(inp.dtype, copy=False))
+            (folders[by_name[prepared.name]] / f"{prepared.name}.bin").write_bytes(arr.tobytes())
+        run = backend.run_split(artifact, workdir / "output", folders)
+        self.setup_s = time.perf_counter() - t0
+        self.run = run
+        self.devices = run.to_dict()
+        self.directory = run.root
+        self.dir = PredictionDir(run.root, self._io[1][0])
+
+    @property
+    def backend_label(self) -> str:
+        return str(self.backend)
+
+    @property
+    def inference_s(self) -> float:
+        return float(self.run.compute_s)
+
+    def prepare_for(self, plan: EvalPlan) -> list[str]:
+        notes = super().prepare_for(plan)
+        per = ", ".join(f"device {r['device']}: {r['throughput']:.1f}" for r in self.devices["devices"])
+        return notes + [f"split across devices {','.join(str(r['device']) for r in self.devices['devices'])} "
+                        f"(one ais_bench process each; images/s {per})"]
+
+
+def _split_workdir(backend: Backend, stack: contextlib.ExitStack) -> Path:
+    """Where a devices run keeps its files: the backend's ``ais_bench_output`` option, else a temporary folder
+    that lives as long as `stack`."""
+    kept = getattr(backend.options, "ais_bench_output", None)
+    if kept:
+        return Path(kept)
+    return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="onnxforge-devices-")))
+
+
+def _load(path: str | Path) -> onnx.ModelProto:
+    from onnxforge.modelio import load_model
+
+    return load_model(path)
+
+
+def _prepare(plan: EvalPlan, sample) -> Prepared:
+    """One sample preprocessed as the plan's spec says (at its gear, the plan's canvas, or the image's own size)."""
+    spec = plan.spec
+    if plan.gears:
+        return prepare_gear(sample, plan.gears, plan.gear_policy, spec.mean, spec.std)
+    return prepare(spec.preprocess, sample, sample.image.shape[:2] if plan.whole_images else plan.canvas, spec.mean,
+                   spec.std, spec.resize_short, spec.ignore_index)
 
 
 # ------------------------------------------------------------------------------------------- score
@@ -855,12 +954,7 @@ def score(plan: EvalPlan, source: PredictionSource, *, reference: PredictionSour
     total = len(ds)
     done = 0
     for chunk in _batched(iter(ds), batch):
-        prepared = [
-            prepare_gear(s, plan.gears, plan.gear_policy, spec.mean, spec.std) if plan.gears else
-            prepare(spec.preprocess, s, s.image.shape[:2] if plan.whole_images else plan.canvas, spec.mean, spec.std,
-                    spec.resize_short, spec.ignore_index)
-            for s in chunk
-        ]
+        prepared = [_prepare(plan, s) for s in chunk]
         first = source.predict(prepared, inp, outputs[0].name, batch)
         ref_first = None
         if reference is not None:
@@ -912,6 +1006,8 @@ def score(plan: EvalPlan, source: PredictionSource, *, reference: PredictionSour
         dataset_classes=plan.dataset_classes,
         model_classes=model_classes(outputs) if outputs else plan.model_classes,
         per_image=kept,
+        compiled=source.compiled,
+        devices=source.devices,
     )
 
 
@@ -977,6 +1073,10 @@ def evaluate(
         _refuse_foreign_artifact(Path(model_path_or_proto), be, _label_of(model_path_or_proto, model_label))
     if predictions is not None and is_artifact:
         raise EvaluationError(f"--predictions needs the ONNX model (for its output shape and dtype), not the {be.artifact_suffix}")
+    if is_artifact and be.split_devices() and predictions is None:
+        raise EvaluationError(f"{_label_of(model_path_or_proto, model_label)}: a run split across devices reads ais_bench's "
+                              "files by the ONNX model's outputs: give the ONNX model (it is compiled first), not the "
+                              f"{be.artifact_suffix}")
     with contextlib.ExitStack() as stack:
         if is_artifact:  # no graph to plan from: the runner says what the model takes
             dataset_class(dataset)
@@ -1002,11 +1102,18 @@ def evaluate(
             model_sha = model_sha256(proto) if cache is not None else ""
             if predictions is not None:
                 source = PredictionFolder(predictions, proto, label=plan.label)
+            elif be.split_devices():
+                source = None  # a devices run (below, unless the cache has the result)
             else:
                 source = ModelRunner(proto, be, label=plan.label)  # opened below, unless the cache has the result
         ref: PredictionSource | None = None
+        ref_proto: onnx.ModelProto | None = None
         recorders: list[tuple[PredictionSource, RecordedOutputs]] = []  # (source, what records it)
-        if isinstance(reference, RecordedOutputs):
+        if source is None and reference is not None and not be.is_artifact(getattr(reference, "model", reference)):
+            # a devices run: the reference runs the same way, on the same split, so agreement compares like with like
+            ref_proto = reference.model if isinstance(reference, RecordedOutputs) else (
+                reference if isinstance(reference, onnx.ModelProto) else _load(reference))
+        elif isinstance(reference, RecordedOutputs):
             if reference.serves(plan):
                 ref = reference
             else:  # run it, and record it on the way for the next comparison
@@ -1021,11 +1128,16 @@ def evaluate(
             if predictions is not None:
                 extra["predictions"] = cache.memo(("files", str(predictions)), lambda: files_fingerprint(predictions))
             key = cache_key(cache, plan, data_root, model_sha, str(be) if predictions is None else "predictions",
-                            _reference_sha(ref) if ref is not None else None, extra)
+                            model_sha256(ref_proto) if ref_proto is not None else _reference_sha(ref) if ref is not None else None,
+                            extra)
             hit = cached_result(cache, key, plan, cache_latency)
             if hit is not None:
                 took = hit.total_s if cache_latency and hit.total_s else time.perf_counter() - t_start
-                return replace(hit, model=source.label, total_s=took)
+                return replace(hit, model=plan.label, total_s=took)
+        if source is None:
+            source = DeviceSplit(proto, be, plan, _split_workdir(be, stack), label=plan.label)
+            if ref_proto is not None:
+                ref = DeviceSplit(ref_proto, be, plan, _split_workdir(be, stack) / "reference", label=_label_of(ref_proto, None))
         if isinstance(source, ModelRunner) and source.runner is None:
             stack.enter_context(source)
         if isinstance(ref, ModelRunner):

@@ -186,6 +186,11 @@ def markdown(report: dict[str, Any], stages: list[StageEval]) -> str:
     if report.get("dropped"):
         lines += ["", "## Dropped by --auto", ""] + [f"- `{d['pass']}`: {d['reason']}" for d in report["dropped"]]
     lines += ["", "## Reproduce", ""] + [f"    {c}" for c in report["commands"]]
+    if report.get("compile_commands"):  # what the backend's compiler (atc) ran for each stage, exactly
+        lines += ["", "## Compile commands", ""]
+        for c in report["compile_commands"]:
+            lines += [f"- **{c['stage']}** ({c.get('tool', 'compiler')}" + (f", CANN profile {c['cann_profile']}" if c.get("cann_profile") else "")
+                      + "):", "", f"      {c['shell']}", ""]
     env = report["environment"]
     lines += ["", "## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()]
     return "\n".join(lines) + "\n"

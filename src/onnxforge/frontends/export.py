@@ -2,8 +2,9 @@
 
 Contract of ``export_model``:
 - Everything the user controls is validated before any work: model name, variant, batch (>= 1), input
-  size (positive, a multiple of the model's ``size_multiple``), opset (11..20), output path (its
-  directory exists, it is not the checkpoint).
+  size (positive, a multiple of the model's ``size_multiple``), opset (11..20, what the TorchScript
+  exporter writes here; ``None``: the selected CANN profile's default opset, as ``onnxforge export`` does
+  when ``--opset`` is not given), output path (its directory exists, it is not the checkpoint).
 - The model is built in onnxforge's own code, the checkpoint (if any) is loaded strictly, adaptive
   pools are swapped for exact static forms (``frontends.adaptive``), and the TorchScript exporter writes
   the graph at static shapes with the spec's input/output names and constant folding.
@@ -32,7 +33,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from onnxforge.errors import CheckpointError, FrontendError
+from onnxforge.cann import select_profile
+from onnxforge.errors import BackendError, CheckpointError, FrontendError
 from onnxforge.numerics import DEFAULT_SEED
 
 if TYPE_CHECKING:
@@ -43,7 +45,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: The opsets the exporter writes here (what torch's TorchScript exporter does cleanly); what atc accepts is
+#: the CANN profile's (`onnxforge.cann`), a narrower range.
 MIN_OPSET, MAX_OPSET = 11, 20
+#: The library's default (onnxruntime, the passes); ``opset=None`` (the CLI's default) is the CANN profile's.
 DEFAULT_OPSET = 17
 #: Seed of the deterministic weights used when no checkpoint is given.
 WEIGHT_SEED = 0
@@ -95,10 +100,11 @@ def export_model(
     variant: str = "upstream",
     batch_size: int = 1,
     input_size: tuple[int, int] | None = None,
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = DEFAULT_OPSET,
     with_aux: bool = False,
     input_shape: Sequence[int] | None = None,
     progress: ExportProgress | None = None,
+    cann: str | None = None,
 ) -> ExportResult:
     """Builds the model, loads `checkpoint`, exports static ONNX to `out_path` and checks it against PyTorch.
 
@@ -110,20 +116,22 @@ def export_model(
         variant: one of the spec's variants (``upstream`` always exists).
         batch_size: static batch dimension (>= 1).
         input_size: (H, W); default: the spec's evaluation input size.
-        opset: ONNX opset, 11..20.
+        opset: ONNX opset, 11..20; None: the CANN profile's default opset (see `cann`).
         with_aux: also export the auxiliary heads' outputs (models that have them).
         input_shape: the full input shape; required for a factory, and for a named model an alternative
             to `batch_size` + `input_size` (N, 3, H, W).
         progress: called as each step starts (see the module docstring); None: silent.
+        cann: CANN version whose profile gives the default opset and is named in opset errors (None: the
+            installed CANN, else `onnxforge.cann.DEFAULT_CANN`).
 
     Raises:
-        FrontendError: bad name, variant, size, opset or batch; export or verification failed.
+        FrontendError: bad name, variant, size, opset, batch or CANN version; export or verification failed.
         CheckpointError: the checkpoint cannot be read or does not match the model.
         OutputPathError: the output path is the checkpoint or its directory is missing.
     """
     out_path = Path(out_path)
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
-    _check_opset(opset)
+    opset = _check_opset(opset, cann)
     _check_output(out_path, ckpt_path)
     if ckpt_path is not None and not ckpt_path.is_file():
         raise CheckpointError(f"{ckpt_path}: no such checkpoint file")
@@ -213,9 +221,18 @@ def export_model(
 # --- validation -------------------------------------------------------------------------------------
 
 
-def _check_opset(opset: int) -> None:
-    if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise FrontendError(f"opset {opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET} (atc accepts 11)")
+def _check_opset(opset: int | None, cann: str | None = None) -> int:
+    """The opset to export at (None: the profile's default), or FrontendError naming the range and what the
+    selected CANN profile's atc accepts."""
+    try:
+        prof = select_profile(cann)
+    except BackendError as exc:  # the profile loader's error: an unknown CANN version
+        raise FrontendError(str(exc)) from None
+    if opset is None:
+        return prof.default_opset
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise FrontendError(f"opset {opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET} ({prof.describe_opsets()})")
+    return opset
 
 
 def _check_output(out_path: Path, ckpt_path: Path | None) -> None:

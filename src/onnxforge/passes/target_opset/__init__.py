@@ -1,4 +1,8 @@
-"""target-opset: converts the model to another ONNX opset (default 11, the newest atc accepts).
+"""target-opset: converts the model to another ONNX opset (default: the CANN profile's ``default_opset``).
+
+Without ``opset`` the target is the selected CANN profile's default opset (`onnxforge.cann`: ``cann=8.0``,
+else the installed CANN, else 5.0, whose default is 11, the opset the seeds compiled with); the same
+profile `compile` checks against and `export --opset` defaults to. ``{opset=N}`` converts to N.
 
 Before -> After (down, e.g. a torch dynamo export at opset 20 -> 11)::
 
@@ -39,10 +43,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Optional
 
 import onnx
 
-from onnxforge.errors import PassError, PipelineError
+from onnxforge.cann import DEFAULT_CANN, profile as cann_profile, profiles as cann_profiles, select_profile
+from onnxforge.errors import ForgeError, PassError, PipelineError
 from onnxforge.passes._graph import infer_shapes, node_label
 from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, option
 from onnxforge.passes.registry import register
@@ -50,27 +56,41 @@ from onnxforge.passes.target_opset import activations, axes, elementwise, infere
 from onnxforge.passes.target_opset.registry import DownConverter, Unsupported, needs_shape
 
 MIN_TARGET = 11
+_DEFAULT_PROFILE = cann_profile(DEFAULT_CANN)
+_DEFAULTS = ", ".join(f"{p.line}: {p.default_opset}" for p in cann_profiles().values())
 
 
 @dataclass(frozen=True)
 class TargetOpsetOptions:
-    opset: int = option(11, "the ONNX opset to convert to (11: what atc accepts)")
+    opset: Optional[int] = option(None, f"the ONNX opset to convert to (none: the CANN profile's default opset; {_DEFAULTS})")
+    cann: Optional[str] = option(None, f"CANN version whose profile gives the default opset (none: the installed CANN, else {DEFAULT_CANN})")
 
 
 @register
 class TargetOpset(Pass):
     name = "target-opset"
-    summary = "converts to another ONNX opset ({opset=11}: what atc accepts), up or down"
+    summary = (f"converts to another ONNX opset, up or down (default: the CANN profile's; "
+               f"{_DEFAULT_PROFILE.describe_opsets()})")
     kind = PassKind.EXACT
     Options = TargetOpsetOptions
 
+    def target(self) -> int:
+        """The opset this pass converts to: option ``opset``, else the selected CANN profile's default opset."""
+        if self.options.opset is not None:
+            return self.options.opset
+        return select_profile(self.options.cann).default_opset
+
     def validate(self) -> None:
         newest = onnx.defs.onnx_opset_version()
-        if not MIN_TARGET <= self.options.opset <= newest:
-            raise PipelineError(f"target-opset: option 'opset' must be between {MIN_TARGET} and {newest}, got {self.options.opset}")
+        try:
+            target = self.target()
+        except ForgeError as exc:
+            raise PipelineError(f"target-opset: option 'cann': {exc}") from None
+        if not MIN_TARGET <= target <= newest:
+            raise PipelineError(f"target-opset: option 'opset' must be between {MIN_TARGET} and {newest}, got {target}")
 
     def run(self, state: ModelState) -> PassResult:
-        source, target = state.opset, self.options.opset
+        source, target = state.opset, self.target()
         if source == target:
             return PassResult(False, {"opset": target}, notes=[f"already at opset {target}"])
         if source < target:
