@@ -18,7 +18,7 @@ ORDER = (
     # the Ascend knowledges, in the order the `ascend` shortcut applies them: explicit shapes and types
     # first, then the merges they enable, then the splits of what atc cannot run in one piece
     "constant-reshape", "merge-casts", "drop-empty-slice", "merge-slices", "merge-concats", "split-qkv-matmul", "gather-to-split",
-    "reflect-pad-to-slices", "fold-transpose-bn", "split-large-pool", "split-large-conv",
+    "reflect-pad-to-slices", "fold-transpose-bn", "split-large-pool", "split-large-conv", "fix-topk",
     "fp16-output", "fp16-input", "fp16", "quantize",
 )
 #: Infrastructure modules of the package, not passes (underscore modules are skipped too).

@@ -21,6 +21,7 @@ removed, and of two siblings that are both graph outputs neither is. Exact.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import TensorProto as T
@@ -59,8 +60,8 @@ def _elem_type(tensor: gs.Tensor, ctx: RuleContext) -> int | None:
     dtype = getattr(tensor, "dtype", None)
     if dtype is not None:
         try:
-            return int(dtype) if isinstance(dtype, int) else onnx.helper.np_dtype_to_tensor_dtype(dtype)
-        except (KeyError, TypeError):
+            return int(dtype) if isinstance(dtype, int) else onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        except (KeyError, TypeError, ValueError):
             pass
     found = ctx.types().get(tensor.name)
     return found[0] if found else None
