@@ -104,6 +104,14 @@ def test_numerics_through_manager(text):
         np.testing.assert_allclose(after[name], before[name], rtol=1e-5, atol=1e-5)
 
 
+def test_a_part_read_by_a_reshape_as_simplify_leaves_it():
+    text = _qkv("slice").replace("  k = Squeeze(k1, ax)", "  kshape = Constant<value = int64[4] {1, 2, -1, 2}>()\n  k = Reshape(k1, kshape)")
+    model = parse(text)
+    result = PassManager("split-qkv-matmul").run(model)
+    assert result.stages[0].modified and result.stages[0].verification.status == "passed"
+    assert op_counts(result.model)["MatMul"] == 3 and not {"Slice", "Squeeze"} & set(ops(result.model))
+
+
 def test_unread_part_gets_no_matmul():
     text = _qkv().replace("  v = Gather<axis = 0>(t, i2)", "  v = Identity(q)")
     result, model = apply(SplitQkvMatmul(), parse(text))

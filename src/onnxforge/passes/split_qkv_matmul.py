@@ -17,7 +17,9 @@ The parts as exporters write them (all handled):
 
 - ``q, k, v = qkv[0], qkv[1], qkv[2]``: Gathers with scalar indices (both torch exporters);
 - ``qkv.unbind(0)``: Split into ones + Squeeze per output (TorchScript exporter), or one
-  ``Slice(i : i + 1)`` + Squeeze per part (dynamo exporter);
+  ``Slice(i : i + 1)`` + Squeeze per part (dynamo exporter); a part read by a Reshape instead of a
+  Squeeze (simplify folds ``k.transpose(-2, -1)`` of a squeezed part that way) is fine: the Reshape
+  reads the new part, which has the same elements in the same order (a target with a 0 is refused);
 - the projection as ``MatMul`` (+ ``Add`` with the bias on either side), as the exporters write
   ``nn.Linear`` on a 3-D input, or as ``Gemm`` on a 2-D input (what ``simplify`` makes of it at a
   static batch: ``Reshape(x, [B*N, K]) -> Gemm -> Reshape([B, N, 3, H, D])``; ``transB`` either way).
@@ -71,6 +73,7 @@ class QkvMatch:
     perm: list[int]  # the Transpose's perm without the S axis, renumbered
     outputs: dict[int, list[gs.Tensor]]  # part index -> the tensors that are that part now
     readers: list[gs.Node]  # the nodes producing those tensors (detached by the rewrite)
+    reshapes: dict[int, list[gs.Node]]  # part index -> Reshapes of the part (axis kept), re-pointed to it
 
 
 def _ints(tensor: gs.Tensor | None) -> list[int] | None:
@@ -123,19 +126,27 @@ def _projection(graph: gs.Graph, y: gs.Tensor) -> Projection | str | None:
     return Projection(node, add, node.inputs[0], weight, bias, width, trans_b)
 
 
-def _parts(graph: gs.Graph, t: gs.Tensor, axis: int, rank: int, count: int, opset: int) -> tuple[dict[int, list[gs.Tensor]], list[gs.Node]] | str:
-    """Part index -> the tensors that are that part (axis `axis` taken away), and their producers."""
+def _parts(graph: gs.Graph, t: gs.Tensor, axis: int, rank: int, count: int, opset: int) -> tuple[dict, list[gs.Node], dict] | str:
+    """Part index -> the tensors that are that part (axis `axis` taken away), their producers, and the
+    Reshapes that read a part with the axis kept (as simplify leaves a Squeeze followed by a Reshape)."""
     found: dict[int, list[gs.Tensor]] = {}
     readers: list[gs.Node] = []
+    reshapes: dict[int, list[gs.Node]] = {}
 
     def squeezed(tensor: gs.Tensor, index: int) -> str:
-        users = list(tensor.outputs)
+        users = list({id(n): n for n in tensor.outputs}.values())
         if is_graph_output(graph, tensor) or not users:
             return f"part {index} is not only squeezed"
         for user in users:
+            if user.op == "Reshape" and user.inputs[0] is tensor and tensor not in user.inputs[1:]:
+                target = _ints(user.inputs[1])
+                if target is None or 0 in target:
+                    return f"part {index} feeds {node_label(user)}, whose target is not constant or has a 0"
+                reshapes.setdefault(index, []).append(user)
+                continue
             axes = _squeeze_axes(user) if user.op == "Squeeze" else None
             if axes is None or [a % rank for a in axes] != [axis]:
-                return f"part {index} feeds {user.op}, not a Squeeze of axis {axis}"
+                return f"part {index} feeds {user.op}, not a Squeeze of axis {axis} or a Reshape"
             found.setdefault(index, []).append(user.outputs[0])
             readers.append(user)
         return ""
@@ -170,7 +181,7 @@ def _parts(graph: gs.Graph, t: gs.Tensor, axis: int, rank: int, count: int, opse
                 return why
         else:
             return f"it also feeds {label}"
-    return found, readers
+    return found, readers, reshapes
 
 
 class SplitQkv(Rule):
@@ -207,9 +218,9 @@ class SplitQkv(Rule):
         parts = _parts(ctx.graph, transpose.outputs[0], axis, rank, target[s], ctx.opset)
         if isinstance(parts, str):
             return self.skip(reshape, parts)
-        outputs, nodes = parts
+        outputs, nodes, reshapes = parts
         new_perm = [p - (p > s) for p in perm if p != s]
-        m = QkvMatch(proj, target[:s], target[s + 1:], target[s], new_perm, outputs, nodes)
+        m = QkvMatch(proj, target[:s], target[s + 1:], target[s], new_perm, outputs, nodes, reshapes)
         return Match(node_label(reshape), node=reshape, values={"m": m})
 
     @staticmethod
@@ -238,7 +249,8 @@ class SplitQkv(Rule):
         size = p.width // m.parts
         for node in m.readers:  # detached: the old chain becomes dead and the manager's cleanup drops it
             node.outputs = []
-        for index, tensors in sorted(m.outputs.items()):
+        for index in sorted(set(m.outputs) | set(m.reshapes)):
+            tensors = m.outputs.get(index) or [gs.Variable(builder.name("part"), dtype=p.x.dtype)]
             cols = slice(index * size, (index + 1) * size)
             w = p.weight[cols] if p.trans_b else p.weight[..., cols]
             bias = None
@@ -257,6 +269,8 @@ class SplitQkv(Rule):
             builder.op("Transpose", [r], {"perm": m.perm}, outputs=[tensors[0]], hint="transpose")
             for other in tensors[1:]:
                 builder.op("Identity", [tensors[0]], outputs=[other], hint="part")
+            for reshape in m.reshapes.get(index, []):  # the same elements in the same order, without the size-1 axis
+                reshape.inputs[0] = tensors[0]
 
 
 @register

@@ -1,0 +1,154 @@
+"""Every Ascend pass on every corpus graph (tests/corpus/build.py): applied or skipped (with the
+reason), the node-count effect, and the verification of what applied.
+
+    .venv/bin/python benchmarks/ascend_passes.py [--families smp,timm,onnx-node] [--node-stride 1] [--cases TEXT]
+
+The passes are the registry's `ascend`-tagged ones (`onnxforge passes --tag ascend`), so a pass
+tagged later is included without touching this script. Each pass runs alone on the case after
+`simplify` (what `--passes simplify,ascend` gives it), first without verification; where it changes
+the graph it runs again with the verifier on (the case's own inputs for onnx-node, else the verifier's
+default shapes), and that run's node count and verdict are recorded. A pass that raises a PassError
+is `refused`; a verification mismatch or an exception that is no ForgeError is a bug and listed.
+Writes benchmarks/results/ascend_passes.json and prints the markdown summary of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import warnings
+from collections import Counter, defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+from tests.corpus import build  # noqa: E402
+
+
+def _simplified(case: build.Case):
+    """The case after `simplify` (unverified: the corpus test verifies simplify), or the export as is."""
+    from onnxforge.errors import ForgeError
+    from onnxforge.passes import PassManager
+
+    model = case.load()
+    try:
+        return PassManager("simplify", verify=False).run(model).model, ""
+    except ForgeError as exc:
+        return model, f"simplify refused ({str(exc)[:120]}); the export as is"
+
+
+def run_one(case: build.Case, model, name: str) -> dict:
+    """One pass on one (simplified) case: status, reasons, node counts, statistics, verdict."""
+    from onnxforge.errors import ForgeError, VerificationError
+    from onnxforge.passes import PassManager, Verifier
+
+    row = {"case": case.name, "pass": name, "nodes_before": len(model.graph.node)}
+    t = time.perf_counter()
+    try:
+        stage = PassManager(name, verify=False).run(model).stages[0]
+        if stage.modified:
+            result = PassManager(name, verifier=Verifier(inputs=case.inputs)).run(model)
+            stage = result.stages[0]
+            row["verification"] = stage.verification.status
+    except ForgeError as exc:
+        chain, e = [], exc
+        while e is not None:
+            chain.append(e)
+            e = e.__cause__ or e.__context__
+        crash = next((c for c in chain if not isinstance(c, ForgeError)), None)
+        mismatch = any(isinstance(c, VerificationError) and "outputs differ" in str(c) for c in chain)
+        status = "crash" if crash is not None else "mismatch" if mismatch else "refused"
+        return row | {"status": status, "reasons": [str(crash or exc)[:300]], "seconds": round(time.perf_counter() - t, 3)}
+    except Exception as exc:  # noqa: BLE001 - a crash outside any pass: a bug, reported as such
+        return row | {"status": "crash", "reasons": [f"{type(exc).__name__}: {str(exc)[:200]}"], "seconds": round(time.perf_counter() - t, 3)}
+    row["nodes_after"] = stage.nodes_after
+    row["stats"] = {k: v for k, v in stage.stats.items() if v}
+    row["skipped"] = list(stage.skipped)
+    row["status"] = "applied" if stage.modified else "skipped" if stage.skipped else "n/a"
+    row["reasons"] = list(stage.skipped) if stage.skipped else [] if stage.modified else list(stage.notes)
+    row["seconds"] = round(time.perf_counter() - t, 3)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--families", default="smp,timm,onnx-node")
+    ap.add_argument("--node-stride", type=int, default=1, help="every Nth ONNX node test")
+    ap.add_argument("--cases", default="", help="only cases whose name contains this text")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ascend_passes.json"))
+    args = ap.parse_args()
+    logging.disable(logging.WARNING)
+    warnings.simplefilter("ignore")
+    families = tuple(args.families.split(","))
+
+    from onnxforge.passes.registry import tagged
+
+    passes = tagged("ascend")
+    zoo_families = tuple(f for f in families if f != "onnx-node")
+    cases = [c for c in (build.zoo_cases(zoo_families) if zoo_families else []) if c.path is not None]
+    if "onnx-node" in families:
+        cases += [c for c in build.node_cases()[:: args.node_stride] if not build.oracle_problem(c)]
+    cases = [c for c in cases if args.cases in c.name]
+    rows, notes = [], {}
+    for i, case in enumerate(cases, 1):
+        model, note = _simplified(case)
+        if note:
+            notes[case.name] = note
+        for name in passes:
+            rows.append(run_one(case, model, name))
+        print(f"[{i}/{len(cases)}] {case.name}: " + ", ".join(r["pass"] for r in rows[-len(passes):] if r["status"] == "applied"), file=sys.stderr)
+    payload = {"versions": build.versions(), "command": " ".join(["benchmarks/ascend_passes.py", *sys.argv[1:]]),
+               "passes": passes, "cases": len(cases), "simplify_notes": notes, "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(payload, separators=(",", ":"), default=str))
+    print(render(payload))
+
+
+def render(payload: dict) -> str:
+    """Per pass: graphs applied / skipped with a reason / refused / bugs, total node delta, verdicts;
+    then the graphs each pass applies to, and its most common skip reasons."""
+    by: dict[str, list[dict]] = defaultdict(list)
+    for r in payload["rows"]:
+        by[r["pass"]].append(r)
+    lines = [f"{payload['cases']} corpus graphs, each after `simplify`; every `ascend`-tagged pass alone on each.", "",
+             "| pass | applies to | node delta (total) | verified | skipped with a reason | refused | bugs |",
+             "|---|---|---|---|---|---|---|"]
+    for name in payload["passes"]:
+        rs = by[name]
+        applied = [r for r in rs if r["status"] == "applied"]
+        delta = sum(r["nodes_after"] - r["nodes_before"] for r in applied)
+        verdicts = Counter(r.get("verification", "-") for r in applied)
+        count = lambda s: sum(r["status"] == s for r in rs)  # noqa: E731
+        lines.append(f"| `{name}` | {len(applied)} | {delta:+d} | {', '.join(f'{k} {v}' for k, v in sorted(verdicts.items())) or '-'} | "
+                     f"{count('skipped')} | {count('refused')} | {count('mismatch') + count('crash')} |")
+    lines += ["", "Where each applies (graph: nodes before -> after):", ""]
+    for name in payload["passes"]:
+        applied = [r for r in by[name] if r["status"] == "applied"]
+        if applied:
+            lines.append(f"- `{name}`: " + "; ".join(f"{r['case']} {r['nodes_before']}->{r['nodes_after']}" for r in applied))
+    lines += ["", "Most common skip reasons (node names removed), per pass:", ""]
+    for name in payload["passes"]:
+        reasons = Counter(_reason(s) for r in by[name] for s in r.get("skipped", []))
+        if reasons:
+            lines.append(f"- `{name}`: " + "; ".join(f"{why} ({n}x)" for why, n in reasons.most_common(3)))
+    bugs = [r for r in payload["rows"] if r["status"] in ("mismatch", "crash")]
+    if bugs:
+        lines += ["", "Bugs (case, pass, what):", ""] + [f"- `{r['case']}` `{r['pass']}`: {r['status']}: {r['reasons'][0][:200]}" for r in bugs]
+    return "\n".join(lines)
+
+
+def _reason(skip: str) -> str:
+    """A skip line without the node it names (`X skipped: why` -> `why`), names in parentheses elided."""
+    import re
+
+    why = skip.split(" skipped: ", 1)[-1]
+    return re.sub(r"\b[\w./:-]*\([^()]*\)", "…", why)
+
+
+if __name__ == "__main__":
+    main()
