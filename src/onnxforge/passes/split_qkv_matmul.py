@@ -114,7 +114,7 @@ def _projection(graph: gs.Graph, y: gs.Tensor) -> Projection | str | None:
     if weight is None:
         return f"the weight of {node_label(node)} is computed at run time"
     weight = np.asarray(weight)
-    if weight.ndim < 1 or (trans_b and weight.ndim != 2):
+    if weight.ndim < 2 or (node.op == "Gemm" and weight.ndim != 2):
         return f"the weight of {node_label(node)} has rank {weight.ndim}"
     width = int(weight.shape[0] if trans_b else weight.shape[-1])
     bias = None
