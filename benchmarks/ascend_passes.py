@@ -2,6 +2,7 @@
 reason), the node-count effect, and the verification of what applied.
 
     .venv/bin/python benchmarks/ascend_passes.py [--families smp,timm,onnx-node] [--node-stride 1] [--cases TEXT]
+    .venv/bin/python benchmarks/ascend_passes.py --combine A.json B.json   (one table from separate runs)
 
 The passes are the registry's `ascend`-tagged ones (`onnxforge passes --tag ascend`), so a pass
 tagged later is included without touching this script. Each pass runs alone on the case after
@@ -73,9 +74,21 @@ def main() -> None:
     ap.add_argument("--node-stride", type=int, default=1, help="every Nth ONNX node test")
     ap.add_argument("--cases", default="", help="only cases whose name contains this text")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ascend_passes.json"))
+    ap.add_argument("--combine", nargs="+", metavar="JSON", help="run nothing: merge these results (e.g. one run per family) into --out")
     args = ap.parse_args()
+    if args.combine:
+        parts = [json.loads(Path(f).read_text()) for f in args.combine]
+        payload = {"versions": parts[0]["versions"], "command": " ; ".join(p["command"] for p in parts), "passes": parts[0]["passes"],
+                   "cases": sum(p["cases"] for p in parts), "simplify_notes": {k: v for p in parts for k, v in p["simplify_notes"].items()},
+                   "rows": [r for p in parts for r in p["rows"]]}
+        Path(args.out).write_text(json.dumps(payload, separators=(",", ":"), default=str))
+        print(render(payload))
+        return
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    G_LOGGER.severity = G_LOGGER.ERROR  # its opset warnings on the node tests go to stdout
     families = tuple(args.families.split(","))
 
     from onnxforge.passes.registry import tagged
