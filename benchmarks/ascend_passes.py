@@ -30,6 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.corpus import build  # noqa: E402
 
+LISTED = 12  # graphs named per pass in the summary
+
 
 def _simplified(case: build.Case):
     """The case after `simplify` (unverified: the corpus test verifies simplify), or the export as is."""
@@ -80,8 +82,9 @@ def main() -> None:
         parts = [json.loads(Path(f).read_text()) for f in args.combine]
         payload = {"versions": parts[0]["versions"], "command": " ; ".join(p["command"] for p in parts), "passes": parts[0]["passes"],
                    "cases": sum(p["cases"] for p in parts), "simplify_notes": {k: v for p in parts for k, v in p["simplify_notes"].items()},
+                   "not_applicable": sum(p.get("not_applicable", 0) for p in parts),
                    "rows": [r for p in parts for r in p["rows"]]}
-        Path(args.out).write_text(json.dumps(payload, separators=(",", ":"), default=str))
+        _write(payload, args.out)
         print(render(payload))
         return
     logging.disable(logging.WARNING)
@@ -109,9 +112,16 @@ def main() -> None:
         print(f"[{i}/{len(cases)}] {case.name}: " + ", ".join(r["pass"] for r in rows[-len(passes):] if r["status"] == "applied"), file=sys.stderr)
     payload = {"versions": build.versions(), "command": " ".join(["benchmarks/ascend_passes.py", *sys.argv[1:]]),
                "passes": passes, "cases": len(cases), "simplify_notes": notes, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(payload, separators=(",", ":"), default=str))
+    _write(payload, args.out)
     print(render(payload))
+
+
+def _write(payload: dict, out: str) -> None:
+    """The JSON, without the rows of passes that found nothing to look at (thousands: only counted)."""
+    payload["not_applicable"] = payload.get("not_applicable", 0) + sum(r["status"] == "n/a" for r in payload["rows"])
+    payload["rows"] = [r for r in payload["rows"] if r["status"] != "n/a"]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(payload, separators=(",", ":"), default=str))
 
 
 def render(payload: dict) -> str:
@@ -134,8 +144,10 @@ def render(payload: dict) -> str:
     lines += ["", "Where each applies (graph: nodes before -> after):", ""]
     for name in payload["passes"]:
         applied = [r for r in by[name] if r["status"] == "applied"]
-        if applied:
-            lines.append(f"- `{name}`: " + "; ".join(f"{r['case']} {r['nodes_before']}->{r['nodes_after']}" for r in applied))
+        if applied:  # the zoo graphs first; a long list is cut (the JSON has every row)
+            applied.sort(key=lambda r: r["case"].startswith("onnx-node/"))
+            more = f"; and {len(applied) - LISTED} more" if len(applied) > LISTED else ""
+            lines.append(f"- `{name}`: " + "; ".join(f"{r['case']} {r['nodes_before']}->{r['nodes_after']}" for r in applied[:LISTED]) + more)
     lines += ["", "Most common skip reasons (node names removed), per pass:", ""]
     for name in payload["passes"]:
         reasons = Counter(_reason(s) for r in by[name] for s in r.get("skipped", []))
