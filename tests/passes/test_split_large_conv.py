@@ -60,3 +60,18 @@ def test_near_misses_stay_untouched_with_a_reason(case):
     assert not result.modified
     assert reason in result.why_nothing()
     assert sorted(ops(out)) == sorted(ops(model))
+
+
+def test_kernel_over_the_limit_on_two_axes_is_split_on_both():
+    weights = ", ".join(str((i % 5) - 2) for i in range(2 * 3 * 10 * 12))
+    model = parse(f"""
+g (float[1,3,14,15] x) => (float[1,2,5,4] y) {{
+  w = Constant<value = float[2,3,10,12] {{{weights}}}>()
+  y = Conv<kernel_shape = [10, 12]>(x, w)
+}}""")
+    result, out = apply(SplitLargeConv(max_kernel=6), model)
+    assert result.stats == {"convs_split": 1}
+    convs = [n for n in out.graph.node if n.op_type == "Conv"]
+    kernels = sorted(tuple(a.ints) for n in convs for a in n.attribute if a.name == "kernel_shape")
+    assert kernels == [(4, 6), (4, 6), (6, 6), (6, 6)]
+    np.testing.assert_allclose(outputs(out)["y"], outputs(model)["y"], rtol=1e-4, atol=1e-4)

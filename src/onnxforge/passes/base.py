@@ -26,6 +26,10 @@ from onnxforge.spec import NoOptions, format_item, non_default_options, option, 
 class PassKind(str, enum.Enum):
     EXACT = "exact"  # outputs equal within float tolerance; the manager checks this
     APPROXIMATE = "approximate"  # outputs change by design; the evaluator measures the cost
+    #: the output is for one backend's compiler and is not standard ONNX (e.g. int32 where the standard
+    #: says int64): onnx.checker, shape inference and onnxruntime reject it, so the verifier checks no
+    #: stage from it on and tag shortcuts leave it out; it belongs last, before compiling for that backend
+    BACKEND_ONLY = "backend-only"
 
     def __str__(self) -> str:
         return self.value

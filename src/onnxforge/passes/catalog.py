@@ -16,9 +16,11 @@ ORDER = (
     "simplify", "static-shape", "target-opset", "adaptive-pool", "drop-softmax-argmax", "resize-nearest",
     "label-upsample", "argmax-output", "transdata-align",
     # the Ascend knowledges, in the order the `ascend` shortcut applies them: explicit shapes and types
-    # first, then the merges they enable, then the splits of what atc cannot run in one piece
-    "constant-reshape", "narrow-types", "merge-casts", "drop-empty-slice", "merge-slices", "merge-concats", "gather-to-split",
-    "reflect-pad-to-slices", "fold-transpose-bn", "conv1d-to-conv2d", "split-large-pool", "split-large-conv",
+    # first, then the merges they enable, then the splits of what atc cannot run in one piece; fix-topk
+    # last (backend-only: its output is not standard ONNX, so the exact-only shortcut leaves it out)
+    "constant-reshape", "narrow-types", "merge-casts", "drop-empty-slice", "merge-slices", "merge-concats", "split-qkv-matmul",
+    "gather-to-split", "reflect-pad-to-slices", "fold-transpose-bn", "conv1d-to-conv2d", "split-large-pool", "split-large-conv",
+    "fix-topk",
     "fp16-output", "fp16-input", "fp16", "quantize",
 )
 #: Infrastructure modules of the package, not passes (underscore modules are skipped too).

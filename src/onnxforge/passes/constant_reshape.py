@@ -23,7 +23,8 @@ import onnx_graphsurgeon as gs
 
 from onnxforge.passes._build import GraphBuilder
 from onnxforge.passes._graph import const_value, node_label, static_shape
-from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip
+from onnxforge.passes._rewrite import Match, Rule, RuleContext, RulePass
+from onnxforge.passes.base import PassKind, Skip
 from onnxforge.passes.registry import register
 
 
@@ -46,32 +47,34 @@ def explicit_shape(target: list[int], shape: tuple[int, ...], allowzero: bool) -
     return dims
 
 
+class ExplicitTarget(Rule):
+    """A Reshape whose constant target has 0 / -1 gets the explicit target (a fresh constant)."""
+
+    name = "reshapes_made_explicit"
+    op_types = ("Reshape",)
+
+    def match(self, node: gs.Node, ctx: RuleContext) -> Match | Skip | None:
+        if len(node.inputs) < 2:
+            return None
+        found = match(node)
+        return Match(node_label(node), node=node, values={"shape": found}) if isinstance(found, list) else found
+
+    def rewrite(self, m: Match, builder: GraphBuilder) -> None:
+        m.node.inputs[1] = builder.ints(m["shape"], "shape")
+
+
 @register
-class ConstantReshape(Pass):
+class ConstantReshape(RulePass):
     name = "constant-reshape"
     summary = "writes out 0 and -1 in constant Reshape targets where the input shape is static"
     kind = PassKind.EXACT
     tags = ("ascend",)
 
-    def run(self, state: ModelState) -> PassResult:
-        graph = state.graph
-        builder = GraphBuilder(graph, "constant_reshape")
-        rewritten = 0
-        skipped: list[Skip] = []
-        for node in list(graph.nodes):
-            if node.op != "Reshape" or node.domain not in (None, "", "ai.onnx") or len(node.inputs) < 2:
-                continue
-            found = match(node)
-            if found is None:
-                continue
-            if isinstance(found, Skip):
-                skipped.append(found)
-                continue
-            node.inputs[1] = builder.ints(found, "shape")
-            rewritten += 1
-        if not rewritten:
-            return PassResult(False, skipped=skipped, notes=[] if skipped else ["no Reshape target with 0 or -1"])
-        return PassResult(True, {"reshapes_made_explicit": rewritten}, skipped=skipped)
+    def rules(self) -> list[Rule]:
+        return [ExplicitTarget()]
+
+    def nothing_to_do(self, ctx: RuleContext) -> str | None:
+        return "no Reshape target with 0 or -1"
 
 
 def match(node: gs.Node) -> list[int] | Skip | None:

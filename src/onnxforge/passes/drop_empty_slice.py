@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
+from onnxforge.passes._build import GraphBuilder
 from onnxforge.passes._graph import is_graph_output, node_label, static_shape
-from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip
+from onnxforge.passes._rewrite import Match, Rule, RuleContext, RulePass
 from onnxforge.passes._slices import SliceParams, slice_params
+from onnxforge.passes.base import PassKind, Skip
 from onnxforge.passes.registry import register
 
 
@@ -39,32 +41,32 @@ def sliced_lengths(params: SliceParams, shape: tuple[int, ...]) -> dict[int, int
     return lengths
 
 
+class DropEmpty(Rule):
+    """A Slice empty along the axis of the Concats it feeds leaves them and the graph."""
+
+    name = "empty_slices_removed"
+    op_types = ("Slice",)
+
+    def match(self, node: gs.Node, ctx: RuleContext) -> Match | Skip | None:
+        found = match(ctx.graph, node, ctx.opset)
+        return Match(node_label(node), node=node) if found is True else found
+
+    def rewrite(self, m: Match, builder: GraphBuilder) -> None:
+        rewrite(builder.graph, m.node)
+
+
 @register
-class DropEmptySlice(Pass):
+class DropEmptySlice(RulePass):
     name = "drop-empty-slice"
     summary = "removes a Slice that is empty along a Concat's axis from the Concats it feeds"
     kind = PassKind.EXACT
     tags = ("ascend",)
 
-    def run(self, state: ModelState) -> PassResult:
-        graph = state.graph
-        opset = int(graph.opset)
-        removed = 0
-        skipped: list[Skip] = []
-        for node in list(graph.nodes):
-            if node.op != "Slice" or node.domain not in (None, "", "ai.onnx"):
-                continue
-            found = match(graph, node, opset)
-            if found is None:
-                continue
-            if isinstance(found, Skip):
-                skipped.append(found)
-                continue
-            rewrite(graph, node)
-            removed += 1
-        if not removed:
-            return PassResult(False, skipped=skipped, notes=[] if skipped else ["no empty Slice"])
-        return PassResult(True, {"empty_slices_removed": removed}, skipped=skipped)
+    def rules(self) -> list[Rule]:
+        return [DropEmpty()]
+
+    def nothing_to_do(self, ctx: RuleContext) -> str | None:
+        return "no empty Slice"
 
 
 def match(graph: gs.Graph, node: gs.Node, opset: int) -> Skip | bool | None:

@@ -29,7 +29,8 @@ import onnx_graphsurgeon as gs
 
 from onnxforge.passes._build import GraphBuilder
 from onnxforge.passes._graph import const_value, is_graph_output, node_label
-from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip
+from onnxforge.passes._rewrite import Match, Rule, RuleContext, RulePass
+from onnxforge.passes.base import PassKind, Skip
 from onnxforge.passes.registry import register
 
 
@@ -44,32 +45,32 @@ class BnMatch:
     shift: np.ndarray
 
 
+class FoldBn(Rule):
+    """Transpose -> BatchNormalization -> inverse Transpose replaced by Mul + Add on x's layout."""
+
+    name = "bn_folded"
+    op_types = ("BatchNormalization",)
+
+    def match(self, bn: gs.Node, ctx: RuleContext) -> Match | Skip | None:
+        found = match(ctx.graph, bn)
+        return Match(node_label(bn), node=bn, values={"m": found}) if isinstance(found, BnMatch) else found
+
+    def rewrite(self, m: Match, builder: GraphBuilder) -> None:
+        rewrite(m["m"], builder)
+
+
 @register
-class FoldTransposeBn(Pass):
+class FoldTransposeBn(RulePass):
     name = "fold-transpose-bn"
     summary = "turns Transpose -> BatchNormalization -> inverse Transpose into Mul + Add on the original layout"
     kind = PassKind.EXACT
     tags = ("ascend",)
 
-    def run(self, state: ModelState) -> PassResult:
-        graph = state.graph
-        builder = GraphBuilder(graph, "fold_transpose_bn")
-        folded = 0
-        skipped: list[Skip] = []
-        for node in list(graph.nodes):
-            if node.op != "BatchNormalization" or node.domain not in (None, "", "ai.onnx"):
-                continue
-            found = match(graph, node)
-            if found is None:
-                continue
-            if isinstance(found, Skip):
-                skipped.append(found)
-                continue
-            rewrite(found, builder)
-            folded += 1
-        if not folded:
-            return PassResult(False, skipped=skipped, notes=[] if skipped else ["no BatchNormalization between Transposes"])
-        return PassResult(True, {"bn_folded": folded}, skipped=skipped)
+    def rules(self) -> list[Rule]:
+        return [FoldBn()]
+
+    def nothing_to_do(self, ctx: RuleContext) -> str | None:
+        return "no BatchNormalization between Transposes"
 
 
 def _sole_user(graph: gs.Graph, tensor: gs.Tensor) -> gs.Node | None:

@@ -27,7 +27,8 @@ import onnx_graphsurgeon as gs
 
 from onnxforge.passes._build import GraphBuilder
 from onnxforge.passes._graph import const_value, node_label, static_shape
-from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip
+from onnxforge.passes._rewrite import Match, Rule, RuleContext, RulePass
+from onnxforge.passes.base import PassKind, Skip
 from onnxforge.passes.registry import register
 
 
@@ -47,37 +48,50 @@ class SplitMatch:
     parts: list[Part]  # sorted by start
 
 
+class GathersToSplit(Rule):
+    """The Gathers of one tensor on one axis (a group is the target) replaced by one Split."""
+
+    name = "splits_created"
+    op_types = ("Gather",)
+
+    def __init__(self) -> None:
+        self.gathers = 0  # Gathers replaced in this run (a rule object lives for one run)
+
+    def targets(self, ctx: RuleContext) -> list[tuple[int, list[gs.Node]]]:
+        """(axis, Gathers) per tensor and axis (negative axes normalized where the rank is known)."""
+        groups: dict[tuple[int, int], list[gs.Node]] = {}
+        for node in super().targets(ctx):
+            axis = int(node.attrs.get("axis", 0))
+            rank = len(node.inputs[0].shape) if getattr(node.inputs[0], "shape", None) is not None else None
+            groups.setdefault((id(node.inputs[0]), axis % rank if rank else axis), []).append(node)
+        return [(axis, nodes) for (_, axis), nodes in groups.items()]
+
+    def match(self, group: tuple[int, list[gs.Node]], ctx: RuleContext) -> Match | Skip | None:
+        axis, nodes = group
+        found = match(ctx.graph, nodes, axis)
+        return Match(found.x.name, values={"m": found}) if isinstance(found, SplitMatch) else found
+
+    def rewrite(self, m: Match, builder: GraphBuilder) -> None:
+        rewrite(m["m"], builder)
+        self.gathers += len(m["m"].parts)
+
+
 @register
-class GatherToSplit(Pass):
+class GatherToSplit(RulePass):
     name = "gather-to-split"
     summary = "turns Gathers of disjoint contiguous index ranges on one axis of a tensor into one Split"
     kind = PassKind.EXACT
     tags = ("ascend",)
 
-    def run(self, state: ModelState) -> PassResult:
-        graph = state.graph
-        builder = GraphBuilder(graph, "gather_to_split")
-        groups: dict[tuple[int, int], list[gs.Node]] = {}
-        for node in graph.nodes:
-            if node.op == "Gather" and node.domain in (None, "", "ai.onnx"):
-                axis = int(node.attrs.get("axis", 0))
-                rank = len(node.inputs[0].shape) if getattr(node.inputs[0], "shape", None) is not None else None
-                groups.setdefault((id(node.inputs[0]), axis % rank if rank else axis), []).append(node)
-        splits = gathers = 0
-        skipped: list[Skip] = []
-        for (_, axis), nodes in groups.items():
-            found = match(graph, nodes, axis)
-            if found is None:
-                continue
-            if isinstance(found, Skip):
-                skipped.append(found)
-                continue
-            rewrite(found, builder)
-            splits += 1
-            gathers += len(found.parts)
-        if not splits:
-            return PassResult(False, skipped=skipped, notes=[] if skipped else ["no tensor read by two or more Gathers on one axis"])
-        return PassResult(True, {"splits_created": splits, "gathers_replaced": gathers}, skipped=skipped)
+    def rules(self) -> list[Rule]:
+        self._rule = GathersToSplit()  # fresh per run: RulePass.run calls rules() once
+        return [self._rule]
+
+    def nothing_to_do(self, ctx: RuleContext) -> str | None:
+        return "no tensor read by two or more Gathers on one axis"
+
+    def extra_stats(self, ctx: RuleContext, counts: dict[str, int], rewritten: list[str]) -> dict[str, int]:
+        return {"gathers_replaced": self._rule.gathers}
 
 
 def _range(index: np.ndarray, size: int) -> tuple[int, int, bool] | None:

@@ -148,7 +148,8 @@ class Instrument:
 
 
 class Verifier(Instrument):
-    """Checks every stage: checker + strict shape inference; numerics for exact passes.
+    """Checks every stage: checker + strict shape inference; numerics for exact passes; nothing from a
+    backend-only pass's stage on (its graph is not standard ONNX: the record says so).
 
     Float outputs of an exact pass must satisfy |new - ref| <= atol*scale + rtol*|ref| with the
     per-dtype tolerances of `onnxforge.numerics.TOLERANCES` (or `atol`/`rtol` when given) and
@@ -190,6 +191,7 @@ class Verifier(Instrument):
         self.sizes = tuple(sorted(sizes))
 
     def run_start(self, ctx: RunContext, state: ModelState) -> None:
+        self._backend_only = ""  # set by a backend-only stage: no later stage is standard ONNX
         self._prev_model = state.view()
         # user errors first, before any pass runs (and so before anything is written)
         given = resolve_shapes(self._prev_model, self.shapes)
@@ -257,6 +259,11 @@ class Verifier(Instrument):
     def after_pass(self, ctx: RunContext, p: Pass, state: ModelState, record: StageRecord) -> None:
         if not record.modified:
             record.verification = Verification("unchanged", "model unchanged")
+            return
+        if record.kind == PassKind.BACKEND_ONLY.value and not self._backend_only:
+            self._backend_only = f"not checked: {p.name} made the graph backend-only (not standard ONNX; onnx.checker and onnxruntime reject it)"
+        if self._backend_only:
+            record.verification = Verification("off", self._backend_only)
             return
         model = state.view()
         _check_structure(model)

@@ -21,12 +21,15 @@ removed, and of two siblings that are both graph outputs neither is. Exact.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import TensorProto as T
 
-from onnxforge.passes._graph import inferred_types, is_graph_output, node_label
-from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip
+from onnxforge.passes._build import GraphBuilder
+from onnxforge.passes._graph import is_graph_output, node_label
+from onnxforge.passes._rewrite import Match, Rule, RuleContext, RulePass
+from onnxforge.passes.base import ModelState, PassKind, PassResult, Skip
 from onnxforge.passes.registry import register
 
 #: Element types each type converts into without losing a value (besides itself).
@@ -50,62 +53,114 @@ def _type_name(elem: int) -> str:
     return onnx.TensorProto.DataType.Name(elem).lower()
 
 
-class _Types:
-    """Element types of tensors: a Cast's `to`, the graph's annotation, else shape inference (once, lazily)."""
+def _elem_type(tensor: gs.Tensor, ctx: RuleContext) -> int | None:
+    """A tensor's element type: a Cast's `to`, the graph's annotation, else shape inference (`ctx.types()`)."""
+    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Cast":
+        return int(tensor.inputs[0].attrs["to"])
+    dtype = getattr(tensor, "dtype", None)
+    if dtype is not None:
+        try:
+            return int(dtype) if isinstance(dtype, int) else onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        except (KeyError, TypeError, ValueError):
+            pass
+    found = ctx.types().get(tensor.name)
+    return found[0] if found else None
 
-    def __init__(self, state: ModelState) -> None:
-        self.state = state
-        self.inferred: dict[str, int] | None = None
 
-    def of(self, tensor: gs.Tensor) -> int | None:
-        if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Cast":
-            return int(tensor.inputs[0].attrs["to"])
-        dtype = getattr(tensor, "dtype", None)
-        if dtype is not None:
-            try:
-                return int(dtype) if isinstance(dtype, int) else onnx.helper.np_dtype_to_tensor_dtype(dtype)
-            except (KeyError, TypeError):
-                pass
-        if self.inferred is None:
-            self.inferred = {name: elem for name, (elem, _) in inferred_types(self.state.to_model()).items()}
-        return self.inferred.get(tensor.name)
+class _CastRule(Rule):
+    """A rule on live Casts (a Cast an earlier rewrite of this run removed has no inputs or outputs)."""
+
+    op_types = ("Cast",)
+
+    def match(self, node: gs.Node, ctx: RuleContext) -> Match | Skip | None:
+        return self.match_cast(node, ctx) if node.inputs and node.outputs else None
+
+    def match_cast(self, node: gs.Node, ctx: RuleContext) -> Match | Skip | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Chain(_CastRule):
+    """Cast(T1 -> T2) after Cast(T0 -> T1) reads the first one's input when T0 -> T1 is lossless."""
+
+    name = "chains_merged"
+
+    def match_cast(self, node: gs.Node, ctx: RuleContext) -> Match | Skip | None:
+        source = node.inputs[0]
+        if len(source.inputs) != 1 or source.inputs[0].op != "Cast":
+            return None
+        first = source.inputs[0]
+        t0, t1 = _elem_type(first.inputs[0], ctx), int(first.attrs["to"])
+        if t0 is None:
+            return self.skip(node, f"the input type of {node_label(first)} is unknown")
+        if t1 != t0 and t1 not in LOSSLESS.get(t0, ()):
+            return self.skip(node, f"{node_label(first)} casts {_type_name(t0)} to {_type_name(t1)}, which may change values")
+        return Match(node_label(node), node=node, values={"first": first})
+
+    def rewrite(self, m: Match, builder: GraphBuilder) -> None:
+        first, source = m["first"], m.node.inputs[0]
+        m.node.inputs[0] = first.inputs[0]
+        if not source.outputs and not is_graph_output(builder.graph, source):
+            first.outputs.clear()
+            first.inputs.clear()
+            builder.graph.nodes.remove(first)
+
+
+class Siblings(_CastRule):
+    """Another Cast of the same tensor to the same type: its users read this one's output."""
+
+    name = "siblings_shared"
+
+    def match_cast(self, node: gs.Node, ctx: RuleContext) -> Match | Skip | None:
+        x, to = node.inputs[0], int(node.attrs["to"])
+        twins = [n for n in x.outputs if n is not node and n.op == "Cast" and int(n.attrs["to"]) == to and n.outputs]
+        if not twins:
+            return None
+        keep, drop = node, twins[0]
+        if is_graph_output(ctx.graph, drop.outputs[0]):
+            keep, drop = drop, keep
+        if is_graph_output(ctx.graph, drop.outputs[0]):
+            return self.skip(twins[0], f"it and {node_label(node)} are both graph outputs")
+        return Match(node_label(node), node=drop, values={"keep": keep})
+
+    def rewrite(self, m: Match, builder: GraphBuilder) -> None:
+        _drop(builder.graph, m.node, m["keep"].outputs[0])
+
+
+class Noop(_CastRule):
+    """A Cast to its input's own type is removed."""
+
+    name = "noops_removed"
+
+    def match_cast(self, node: gs.Node, ctx: RuleContext) -> Match | Skip | None:
+        t = _elem_type(node.inputs[0], ctx)
+        if t is None or t != int(node.attrs["to"]):
+            return None
+        if is_graph_output(ctx.graph, node.outputs[0]):
+            return self.skip(node, "it casts to its input's type but its output is a graph output")
+        return Match(node_label(node), node=node)
+
+    def rewrite(self, m: Match, builder: GraphBuilder) -> None:
+        _drop(builder.graph, m.node, m.node.inputs[0])
 
 
 @register
-class MergeCasts(Pass):
+class MergeCasts(RulePass):
     name = "merge-casts"
     summary = "merges value-preserving Cast chains, shares sibling Casts to one type, removes no-op Casts"
     kind = PassKind.EXACT
     tags = ("ascend",)
 
+    def rules(self) -> list[Rule]:
+        return [Chain(), Siblings(), Noop()]
+
+    def nothing_to_do(self, ctx: RuleContext) -> str | None:
+        return "no redundant Cast" if any(n.op == "Cast" for n in ctx.graph.nodes) else "no Cast in the graph"
+
     def run(self, state: ModelState) -> PassResult:
-        graph = state.graph
-        types = _Types(state)
-        stats = {"chains_merged": 0, "siblings_shared": 0, "noops_removed": 0}
-        skipped: dict[str, Skip] = {}
-        seen = False
-        changed = True
-        while changed:
-            changed = False
-            for node in list(graph.nodes):
-                if node.op != "Cast" or node.domain not in (None, "", "ai.onnx") or not node.outputs:
-                    continue
-                seen = True
-                for step, key in ((_chain, "chains_merged"), (_siblings, "siblings_shared"), (_noop, "noops_removed")):
-                    outcome = step(graph, node, types)
-                    if isinstance(outcome, Skip):
-                        skipped[f"{outcome.target}:{key}"] = outcome
-                    elif outcome:
-                        stats[key] += 1
-                        changed = True
-                        break
-                if changed:
-                    break
-        live = {node_label(n) for n in graph.nodes if n.outputs}
-        skips = [s for s in skipped.values() if s.target in live]
-        if not any(stats.values()):
-            return PassResult(False, skipped=skips, notes=[] if skips else ["no redundant Cast" if seen else "no Cast in the graph"])
-        return PassResult(True, {k: v for k, v in stats.items() if v}, skipped=skips)
+        result = super().run(state)
+        live = {node_label(n) for n in state.graph.nodes if n.outputs}  # a later rewrite may remove a skipped Cast
+        result.skipped = [s for s in result.skipped if s.target in live]
+        return result
 
 
 def _drop(graph: gs.Graph, node: gs.Node, replacement: gs.Tensor) -> None:
@@ -118,48 +173,3 @@ def _drop(graph: gs.Graph, node: gs.Node, replacement: gs.Tensor) -> None:
     node.outputs.clear()
     node.inputs.clear()
     graph.nodes.remove(node)
-
-
-def _chain(graph: gs.Graph, node: gs.Node, types: _Types) -> bool | Skip:
-    """Cast(T1 -> T2) after Cast(T0 -> T1) reads the first one's input when T0 -> T1 is lossless."""
-    source = node.inputs[0]
-    if len(source.inputs) != 1 or source.inputs[0].op != "Cast":
-        return False
-    first = source.inputs[0]
-    t0, t1 = types.of(first.inputs[0]), int(first.attrs["to"])
-    if t0 is None:
-        return Skip(node_label(node), f"the input type of {node_label(first)} is unknown")
-    if t1 != t0 and t1 not in LOSSLESS.get(t0, ()):
-        return Skip(node_label(node), f"{node_label(first)} casts {_type_name(t0)} to {_type_name(t1)}, which may change values")
-    node.inputs[0] = first.inputs[0]
-    if not source.outputs and not is_graph_output(graph, source):
-        first.outputs.clear()
-        first.inputs.clear()
-        graph.nodes.remove(first)
-    return True
-
-
-def _siblings(graph: gs.Graph, node: gs.Node, types: _Types) -> bool | Skip:
-    """Another Cast of the same tensor to the same type: its users read this one's output."""
-    x, to = node.inputs[0], int(node.attrs["to"])
-    twins = [n for n in x.outputs if n is not node and n.op == "Cast" and int(n.attrs["to"]) == to and n.outputs]
-    for twin in twins:
-        keep, drop = (node, twin)
-        if is_graph_output(graph, drop.outputs[0]):
-            keep, drop = drop, keep
-        if is_graph_output(graph, drop.outputs[0]):
-            return Skip(node_label(twin), f"it and {node_label(node)} are both graph outputs")
-        _drop(graph, drop, keep.outputs[0])
-        return True
-    return False
-
-
-def _noop(graph: gs.Graph, node: gs.Node, types: _Types) -> bool | Skip:
-    """A Cast to its input's own type is removed."""
-    t = types.of(node.inputs[0])
-    if t is None or t != int(node.attrs["to"]):
-        return False
-    if is_graph_output(graph, node.outputs[0]):
-        return Skip(node_label(node), "it casts to its input's type but its output is a graph output")
-    _drop(graph, node, node.inputs[0])
-    return True

@@ -25,7 +25,8 @@ import onnx_graphsurgeon as gs
 
 from onnxforge.passes._build import GraphBuilder
 from onnxforge.passes._graph import const_value, node_label, static_shape
-from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip
+from onnxforge.passes._rewrite import Match, Rule, RuleContext, RulePass
+from onnxforge.passes.base import PassKind, Skip
 from onnxforge.passes.registry import register
 
 
@@ -35,31 +36,34 @@ class PadMatch:
     pads: list[tuple[int, int, int]]  # (axis, before, after) for padded axes
 
 
+class PadToSlices(Rule):
+    """A reflect-mode Pad replaced by reversed edge Slices and a Concat per padded axis."""
+
+    name = "pads_replaced"
+    op_types = ("Pad",)
+
+    def match(self, node: gs.Node, ctx: RuleContext) -> Match | Skip | None:
+        if node.attrs.get("mode", "constant") != "reflect":
+            return None
+        found = match(node, ctx.opset)
+        return Match(node_label(node), node=node, values={"m": found}) if isinstance(found, PadMatch) else found
+
+    def rewrite(self, m: Match, builder: GraphBuilder) -> None:
+        rewrite(m["m"], builder)
+
+
 @register
-class ReflectPadToSlices(Pass):
+class ReflectPadToSlices(RulePass):
     name = "reflect-pad-to-slices"
     summary = "turns a reflect-mode Pad into reversed Slices and a Concat per padded axis"
     kind = PassKind.EXACT
     tags = ("ascend",)
 
-    def run(self, state: ModelState) -> PassResult:
-        graph = state.graph
-        opset = int(graph.opset)
-        builder = GraphBuilder(graph, "reflect_pad", opset)
-        replaced = 0
-        skipped: list[Skip] = []
-        for node in list(graph.nodes):
-            if node.op != "Pad" or node.domain not in (None, "", "ai.onnx") or node.attrs.get("mode", "constant") != "reflect":
-                continue
-            found = match(node, opset)
-            if isinstance(found, Skip):
-                skipped.append(found)
-                continue
-            rewrite(found, builder)
-            replaced += 1
-        if not replaced:
-            return PassResult(False, skipped=skipped, notes=[] if skipped else ["no reflect-mode Pad"])
-        return PassResult(True, {"pads_replaced": replaced}, skipped=skipped)
+    def rules(self) -> list[Rule]:
+        return [PadToSlices()]
+
+    def nothing_to_do(self, ctx: RuleContext) -> str | None:
+        return "no reflect-mode Pad"
 
 
 def match(node: gs.Node, opset: int) -> PadMatch | Skip:

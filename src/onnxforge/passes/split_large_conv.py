@@ -15,7 +15,9 @@ Legal when: the input shape is static (the slice lengths need the output size O)
 constant weights, no pads, ``auto_pad`` NOTSET or VALID, and no dilation. Output p uses taps j at
 input p*s + j; the chunk [a, b) of taps is exactly a Conv of the same stride on the input shifted
 by a, so the sum of the chunks is the Conv (within float rounding: the sum is re-associated).
-Only the first axis over the threshold is split per run; the pass repeats until none is left.
+A kernel over the threshold on several axes is split axis by axis: each chunk Conv of the first
+split (its input slice typed with its static shape) is split again on the next axis, in the same
+rewrite; ``convs_split`` counts the original Convs.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import onnx_graphsurgeon as gs
 from onnxforge.errors import PipelineError
 from onnxforge.passes._build import GraphBuilder
 from onnxforge.passes._graph import const_value, node_label, static_shape
-from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip, option
+from onnxforge.passes._rewrite import Match, Rule, RuleContext, RulePass
+from onnxforge.passes.base import PassKind, Skip, option
 from onnxforge.passes.registry import register
 
 
@@ -37,8 +40,27 @@ class SplitLargeConvOptions:
     max_kernel: int = option(255, "largest kernel side kept in one Conv (larger sides are split into chunks of this size)")
 
 
+class ConvChunks(Rule):
+    """A Conv with kernel sides over `max_kernel` replaced by chunk Convs on shifted slices, summed."""
+
+    name = "convs_split"
+    op_types = ("Conv",)
+
+    def match(self, node: gs.Node, ctx: RuleContext) -> Match | Skip | None:
+        found = match(node, ctx.options.max_kernel)
+        return Match(node_label(node), node=node, values={"limit": ctx.options.max_kernel}) if isinstance(found, tuple) else found
+
+    def rewrite(self, m: Match, builder: GraphBuilder) -> None:
+        pending = [m.node]
+        while pending:  # the chunks of one axis may still be over the limit on another
+            node = pending.pop()
+            found = match(node, m["limit"])
+            if isinstance(found, tuple):
+                pending.extend(rewrite(node, *found, m["limit"], builder))
+
+
 @register
-class SplitLargeConv(Pass):
+class SplitLargeConv(RulePass):
     name = "split-large-conv"
     summary = "splits a Conv with a kernel side over a threshold into Slice + smaller Convs + Sum"
     kind = PassKind.EXACT
@@ -49,31 +71,11 @@ class SplitLargeConv(Pass):
         if self.options.max_kernel < 1:
             raise PipelineError(f"split-large-conv: max_kernel must be at least 1, got {self.options.max_kernel}")
 
-    def run(self, state: ModelState) -> PassResult:
-        graph = state.graph
-        builder = GraphBuilder(graph, "split_large_conv")
-        limit = self.options.max_kernel
-        split = 0
-        skipped: dict[str, Skip] = {}
-        changed = True
-        while changed:
-            changed = False
-            for node in list(graph.nodes):
-                if node.op != "Conv" or node.domain not in (None, "", "ai.onnx"):
-                    continue
-                found = match(node, limit)
-                if found is None:
-                    continue
-                if isinstance(found, Skip):
-                    skipped[found.target] = found
-                    continue
-                rewrite(node, *found, limit, builder)
-                split += 1
-                changed = True
-        if not split:
-            skips = list(skipped.values())
-            return PassResult(False, skipped=skips, notes=[] if skips else [f"no Conv with a kernel side over {limit}"])
-        return PassResult(True, {"convs_split": split}, skipped=list(skipped.values()))
+    def rules(self) -> list[Rule]:
+        return [ConvChunks()]
+
+    def nothing_to_do(self, ctx: RuleContext) -> str | None:
+        return f"no Conv with a kernel side over {ctx.options.max_kernel}"
 
 
 def match(node: gs.Node, limit: int) -> tuple[int, np.ndarray, tuple[int, ...]] | Skip | None:
@@ -96,8 +98,10 @@ def match(node: gs.Node, limit: int) -> tuple[int, np.ndarray, tuple[int, ...]] 
     return axes[0], np.asarray(w), shape
 
 
-def rewrite(node: gs.Node, axis: int, w: np.ndarray, shape: tuple[int, ...], limit: int, b: GraphBuilder) -> None:
-    """Chunks of at most `limit` taps on `axis`, each a Conv on its shifted input slice, summed into y."""
+def rewrite(node: gs.Node, axis: int, w: np.ndarray, shape: tuple[int, ...], limit: int, b: GraphBuilder) -> list[gs.Node]:
+    """Chunks of at most `limit` taps on `axis`, each a Conv on its shifted input slice, summed into y.
+
+    Returns the chunk Convs (their input slices carry their static shapes)."""
     x, y = node.inputs[0], node.outputs[0]
     bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
     n = len(shape) - 2
@@ -113,7 +117,9 @@ def rewrite(node: gs.Node, axis: int, w: np.ndarray, shape: tuple[int, ...], lim
         e = min(a + limit, k)
         piece = np.take(w, range(a, e), axis=2 + axis)
         xs = b.slice(x, [a], [a + (out_len - 1) * strides[axis] + (e - a)], [2 + axis], hint="window")
+        xs.dtype, xs.shape = x.dtype, [*shape[: 2 + axis], (out_len - 1) * strides[axis] + (e - a), *shape[3 + axis:]]
         kernel = list(piece.shape[2:])
         ins = [xs, b.const(piece, "weight")] + ([bias] if bias is not None and a == 0 else [])
         parts.append(b.op("Conv", ins, {**attrs, "kernel_shape": kernel}, dtype=x.dtype, hint="conv"))
     b.op("Sum", parts, outputs=[y], hint="sum")
+    return [p.inputs[0] for p in parts]

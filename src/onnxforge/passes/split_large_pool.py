@@ -29,7 +29,8 @@ import onnx_graphsurgeon as gs
 from onnxforge.errors import PipelineError
 from onnxforge.passes._build import GraphBuilder
 from onnxforge.passes._graph import node_label, static_shape
-from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip, option
+from onnxforge.passes._rewrite import Match, Rule, RuleContext, RulePass
+from onnxforge.passes.base import PassKind, Skip, option
 from onnxforge.passes.registry import register
 
 
@@ -51,8 +52,25 @@ def factors(k: int, limit: int) -> list[int] | None:
     return sorted(out, reverse=True)
 
 
+class PoolCascade(Rule):
+    """A pool with a kernel side over `max_kernel` replaced by a cascade of tiling pools."""
+
+    name = "pools_split"
+    op_types = ("AveragePool", "MaxPool")
+
+    def match(self, node: gs.Node, ctx: RuleContext) -> Match | Skip | None:
+        limit = ctx.options.max_kernel
+        if all(int(k) <= limit for k in node.attrs.get("kernel_shape", [])):
+            return None
+        found = match(node, limit)
+        return Match(node_label(node), node=node, values={"stages": found}) if isinstance(found, list) else found
+
+    def rewrite(self, m: Match, builder: GraphBuilder) -> None:
+        rewrite(m.node, m["stages"], builder)
+
+
 @register
-class SplitLargePool(Pass):
+class SplitLargePool(RulePass):
     name = "split-large-pool"
     summary = "splits an AveragePool/MaxPool with a kernel side over a limit into a cascade of smaller pools"
     kind = PassKind.EXACT
@@ -63,27 +81,11 @@ class SplitLargePool(Pass):
         if self.options.max_kernel < 2:
             raise PipelineError(f"split-large-pool: max_kernel must be at least 2, got {self.options.max_kernel}")
 
-    def run(self, state: ModelState) -> PassResult:
-        graph = state.graph
-        builder = GraphBuilder(graph, "split_large_pool")
-        limit = self.options.max_kernel
-        split = 0
-        skipped: list[Skip] = []
-        for node in list(graph.nodes):
-            if node.op not in ("AveragePool", "MaxPool") or node.domain not in (None, "", "ai.onnx"):
-                continue
-            kernel = [int(k) for k in node.attrs.get("kernel_shape", [])]
-            if all(k <= limit for k in kernel):
-                continue
-            found = match(node, limit)
-            if isinstance(found, Skip):
-                skipped.append(found)
-                continue
-            rewrite(node, found, builder)
-            split += 1
-        if not split:
-            return PassResult(False, skipped=skipped, notes=[] if skipped else [f"no pool with a kernel side over {limit}"])
-        return PassResult(True, {"pools_split": split}, skipped=skipped)
+    def rules(self) -> list[Rule]:
+        return [PoolCascade()]
+
+    def nothing_to_do(self, ctx: RuleContext) -> str | None:
+        return f"no pool with a kernel side over {ctx.options.max_kernel}"
 
 
 def match(node: gs.Node, limit: int) -> list[tuple[list[int], list[int]]] | Skip:
