@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxforge.errors import PipelineError
+from onnxforge.errors import PassError, PipelineError
 from onnxforge.numerics import run_model, seeded_inputs
 from onnxforge.passes import PassManager, parse_pipeline
 from onnxforge.passes.fp16 import Fp16
@@ -185,3 +185,21 @@ g (float[1,2] x) => (float[1,2] y) {
 def test_bad_option_fails_at_construction():
     with pytest.raises(PipelineError, match="'max_reduce' must be >= 0"):
         parse_pipeline("fp16{max_reduce=-1}")
+
+
+def test_keep_set_stays_float32_round_trips_and_must_exist():
+    text = """
+g (float[1,2,8,8] x) => (float[1,2,8,8] z) {
+  y = Relu(x)
+  z = Sigmoid(y)
+}"""
+    named = _model(text)
+    named.graph.node[0].name, named.graph.node[1].name = "relu", "sig"
+    p = parse_pipeline("fp16{keep=relu}").passes[0]
+    assert str(p) == "fp16{keep=relu}"
+    result, out = apply(p, named)
+    assert [str(s) for s in result.skipped] == ["relu skipped: kept in float32: in the keep-set (keep=)"]
+    types = _dtypes(out)
+    assert types[_node(out, "Relu").output[0]] == F32 and types[_node(out, "Sigmoid").output[0]] != F32
+    with pytest.raises(PassError, match="fp16: no graph node 'gone'"):
+        apply(Fp16(keep=("gone",)), named)

@@ -10,6 +10,8 @@ Which nodes run in float16:
 - Selected: with `nodes=`, only the named nodes (what a per-node search tries one at a time).
 - Only nodes downstream of a graph input ("data"), not through Shape/Size: shape arithmetic (Shape ->
   Cast -> Mul -> Cast -> Resize sizes), constant folding leftovers and the like stay float32.
+- Not kept: node names in `keep` (the keep-set a mixed-precision search chose, `evaluate.fp16_search`;
+  unlike `block_nodes`, every name must exist: a keep-set for another model is an error, not a no-op).
 - Not blocked: op types in `block` (default `DEFAULT_BLOCK`: exponentials, logarithms, powers,
   softmax, sums and products, normalizations that compute statistics, Range/CumSum, detection ops:
   what PyTorch autocast keeps in float32, for overflow or accumulated rounding), node names in
@@ -70,6 +72,7 @@ class Fp16Options:
     keep_io: bool = option(True, "graph inputs and outputs stay float32 (Casts at the boundary); false makes them float16")
     block: tuple[str, ...] = option(DEFAULT_BLOCK, "op types kept in float32 (replaces the default list)")
     block_nodes: tuple[str, ...] = option((), "node names kept in float32")
+    keep: tuple[str, ...] = option((), "the keep-set of a mixed-precision search: node names that stay float32 (each must exist)")
     nodes: tuple[str, ...] = option((), "only these nodes (by name) run in float16 (default: every node that can)")
     max_reduce: int = option(4096, "ReduceMean/ReduceSum/GlobalAveragePool/AveragePool over more elements stay float32 (0: no limit)")
 
@@ -121,6 +124,8 @@ class Fp16(Pass):
         graph = state.graph
         if self.options.nodes:
             select(self.name, "node", self.options.nodes, graph.nodes)  # unknown names: PassError
+        if self.options.keep:
+            select(self.name, "node", self.options.keep, graph.nodes)  # a keep-set naming nodes the model lacks
         types = _TypeInfo(state, graph)
         reached = _downstream_of_inputs(graph)
         plans: dict[int, _Plan] = {}
@@ -141,6 +146,8 @@ class Fp16(Pass):
             return f"op {node.op} is in the block list"
         if node.name and node.name in self.options.block_nodes:
             return "named in block_nodes"
+        if node.name and node.name in self.options.keep:
+            return "in the keep-set (keep=)"
         if self.options.nodes and node.name not in self.options.nodes:
             return "not selected (nodes=)"
         if node.op in _COUNTED and self.options.max_reduce:
