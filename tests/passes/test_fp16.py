@@ -203,3 +203,28 @@ g (float[1,2,8,8] x) => (float[1,2,8,8] z) {
     assert types[_node(out, "Relu").output[0]] == F32 and types[_node(out, "Sigmoid").output[0]] != F32
     with pytest.raises(PassError, match="fp16: no graph node 'gone'"):
         apply(Fp16(keep=("gone",)), named)
+
+
+def test_simulate_rounds_with_cast_pairs_in_a_float32_graph():
+    text = """
+g (float[1,4] x) => (float[1,4] y, float[1,4] z) {
+  t = Mul(x, k)
+  y = Relu(t)
+  z = Exp(x)
+}"""
+    model = _model(text, k=np.array([1e5, 1.0, 1.0, 3.0]))
+    for n, name in zip(model.graph.node, ("mul", "relu", "exp")):
+        n.name = name
+    sim = Fp16().simulate(model)
+    assert [o.name for o in sim.graph.output] == ["y", "z"] and [i.name for i in sim.graph.input] == ["x"]
+    assert {t.type.tensor_type.elem_type for t in list(sim.graph.input) + list(sim.graph.output)} == {F32}
+    casts = [n for n in sim.graph.node if n.op_type == "Cast"]
+    # pairs on x (into mul), on mul's output and relu's output; none around the blocked Exp
+    assert len(casts) == 6 and _node(sim, "Exp").input[0] == "x"
+    x = np.array([[2.0, 1.0 + 2**-12, 1e-9, 2.0]], np.float32)
+    y, z = (run_model(sim, {"x": x})[k] for k in ("y", "z"))
+    assert np.isinf(y[0, 0])  # the weight 1e5 is clipped to 65504, and 2 * 65504 overflows float16
+    assert y[0, 1] == 1.0  # 1 + 2^-12 rounds to 1 in float16
+    assert y[0, 2] == 0.0  # underflow: 1e-9 is below float16's smallest subnormal
+    assert y[0, 3] == 6.0 and z[0, 1] == np.exp(x[0, 1])  # Exp stays float32: its input is not rounded
+    assert Fp16(block=("Mul", "Relu", "Exp")).simulate(model).graph.node[0].op_type == "Mul"  # nothing to round
