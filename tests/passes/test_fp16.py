@@ -218,6 +218,7 @@ g (float[1,4] x) => (float[1,4] y, float[1,4] z) {
     sim = Fp16().simulate(model)
     assert [o.name for o in sim.graph.output] == ["y", "z"] and [i.name for i in sim.graph.input] == ["x"]
     assert {t.type.tensor_type.elem_type for t in list(sim.graph.input) + list(sim.graph.output)} == {F32}
+    assert [[d.dim_value for d in o.type.tensor_type.shape.dim] for o in sim.graph.output] == [[1, 4], [1, 4]]
     casts = [n for n in sim.graph.node if n.op_type == "Cast"]
     # pairs on x (into mul), on mul's output and relu's output; none around the blocked Exp
     assert len(casts) == 6 and _node(sim, "Exp").input[0] == "x"

@@ -41,7 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 import onnx
 
-from onnxforge.backends.cann import CannProfile, select_profile
+from onnxforge.backends.cann import CannProfile, installed_version, profile as cann_profile, select_profile
 from onnxforge.backends.cann.precision import (
     KEEP_DTYPE_FILE,
     MANIFEST_FILE,
@@ -67,6 +67,8 @@ _LEADERS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
 _FOLLOWERS = frozenset({"BatchNormalization", "Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid",
                         "HardSwish", "Tanh", "Elu", "Selu", "Add"})
 GROUPINGS = ("chain", "node", "op")
+#: the CANN line a precision config is written for when none is given nor installed (has keep_dtype, precision_mode_v2)
+DEFAULT_PRECISION_CANN = "8.0"
 
 
 @dataclass
@@ -256,11 +258,21 @@ def write_precision_config(directory: str | Path, found: MixedPrecision, cann: s
     """Writes keep_dtype.cfg, op_precision.ini (where the CANN line has --op_precision_mode) and
     precision.json into `directory` (created; files written atomically). Returns their paths.
 
+    `cann`: the CANN line the flags are chosen for (default: the installed CANN, else
+    `DEFAULT_PRECISION_CANN`; a line without --keep_dtype, 5.0, is a ForgeError).
+
     keep_dtype.cfg lists op-type groups as ``OpType::X`` and every other kept node by its ONNX node name
     (the names atc sees in an ONNX graph). A search that met no budget still writes its best keep-set;
     the manifest says ``within_budget: false``.
     """
-    profile = cann if isinstance(cann, CannProfile) else select_profile(cann)
+    if isinstance(cann, CannProfile):
+        profile = cann
+    elif cann or installed_version():
+        profile = select_profile(cann)
+    else:
+        profile = cann_profile(DEFAULT_PRECISION_CANN)
+    if not profile.has_option("keep_dtype"):
+        raise ForgeError(f"precision config: atc --keep_dtype is not in the CANN {profile.line} profile; write it for another CANN line")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     kept_groups = [r for r in found.rows() if r["kept"]]

@@ -141,7 +141,10 @@ class Fp16(Pass):
 
         def round_pair(tensor: gs.Tensor) -> gs.Variable:
             half = b.cast(tensor, onnx.TensorProto.FLOAT16, hint="Cast")
-            return b.cast(half, onnx.TensorProto.FLOAT, hint="Cast")
+            back = b.cast(half, onnx.TensorProto.FLOAT, hint="Cast")
+            half.shape = back.shape = tensor.shape
+            back.dtype = F32
+            return back
 
         for node in list(graph.nodes):
             plan = plans.get(id(node))
