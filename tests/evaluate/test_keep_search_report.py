@@ -125,3 +125,19 @@ def test_report_per_node_quantize_adds_the_keep_set_stage(tmp_path):
     assert stage.accuracy_verdict == "within" and result.stages[1].accuracy_verdict == "over"
     assert not (tmp_path / "rep" / "precision").exists()
     assert "## Keep-set search: quantize" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_cli_report_per_node_fp16_then_compile_with_its_precision_config(cli, tmp_path):
+    """As a user would: the report writes precision/, compile consumes it (dry run: no atc needed)."""
+    model_path = save_model(overflow_model(size=16), tmp_path / "m.onnx")
+    proc = cli("report", model_path, "--passes", "fp16", "--synthetic", "10", "--per-node", "fp16", "--min-rounds", "2",
+               "--max-rounds", "3", "--max-seconds", "2", "--keep-stages", "none", "-o", tmp_path / "rep")
+    assert proc.returncode == 0, proc.stderr
+    assert "keep-set search (fp16): fp16: keep 1 node(s) in float32 (amplify): fp16{keep=amplify}" in proc.stdout
+    assert f"atc precision config: {tmp_path / 'rep' / 'precision'}" in proc.stdout.replace("\n", "")
+    proc = cli("compile", model_path, "--cann", "8.0", "--precision-config", tmp_path / "rep" / "precision", "--dry-run",
+               env={"PATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    line = (tmp_path / "m.atc.sh").read_text().splitlines()[-1]
+    assert f"--precision_mode_v2=fp16 --keep_dtype={tmp_path / 'rep' / 'precision' / 'keep_dtype.cfg'}" in line
+    assert f"--op_precision_mode={tmp_path / 'rep' / 'precision' / 'op_precision.ini'}" in line
