@@ -44,6 +44,8 @@ from onnxforge.passes.quantize import COMPUTE_OPS, Quantize, calibrate_ranges, n
 
 log = logging.getLogger(__name__)
 
+__all__ = ["KeepSearch", "Score", "agreement_score", "keep_in_float"]  # agreement_score: from keep_search
+
 Score = Callable[[Outputs, Outputs], float]
 
 
@@ -139,12 +141,3 @@ def _item(base: Quantize, keep: list[str]) -> str:
     """The pipeline item reproducing the keep-set (the pass's own options, `keep` added to exclude=)."""
     options = dataclasses.replace(base.options, ranges="", exclude=tuple(base.options.exclude) + tuple(keep))
     return str(Quantize(options))
-
-
-def _first_outputs(model: onnx.ModelProto, feeds: Sequence[Mapping[str, np.ndarray]], threads: int) -> Outputs:
-    session = make_session(model, threads=threads)
-    name = session.get_outputs()[0].name
-    try:
-        return [session.run([name], cast_feeds(model, f))[0] for f in feeds]
-    except Exception as exc:  # onnxruntime raises its own types
-        raise ForgeError(f"onnxruntime failed to run the model: {str(exc).splitlines()[0][:300]}") from None
