@@ -5,7 +5,14 @@ Contract of `run_report` (and `decide_pipeline`, its file-less core):
   (one pass-manager run with `ABInstrument` measuring after each pass: stage i = passes 1..i) or
   isolated (each pass alone on the baseline). `per_node=PASS` adds one stage per node PASS selects
   (`PASS.candidates(model)`, `PASS.with_nodes(names)`), alone on the baseline, and a stage of the nodes
-  whose accuracy stayed within budget.
+  whose accuracy stayed within budget. For ``fp16`` and ``quantize`` it is a keep-set search instead
+  (`evaluate.keep_search`, via `fp16_search.search_fp16` / `int8_search.keep_in_float`) on the model
+  before that pass, on the first SEARCH_IMAGES images, confirmed on the full data, judged on the
+  report's judged metric; when everything in low precision is over budget a ``mixed-precision``
+  (``fp16{keep=...}``) or ``quantize-keep-set`` (``quantize{exclude=...}``) stage follows the pass's
+  own, judged like any stage; `Decision.searches` holds the per-node tables, and `run_report` writes
+  the fp16 keep-set for atc under ``precision/``. Without it, an over-budget fp16/quantize stage adds a
+  warning naming the flag.
 - Each stage is verified by the pass manager (exact passes numerically), evaluated for accuracy and
   agreement with the baseline; then all stages are timed together, serially, in interleaved rounds
   with an A/A copy of the baseline measuring the noise floor (`evaluate.timing`), adaptively.
