@@ -332,7 +332,7 @@ def decide_pipeline(
     searches: list[dict] = []
     precision = None
     if searched:
-        precision = _keep_set_stage(searched, pipe, model, stages, models, passes, base, runner, budget, judged, seed,
+        precision = _keep_set_stage(searched, model, stages, models, passes, base, runner, budget, judged, seed,
                                     verify, warnings, searches)
     else:
         for s in stages[1:]:
@@ -386,7 +386,7 @@ KEEP_SEARCH_PASSES = {"fp16": "mixed-precision", "quantize": "quantize-keep-set"
 SEARCH_IMAGES = 8
 
 
-def _keep_set_stage(pass_name, pipe, model, stages, models, passes, base, runner, budget, judged, seed, verify,
+def _keep_set_stage(pass_name, model, stages, models, passes, base, runner, budget, judged, seed, verify,
                     warnings, searches):
     """`--per-node fp16|quantize`: the keep-set search on the model before that pass (the baseline if the
     pipeline has no such pass), on the first SEARCH_IMAGES images, confirmed on the full data; then a
@@ -444,8 +444,6 @@ def _keep_set_stage(pass_name, pipe, model, stages, models, passes, base, runner
         warnings.append(f"{pass_name} keep-set search: {note}")
     record["summary"] = (f"{pass_name}: keep {len(keep)} node(s) in {what} ({', '.join(keep[:6])}{', ...' if len(keep) > 6 else ''}): "
                          f"{item}")
-    from onnxforge.passes import parse_pipeline
-
     kp = parse_pipeline(item).passes[0]
     name = KEEP_SEARCH_PASSES[pass_name]
     prefix = next((s.pipeline for s in stages if s.name == parent), "")
