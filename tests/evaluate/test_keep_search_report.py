@@ -141,3 +141,24 @@ def test_cli_report_per_node_fp16_then_compile_with_its_precision_config(cli, tm
     line = (tmp_path / "m.atc.sh").read_text().splitlines()[-1]
     assert f"--precision_mode_v2=fp16 --keep_dtype={tmp_path / 'rep' / 'precision' / 'keep_dtype.cfg'}" in line
     assert f"--op_precision_mode={tmp_path / 'rep' / 'precision' / 'op_precision.ini'}" in line
+
+
+def test_report_per_node_fp16_within_budget_adds_no_stage_and_writes_an_empty_keep_set(tmp_path):
+    model_path = save_model(overflow_model(size=16), tmp_path / "m.onnx")
+    result = run_report(model_path, "fp16{block_nodes=amplify}", tmp_path / "rep", DataSource("synthetic", None, None, 4),
+                        per_node="fp16", timing=FAST, keep_stages="none", clock=fake_clock(), candidates_factory=fake_candidates())
+    assert "mixed-precision" not in [s.name for s in result.stages]
+    search = result.report["keep_searches"][0]
+    assert search["keep"] == [] and search["search"]["evaluations"] == 1 and "nothing to keep in float32" in search["summary"]
+    cfg = (tmp_path / "rep" / "precision" / "keep_dtype.cfg").read_text()
+    assert [ln for ln in cfg.splitlines() if not ln.startswith("#")] == []
+    assert json.loads((tmp_path / "rep" / "precision" / "precision.json").read_text())["pipeline_item"] == "fp16{block_nodes=amplify}"
+
+
+def test_a_keep_set_naming_a_node_the_model_lacks_is_one_error_line(cli, tmp_path):
+    from tests.conftest import assert_one_line_error
+
+    model_path = save_model(overflow_model(), tmp_path / "m.onnx")
+    proc = cli("optimize", model_path, "-o", tmp_path / "o.onnx", "--passes", "fp16{keep=amplify|Mul_99}")
+    assert_one_line_error(proc, "fp16: no graph node 'Mul_99'")
+    assert not (tmp_path / "o.onnx").exists()
