@@ -392,8 +392,6 @@ def _keep_set_stage(pass_name, model, stages, models, passes, base, runner, budg
     pipeline has no such pass), on the first SEARCH_IMAGES images, confirmed on the full data; then a
     stage with the keep-set (`mixed-precision` / `quantize-keep-set`), right after the pass's own stage,
     when everything in low precision is over budget. Returns the fp16 result (MixedPrecision) or None."""
-    from onnxforge.evaluate.fp16_search import search_fp16
-    from onnxforge.evaluate.int8_search import keep_in_float
     from onnxforge.evaluate.keep_search import task_scorer
 
     lossy = next((s for s in stages[1:] if s.pass_ and s.pass_.split("{")[0] == pass_name and s.name in models), None)
@@ -414,32 +412,18 @@ def _keep_set_stage(pass_name, model, stages, models, passes, base, runner, budg
         values = probe.agreement if source == "agreement" else probe.accuracy
         return float(values.get(metric or "", 0.0))
 
-    found = None
-    if pass_name == "fp16":
-        feeds = _stat_feeds(parent_model, data, subset)
-        found = search_fp16(parent_model, scorer, scorer.baseline_value, budget, fp16=p, confirm=confirm,
-                            confirm_baseline=confirm_base, stats_feeds=feeds, subset_images=scorer.images,
-                            full_images=data.limit)
-        record = {"pass": "fp16", **found.to_dict()}
-        keep, item, result = found.keep, found.item, found.search
-        within, note, all_low = result.within_budget, result.note, result.score_all
-        evaluations = (result.evaluations, result.confirm_evaluations)
-    else:
-        q = keep_in_float(parent_model, [], budget, quantize=p, scorer=scorer, baseline=scorer.baseline_value,
-                          confirm=confirm, confirm_baseline=confirm_base)
-        record = {"pass": "quantize", "item": q.item, "keep": q.keep, "subset_images": scorer.images,
-                  "full_images": data.limit, "search": q.to_dict(),
-                  "rows": [{"group": n, "nodes": [n], "score_kept": v, "kept": n in q.keep} for n, v in q.ranking]}
-        keep, item, within, note, all_low = q.keep, q.item, q.within_budget, q.note, q.score_all
-        evaluations = (q.quantizations, 0)
+    search = _KEEP_SEARCHES[pass_name]
+    found = search(p, parent_model, scorer, budget, confirm, confirm_base, data, subset)
+    record = found.record
     record.update({"metric": metric or "", "source": source, "baseline_subset": scorer.baseline_value,
-                   "evaluations_subset": evaluations[0], "method": "greedy over the sensitivity ranking"})
+                   "method": "greedy over the sensitivity ranking"})
     searches.append(record)
+    keep, item, within, note, all_low = found.keep, found.item, found.within, found.note, found.score_all
     what = "float32" if pass_name == "fp16" else "float"
     if not keep and within:
         record["summary"] = (f"{pass_name}: every candidate in low precision is within the {budget} budget on {scorer.images} "
                              f"images ({all_low:.4f} vs {scorer.baseline_value:.4f}): nothing to keep in {what}")
-        return found
+        return found.precision
     if not within:
         warnings.append(f"{pass_name} keep-set search: {note}")
     record["summary"] = (f"{pass_name}: keep {len(keep)} node(s) in {what} ({', '.join(keep[:6])}{', ...' if len(keep) > 6 else ''}): "
@@ -459,7 +443,45 @@ def _keep_set_stage(pass_name, model, stages, models, passes, base, runner, budg
     stage.pass_notes.append(record["summary"])
     at = stages.index(lossy) + 1 if lossy is not None else len(stages)
     stages.insert(at, stage)
-    return found
+    return found.precision
+
+
+@dataclass
+class _Searched:
+    """What one keep-set search returns to the report (`_KEEP_SEARCHES`)."""
+
+    record: dict  # the JSON of the search: item, keep, rows (the per-node table), search details
+    keep: list[str]
+    item: str  # the pipeline item with the keep-set
+    within: bool
+    note: str
+    score_all: float
+    precision: Any = None  # fp16: the MixedPrecision written as precision/
+
+
+def _search_fp16(p, model, scorer, budget, confirm, confirm_base, data, subset) -> _Searched:
+    from onnxforge.evaluate.fp16_search import search_fp16
+
+    found = search_fp16(model, scorer, scorer.baseline_value, budget, fp16=p, confirm=confirm, confirm_baseline=confirm_base,
+                        stats_feeds=_stat_feeds(model, data, subset), subset_images=scorer.images, full_images=data.limit)
+    r = found.search
+    record = {"pass": "fp16", **found.to_dict(), "evaluations_subset": r.evaluations}
+    return _Searched(record, found.keep, found.item, r.within_budget, r.note, r.score_all, found)
+
+
+def _search_int8(p, model, scorer, budget, confirm, confirm_base, data, subset) -> _Searched:
+    from onnxforge.evaluate.int8_search import keep_in_float
+
+    q = keep_in_float(model, [], budget, quantize=p, scorer=scorer, baseline=scorer.baseline_value, confirm=confirm,
+                      confirm_baseline=confirm_base)
+    record = {"pass": "quantize", "item": q.item, "keep": q.keep, "subset_images": scorer.images, "full_images": data.limit,
+              "search": q.to_dict(), "evaluations_subset": q.quantizations,
+              "rows": [{"group": n, "nodes": [n], "score_kept": v, "kept": n in q.keep} for n, v in q.ranking]}
+    return _Searched(record, q.keep, q.item, q.within_budget, q.note, q.score_all)
+
+
+#: pass name -> its keep-set search (the per-node protocol of `report --per-node` for low-precision passes)
+_KEEP_SEARCHES: dict[str, Callable[..., _Searched]] = {"fp16": _search_fp16, "quantize": _search_int8}
 
 
 def _stat_feeds(model: onnx.ModelProto, data: "DataSource", count: int) -> list[dict[str, np.ndarray]]:
