@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -14,7 +15,7 @@ from onnxforge.backends.cann.precision import read_precision_config
 from onnxforge.errors import BackendError, ForgeError
 from onnxforge.evaluate.fp16_search import fp16_groups, fp16_range_stats, search_fp16, write_precision_config
 from onnxforge.evaluate.history import Budget
-from onnxforge.evaluate.keep_search import Group, agreement_scorer, search_keep_set
+from onnxforge.evaluate.keep_search import Group, Sensitivity, agreement_scorer, search_keep_set
 from onnxforge.numerics import seeded_inputs
 from onnxforge.passes import PassManager, parse_pipeline
 from onnxforge.passes.fp16 import Fp16
@@ -139,8 +140,15 @@ def test_op_type_groups_are_written_as_optype_lines(tmp_path):
     scorer = agreement_scorer(model, _feeds(model))
     found = search_fp16(model, scorer, 1.0, "1%", grouping="op", reverse=False)
     assert found.search.groups == ["OpType::Mul"] and found.keep == ["amplify"]
-    paths = write_precision_config(tmp_path, found, "8.0")
+    paths = write_precision_config(tmp_path / "mul", found, "8.0")
     assert [ln for ln in paths["keep_dtype"].read_text().splitlines() if not ln.startswith("#")] == ["OpType::Mul"]
+    # ONNX op types become Ascend IR types (Conv -> Conv2D); a type with no recorded Ascend IR name is
+    # written as its nodes
+    conv = dataclasses.replace(found, search=dataclasses.replace(found.search, groups=["OpType::Conv", "OpType::Relu2"],
+                                                                  ranking=[Sensitivity("OpType::Conv", ["conv", "head"], 1.0),
+                                                                           Sensitivity("OpType::Relu2", ["relu"], 1.0)]))
+    paths = write_precision_config(tmp_path / "conv", conv, "8.0")
+    assert [ln for ln in paths["keep_dtype"].read_text().splitlines() if not ln.startswith("#")] == ["OpType::Conv2D", "relu"]
 
 
 def test_bad_precision_config_directories(tmp_path):

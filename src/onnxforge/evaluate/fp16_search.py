@@ -43,6 +43,7 @@ import onnx
 
 from onnxforge.backends.cann import CannProfile, installed_version, profile as cann_profile, select_profile
 from onnxforge.backends.cann.precision import (
+    ASCEND_IR_TYPES,
     KEEP_DTYPE_FILE,
     MANIFEST_FILE,
     OP_PRECISION_FILE,
@@ -261,8 +262,9 @@ def write_precision_config(directory: str | Path, found: MixedPrecision, cann: s
     `cann`: the CANN line the flags are chosen for (default: the installed CANN, else
     `DEFAULT_PRECISION_CANN`; a line without --keep_dtype, 5.0, is a ForgeError).
 
-    keep_dtype.cfg lists op-type groups as ``OpType::X`` and every other kept node by its ONNX node name
-    (the names atc sees in an ONNX graph). A search that met no budget still writes its best keep-set;
+    keep_dtype.cfg lists op-type groups as ``OpType::X`` with X the Ascend IR type (`ASCEND_IR_TYPES`: Conv
+    -> Conv2D; a type not recorded there is listed by its node names) and every other kept node by its ONNX
+    node name (the names atc sees in an ONNX graph). A search that met no budget still writes its best keep-set;
     the manifest says ``within_budget: false``.
     """
     if isinstance(cann, CannProfile):
@@ -276,8 +278,10 @@ def write_precision_config(directory: str | Path, found: MixedPrecision, cann: s
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     kept_groups = [r for r in found.rows() if r["kept"]]
-    op_types = [r["group"][len("OpType::"):] for r in kept_groups if r["group"].startswith("OpType::")]
-    names = [n for r in kept_groups if not r["group"].startswith("OpType::") for n in r["nodes"]]
+    onnx_types = [r["group"][len("OpType::"):] for r in kept_groups if r["group"].startswith("OpType::")]
+    op_types = [ASCEND_IR_TYPES[t] for t in onnx_types if t in ASCEND_IR_TYPES]
+    names = [n for r in kept_groups if not (r["group"].startswith("OpType::") and r["group"][len("OpType::"):] in ASCEND_IR_TYPES)
+             for n in r["nodes"]]
     header = (f"atc --keep_dtype: nodes kept in float32, chosen by onnxforge's fp16 search ({found.search.method})\n"
               f"format: one ONNX node name or OpType::TypeName per line (CANN 6.0.1 atctool_0095, 8.0.0 atlasatcparam_16_0074)\n"
               f"pipeline: {found.item}")
@@ -294,6 +298,7 @@ def write_precision_config(directory: str | Path, found: MixedPrecision, cann: s
         "pipeline_item": found.item,
         "keep": found.keep,
         "keep_op_types": op_types,
+        "keep_onnx_op_types": onnx_types,
         "within_budget": found.within_budget,
         "note": found.search.note,
         "budget": found.search.budget,

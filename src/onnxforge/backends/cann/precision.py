@@ -10,7 +10,8 @@ for ``compile --precision-config DIR``)::
 keep_dtype.cfg, as the CANN documentation describes it (CANN 6.0.1 "atctool_0095 --keep_dtype", CANN
 8.0.0 "atlasatcparam_16_0074 --keep_dtype", hiascend.com): one operator per line, either a node name of
 the original model (for an ONNX model: the NodeProto name) or ``OpType::TypeName`` for every node of an
-Ascend IR op type. It takes effect together with ``--precision_mode`` (``force_fp16``) or
+Ascend IR op type (Ascend IR names, not ONNX ones: `ASCEND_IR_TYPES`; an op-type group whose Ascend IR
+name is not recorded there is written as its node names). It takes effect together with ``--precision_mode`` (``force_fp16``) or
 ``--precision_mode_v2`` (``fp16``), not with ``must_keep_origin_dtype`` / ``origin``.
 
 op_precision.ini (CANN 8.0.0 "atlasatcparam_16_0070 --op_precision_mode"; the ``[ByNodeName]`` section
@@ -31,6 +32,17 @@ from typing import Any, Sequence
 
 from onnxforge.backends.cann import CannProfile
 from onnxforge.errors import BackendError
+
+#: ONNX op type -> the Ascend IR op type an ``OpType::`` line must name. From the ONNX rows of CANN 6.3.RC1
+#: "atctool_000198" (quantizable layers: Conv -> Conv2D for 4-D weights, Gemm -> MatMulV2, ConvTranspose ->
+#: Conv2DTranspose, MatMul -> BatchMatMulV2, AveragePool -> AvgPoolV2) and, for ops whose Ascend IR type has
+#: the ONNX name, CANN 8.0.RC1's Ascend IR op list ("aoepar_16_072"). Other op types are written as node names.
+ASCEND_IR_TYPES: dict[str, str] = {
+    "Conv": "Conv2D", "ConvTranspose": "Conv2DTranspose", "Gemm": "MatMulV2", "MatMul": "BatchMatMulV2",
+    "AveragePool": "AvgPoolV2",
+    **{t: t for t in ("Abs", "Add", "Elu", "Exp", "Floor", "LeakyRelu", "Log", "MaxPool", "Mul", "Neg", "Pow", "PRelu",
+                      "Relu", "Round", "Sigmoid", "Sign", "Softplus", "Sub", "Tanh")},
+}
 
 KEEP_DTYPE_FILE = "keep_dtype.cfg"
 OP_PRECISION_FILE = "op_precision.ini"
