@@ -68,3 +68,74 @@ def test_aipp_from_a_preset_writes_the_cfg_and_passes_it_to_atc(cli, tmp_path):
     assert_one_line_error(cli("compile", model, "--aipp", "refinenet", "--dry-run", env={"PATH": ""}),
                           "preprocessing 'longest-pad' cannot be expressed in static AIPP")
     assert sorted(p.name for p in other.iterdir()) == ["m.onnx"]
+
+
+def _precision_dir(tmp_path, model_path, cann="8.0"):
+    """A precision-config directory from a real fp16 search on the overflow model (keeps `amplify`)."""
+    from onnxforge.evaluate.fp16_search import search_fp16, write_precision_config
+    from onnxforge.evaluate.keep_search import agreement_scorer
+    from onnxforge.modelio import load_model
+    from onnxforge.numerics import seeded_inputs
+
+    model = load_model(model_path)
+    feeds = [seeded_inputs(model, seed=100 + i) for i in range(3)]
+    found = search_fp16(model, agreement_scorer(model, feeds), 1.0, "1%", reverse=False)
+    write_precision_config(tmp_path / "precision", found, cann, model=str(model_path))
+    return tmp_path / "precision"
+
+
+def test_precision_config_passes_keep_dtype_mode_and_ini_to_atc(cli, tmp_path):
+    from tests.evaluate.test_fp16_search import overflow_model
+
+    model = save(overflow_model(), tmp_path / "m.onnx")
+    pdir = _precision_dir(tmp_path, model)
+    install_fake_atc(tmp_path / "bin", tmp_path / "argv.txt")
+    proc = cli("compile", model, "--cann", "8.0", "--precision-config", pdir, env={"PATH": path_with(tmp_path / "bin")})
+    assert proc.returncode == 0, proc.stderr
+    argv = (tmp_path / "argv.txt").read_text().split("\n")[:-1]
+    assert argv[-3:] == ["--precision_mode_v2=fp16", f"--keep_dtype={pdir / 'keep_dtype.cfg'}",
+                         f"--op_precision_mode={pdir / 'op_precision.ini'}"]
+    keep = [ln for ln in (pdir / "keep_dtype.cfg").read_text().splitlines() if not ln.startswith("#")]
+    assert keep == ["amplify"]
+    side = json.loads((tmp_path / "m.om.json").read_text())
+    assert side["command"][1:] == argv
+    assert side["precision_config"]["files"]["op_precision.ini"] == "[ByNodeName]\namplify=high_precision\n"
+    assert side["precision_config"]["files"]["keep_dtype.cfg"] == (pdir / "keep_dtype.cfg").read_text()
+
+
+def test_precision_config_on_cann_6_uses_force_fp16(cli, tmp_path):
+    from tests.evaluate.test_fp16_search import overflow_model
+
+    model = save(overflow_model(), tmp_path / "m.onnx")
+    pdir = _precision_dir(tmp_path, model, cann="6.0")
+    proc = cli("compile", model, "--cann", "6.0", "--max-opset", "17", "--precision-config", pdir, "--dry-run", env={"PATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    line = (tmp_path / "m.atc.sh").read_text().splitlines()[-1]
+    assert line.endswith(f"--log=error --precision_mode=force_fp16 --keep_dtype={pdir / 'keep_dtype.cfg'}")
+
+
+def test_precision_config_bad_input_is_one_error_line(cli, tmp_path):
+    from tests.evaluate.test_fp16_search import overflow_model
+
+    model = save(overflow_model(), tmp_path / "m.onnx")
+    env = {"PATH": ""}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(cli("compile", model, "--cann", "8.0", "--precision-config", empty, "--dry-run", env=env),
+                          "no keep_dtype.cfg and no precision.json")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep_dtype.cfg").write_text("conv\nResize_229\n")
+    (other / "precision.json").write_text("{}")
+    assert_one_line_error(cli("compile", model, "--cann", "8.0", "--precision-config", other, "--dry-run", env=env),
+                          "names node 'Resize_229', which the model does not have")
+    assert_one_line_error(cli("compile", model, "--cann", "5.0", "--max-opset", "17", "--precision-config", other, "--dry-run", env=env),
+                          "Resize_229")
+    (other / "keep_dtype.cfg").write_text("conv\n")
+    assert_one_line_error(cli("compile", model, "--cann", "5.0", "--max-opset", "17", "--precision-config", other, "--dry-run", env=env),
+                          "atc --keep_dtype is not in the CANN 5.0 profile")
+    assert_one_line_error(cli("compile", model, "--cann", "8.0", "--precision-mode-v2", "origin", "--precision-config", other,
+                              "--dry-run", env=env), "atc ignores --keep_dtype under --precision_mode_v2=origin")
+    assert_one_line_error(cli("compile", model, "--cann", "8.0", "--precision-config", other, env=env),
+                          "atc not found on PATH")  # a good config, no atc: the config was checked first, then atc
+    assert not list(tmp_path.glob("m.om*")) and not (tmp_path / "m.atc.sh").exists()

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxforge.errors import PipelineError
+from onnxforge.errors import PassError, PipelineError
 from onnxforge.numerics import run_model, seeded_inputs
 from onnxforge.passes import PassManager, parse_pipeline
 from onnxforge.passes.fp16 import Fp16
@@ -185,3 +185,47 @@ g (float[1,2] x) => (float[1,2] y) {
 def test_bad_option_fails_at_construction():
     with pytest.raises(PipelineError, match="'max_reduce' must be >= 0"):
         parse_pipeline("fp16{max_reduce=-1}")
+
+
+def test_keep_set_stays_float32_round_trips_and_must_exist():
+    text = """
+g (float[1,2,8,8] x) => (float[1,2,8,8] z) {
+  y = Relu(x)
+  z = Sigmoid(y)
+}"""
+    named = _model(text)
+    named.graph.node[0].name, named.graph.node[1].name = "relu", "sig"
+    p = parse_pipeline("fp16{keep=relu}").passes[0]
+    assert str(p) == "fp16{keep=relu}"
+    result, out = apply(p, named)
+    assert [str(s) for s in result.skipped] == ["relu skipped: kept in float32: in the keep-set (keep=)"]
+    types = _dtypes(out)
+    assert types[_node(out, "Relu").output[0]] == F32 and types[_node(out, "Sigmoid").output[0]] != F32
+    with pytest.raises(PassError, match="fp16: no graph node 'gone'"):
+        apply(Fp16(keep=("gone",)), named)
+
+
+def test_simulate_rounds_with_cast_pairs_in_a_float32_graph():
+    text = """
+g (float[1,4] x) => (float[1,4] y, float[1,4] z) {
+  t = Mul(x, k)
+  y = Relu(t)
+  z = Exp(x)
+}"""
+    model = _model(text, k=np.array([1e5, 1.0, 1.0, 3.0]))
+    for n, name in zip(model.graph.node, ("mul", "relu", "exp")):
+        n.name = name
+    sim = Fp16().simulate(model)
+    assert [o.name for o in sim.graph.output] == ["y", "z"] and [i.name for i in sim.graph.input] == ["x"]
+    assert {t.type.tensor_type.elem_type for t in list(sim.graph.input) + list(sim.graph.output)} == {F32}
+    assert [[d.dim_value for d in o.type.tensor_type.shape.dim] for o in sim.graph.output] == [[1, 4], [1, 4]]
+    casts = [n for n in sim.graph.node if n.op_type == "Cast"]
+    # pairs on x (into mul), on mul's output and relu's output; none around the blocked Exp
+    assert len(casts) == 6 and _node(sim, "Exp").input[0] == "x"
+    x = np.array([[2.0, 1.0 + 2**-12, 1e-9, 2.0]], np.float32)
+    y, z = (run_model(sim, {"x": x})[k] for k in ("y", "z"))
+    assert np.isinf(y[0, 0])  # the weight 1e5 is clipped to 65504, and 2 * 65504 overflows float16
+    assert y[0, 1] == 1.0  # 1 + 2^-12 rounds to 1 in float16
+    assert y[0, 2] == 0.0  # underflow: 1e-9 is below float16's smallest subnormal
+    assert y[0, 3] == 6.0 and z[0, 1] == np.exp(x[0, 1])  # Exp stays float32: its input is not rounded
+    assert Fp16(block=("Mul", "Relu", "Exp")).simulate(model).graph.node[0].op_type == "Mul"  # nothing to round

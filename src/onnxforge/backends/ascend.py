@@ -27,6 +27,11 @@ where the profile records an op list (5.0), every op type. atc options the profi
 Gears: ``dynamic_batch_sizes`` (atc ``--dynamic_batch_size="1,4,8"``) puts -1 in every input's batch
 dimension, ``dynamic_image_sizes`` (``--dynamic_image_size="512,512;1024,2048"``) in every 4-D input's
 H and W; the export shape must be one of the gears, and atc wants 2..100 of them, not both kinds.
+Mixed precision: option ``precision_config`` (``compile --precision-config DIR``, written by ``report
+--per-node fp16``; see `backends.cann.precision`) adds ``--keep_dtype=DIR/keep_dtype.cfg``, the global
+mode keep_dtype goes with for the CANN line (``--precision_mode_v2=fp16`` on 8.x and later, else
+``--precision_mode=force_fp16``; an explicit mode wins) and ``--op_precision_mode=DIR/op_precision.ini``
+where the directory has one; the keep-set is checked against the model's node names first.
 A successful compile writes ``NAME.om.json`` beside the .om with the exact command and the profile.
 A missing atc is BackendUnavailable with the exact fix; a failing atc is a BackendError quoting its
 first error-code line (``E10001: ...``) and pointing at the full log written next to the output.
@@ -73,6 +78,7 @@ import onnx
 
 from onnxforge import spec
 from onnxforge.cann import DEFAULT_CANN, CannProfile, profile as cann_profile, select_profile
+from onnxforge.backends.cann.precision import PrecisionConfig, read_precision_config
 from onnxforge.backends.base import (
     Backend,
     Runner,
@@ -206,7 +212,8 @@ def plan_atc(model: onnx.ModelProto, model_path: str | Path, output: str | Path,
              soc_version: str = DEFAULT_SOC_VERSION, atc: str = "atc", log_level: str = "error",
              extra_args: tuple[str, ...] = (), *, precision_mode: str | None = None,
              precision_mode_v2: str | None = None, dynamic_batch_sizes: Sequence[int] = (),
-             dynamic_image_sizes: Sequence[str] = (), insert_op_conf: str | None = None) -> AtcPlan:
+             dynamic_image_sizes: Sequence[str] = (), insert_op_conf: str | None = None,
+             keep_dtype: str | None = None, op_precision_mode: str | None = None) -> AtcPlan:
     """The exact atc command line for `model` (saved at `model_path`), writing `output` (+ '.om').
 
     Raises:
@@ -279,6 +286,10 @@ def plan_atc(model: onnx.ModelProto, model_path: str | Path, output: str | Path,
         cmd.append(f"--precision_mode={precision_mode}")
     if precision_mode_v2:
         cmd.append(f"--precision_mode_v2={precision_mode_v2}")
+    if keep_dtype:
+        cmd.append(f"--keep_dtype={keep_dtype}")
+    if op_precision_mode:
+        cmd.append(f"--op_precision_mode={op_precision_mode}")
     if insert_op_conf:
         if fp16_inputs:
             raise BackendError(f"{model_path}: AIPP (--insert_op_conf) cannot feed a float16 input (--input_fp16_nodes); "
@@ -571,6 +582,7 @@ class AscendOptions:
     dynamic_batch_sizes: tuple[int, ...] = option((), "batch gears, atc --dynamic_batch_size (e.g. 1|4|8)")
     dynamic_image_sizes: tuple[str, ...] = option((), "HxW gears, atc --dynamic_image_size (e.g. 512x512|1024x2048)")
     insert_op_conf: Optional[str] = option(None, "AIPP config file, atc --insert_op_conf (compile --aipp PRESET writes one)")
+    precision_config: Optional[str] = option(None, "a mixed-precision directory (keep_dtype.cfg, precision.json; report --per-node fp16 writes one): atc --keep_dtype, the matching precision mode, --op_precision_mode")
     extra_args: tuple[str, ...] = option((), "arguments appended to the atc command line as given")
     log_level: Literal["debug", "info", "warning", "error", "null"] = option("error", "atc --log level")
     timeout_s: Optional[float] = option(None, "seconds atc may run (none: no limit)")
@@ -657,12 +669,35 @@ class _AscendBackend(Backend):
             more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
             raise BackendError(f"{label}: atc would reject this model: {problems[0]}{more}")
 
+    def precision_config(self, proto: onnx.ModelProto) -> PrecisionConfig | None:
+        """The option ``precision_config`` read and checked against `proto` and the CANN profile (None: not set).
+
+        Raises:
+            BackendError: files missing, a node the model lacks, an option the CANN line lacks, or a
+                precision mode given with it under which atc ignores keep_dtype (origin, must_keep_origin_dtype).
+        """
+        o = self.options
+        if not o.precision_config:
+            return None
+        config = read_precision_config(o.precision_config, [n.name for n in proto.graph.node], self.profile)
+        if o.precision_mode == "must_keep_origin_dtype" or o.precision_mode_v2 == "origin":
+            raise BackendError(f"backend '{self.name}': atc ignores --keep_dtype under "
+                               f"{'--precision_mode=must_keep_origin_dtype' if o.precision_mode else '--precision_mode_v2=origin'}; "
+                               "leave the precision mode out with --precision-config")
+        return config
+
     def _plan(self, proto: onnx.ModelProto, model_path: Path, out_base: Path, atc: str) -> AtcPlan:
         o = self.options
+        config = self.precision_config(proto)
+        mode, mode_v2 = o.precision_mode, o.precision_mode_v2
+        if config is not None and not (mode or mode_v2):  # the mode keep_dtype goes with, by CANN line
+            mode, mode_v2 = config.precision_mode, config.precision_mode_v2
         return plan_atc(proto, model_path, out_base, o.soc_version, atc, o.log_level, o.extra_args,
-                        precision_mode=o.precision_mode, precision_mode_v2=o.precision_mode_v2,
+                        precision_mode=mode, precision_mode_v2=mode_v2,
                         dynamic_batch_sizes=o.dynamic_batch_sizes, dynamic_image_sizes=o.dynamic_image_sizes,
-                        insert_op_conf=o.insert_op_conf)
+                        insert_op_conf=o.insert_op_conf,
+                        keep_dtype=str(config.keep_dtype) if config else None,
+                        op_precision_mode=str(config.op_precision) if config and config.op_precision else None)
 
     def plan(self, model: str | Path, output: str | Path | None = None) -> AtcPlan:
         """The atc command `compile` would run for the model file, without running it (a dry run).
@@ -685,6 +720,7 @@ class _AscendBackend(Backend):
         proto = load_model_arg(model)
         label = str(model) if not isinstance(model, onnx.ModelProto) else (proto.graph.name or "<model>")
         self._check(proto, label)
+        self.precision_config(proto)  # a bad precision config fails before atc is looked for
         atc = self.atc_path()
         if output is None:
             if isinstance(model, onnx.ModelProto):
@@ -726,6 +762,14 @@ class _AscendBackend(Backend):
         write_text_atomic(om_path.with_name(om_path.name + ".json"), json.dumps(record, indent=2) + "\n")
         return self.last_result
 
+    def _precision_record(self) -> dict | None:
+        """What the sidecar records of a precision config: its directory and the files' contents."""
+        if not self.options.precision_config:
+            return None
+        d = Path(self.options.precision_config)
+        files = {f.name: f.read_text() for f in sorted(d.iterdir()) if f.is_file() and f.suffix in (".cfg", ".ini")}
+        return {"directory": str(d), "files": files}
+
     def compile_notes(self) -> list[str]:
         """The atc command line of the last compile, and the pipeline recorded in the model, if any."""
         result = self.last_result
@@ -743,7 +787,8 @@ class _AscendBackend(Backend):
         if result is None:
             return None
         return {"tool": "atc", "om": str(result.om_path), "command": list(result.command), "shell": result.plan.shell(),
-                "cann_profile": self.profile.version, "pipeline": result.plan.pipeline, "notes": list(result.plan.notes)}
+                "cann_profile": self.profile.version, "pipeline": result.plan.pipeline, "notes": list(result.plan.notes),
+                "precision_config": self._precision_record()}
 
     def runner(self, artifact: str | Path) -> AisBenchRunner:
         """An ais_bench runner on an .om (BackendUnavailable without the ais_bench package); with ``devices``

@@ -51,7 +51,7 @@ COMPILE_SHORTHANDS = {
     "--soc-version": "soc_version", "--max-opset": "max_opset", "--cann": "cann",
     "--precision-mode": "precision_mode", "--precision-mode-v2": "precision_mode_v2",
     "--dynamic-batch-sizes": "dynamic_batch_sizes", "--dynamic-image-sizes": "dynamic_image_sizes",
-    "--atc-arg": "extra_args", "--aipp": "insert_op_conf",
+    "--atc-arg": "extra_args", "--aipp": "insert_op_conf", "--precision-config": "precision_config",
 }
 DEVICE_HELP = ("Shorthand for the spec option device (onnxruntime: cpu | cuda | tensorrt | cann | auto); with ais_bench "
                "the spec option devices: NPU ids such as 0,1,2,3, one ais_bench process each, the work split between them "
@@ -264,6 +264,7 @@ def compile_(
     dynamic_image_sizes: Optional[str] = typer.Option(None, "--dynamic-image-sizes", help="HxW gears, e.g. 512x512,1024x2048: atc --dynamic_image_size=\"512,512;1024,2048\" with -1 as H and W. The export size must be one of them."),
     atc_arg: Optional[list[str]] = typer.Option(None, "--atc-arg", help="One argument appended to the atc command verbatim, e.g. --atc-arg=--op_select_implmode=high_performance (repeatable; spec option extra_args)."),
     aipp: Optional[str] = typer.Option(None, "--aipp", help=f"Preset whose normalisation becomes static AIPP ({PRESETS_HELP}): writes NAME.aipp.cfg (RGB888_U8 input) and passes atc --insert_op_conf=NAME.aipp.cfg. Only presets normalising RGB uint8 as (x/255-mean)/std can."),
+    precision_config: Optional[Path] = typer.Option(None, "--precision-config", help="Mixed-precision directory written by 'onnxforge report ... --per-node fp16' (REPORT/precision): atc --keep_dtype=DIR/keep_dtype.cfg, the precision mode keep_dtype goes with for the CANN line (--precision_mode_v2=fp16 on 8.x and later, else --precision_mode=force_fp16; an explicit --precision-mode[-v2] wins), and --op_precision_mode=DIR/op_precision.ini where present. The keep-set must name nodes of this model.", show_default=False),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the exact atc command and write it to NAME.atc.sh beside the output; run nothing."),
 ) -> None:
     """Compile an ONNX model ahead of time for the backend (an Ascend NPU with CANN's atc).
@@ -281,6 +282,7 @@ def compile_(
                                   if dynamic_batch_sizes is not None else None),
         "--dynamic-image-sizes": _comma_list(dynamic_image_sizes, "--dynamic-image-sizes"),
         "--atc-arg": tuple(atc_arg) if atc_arg else None,
+        "--precision-config": str(precision_config) if precision_config is not None else None,
     }
     be = _backend(backend, COMPILE_SHORTHANDS, values)
     if be.artifact_suffix is None:

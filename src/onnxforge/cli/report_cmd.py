@@ -30,7 +30,7 @@ def report(
     batch_sizes: str = typer.Option("1", "--batch-sizes", help="Batch sizes to time, e.g. 1,4 (latency columns use the first)."),
     isolated: bool = typer.Option(False, "--isolated", help="Apply each pass alone to the baseline instead of cumulatively."),
     budget: str = typer.Option("1%", help="Largest accepted accuracy drop: relative (1%, 0.5%) or in metric points (0.5pt)."),
-    per_node: Optional[str] = typer.Option(None, "--per-node", help="Also measure each node this pass selects, alone (any pass with candidates/with_nodes, e.g. resize-nearest)."),
+    per_node: Optional[str] = typer.Option(None, "--per-node", help="Also measure each node this pass selects, alone (any pass with candidates/with_nodes, e.g. resize-nearest). For fp16 and quantize: a keep-set search instead (each node or Conv+BN+activation group scored kept in high precision and, for fp16, alone in float16 by Cast-pair simulation; fp16 overflow/underflow counts; greedy over that ranking on the first 8 images, confirmed on all), a per-node table, and, when everything in low precision is over the budget, a 'mixed-precision' (fp16{keep=...}) or 'quantize-keep-set' (quantize{exclude=...}) stage. fp16 also writes precision/ (keep_dtype.cfg, precision.json) for 'compile --precision-config'."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes the data has, where the model cannot tell (a mismatch with the model switches judging to agreement)."),
     threads: int = typer.Option(0, help="onnxruntime intra-op threads (0: onnxruntime's default)."),
     device: Optional[str] = typer.Option(None, "--device", help="Shorthand for the backend's device option; with ais_bench "
@@ -88,7 +88,7 @@ def print_result(result, out: console.Output) -> None:
     --format json the report as report.json holds it."""
     import json
 
-    from onnxforge.evaluate.report_files import summary_lines
+    from onnxforge.evaluate.report_files import keep_search_lines, summary_lines
 
     r = result.report
     for line in summary_lines(r):
@@ -98,6 +98,12 @@ def print_result(result, out: console.Output) -> None:
     out.table(decision_table(result.stages, f"{r['model']}: {r['pipeline']} ({r['mode']})", r.get("judged_on")), data=data)
     for line in summary_lines(r):
         out.line(line)
+    for search in r.get("keep_searches", []):
+        for line in keep_search_lines(search):
+            out.line(f"keep-set search ({search['pass']}): {line}")
+    if "precision" in result.files:
+        out.line(f"atc precision config: {result.files['precision']} (onnxforge compile MODEL --backend atc --precision-config "
+                 f"{result.files['precision']})")
     out.line(f"best stage: {result.best.name} -> {result.files.get('best', 'not written (--keep-stages none)')}")
     out.line(f"report: {result.files['html']} (also report.md, report.json, {result.files['plot'].name}); "
              f"{result.disk_bytes / 1e6:.1f} MB on disk")

@@ -5,7 +5,14 @@ Contract of `run_report` (and `decide_pipeline`, its file-less core):
   (one pass-manager run with `ABInstrument` measuring after each pass: stage i = passes 1..i) or
   isolated (each pass alone on the baseline). `per_node=PASS` adds one stage per node PASS selects
   (`PASS.candidates(model)`, `PASS.with_nodes(names)`), alone on the baseline, and a stage of the nodes
-  whose accuracy stayed within budget.
+  whose accuracy stayed within budget. For ``fp16`` and ``quantize`` it is a keep-set search instead
+  (`evaluate.keep_search`, via `fp16_search.search_fp16` / `int8_search.keep_in_float`) on the model
+  before that pass, on the first SEARCH_IMAGES images, confirmed on the full data, judged on the
+  report's judged metric; when everything in low precision is over budget a ``mixed-precision``
+  (``fp16{keep=...}``) or ``quantize-keep-set`` (``quantize{exclude=...}``) stage follows the pass's
+  own, judged like any stage; `Decision.searches` holds the per-node tables, and `run_report` writes
+  the fp16 keep-set for atc under ``precision/``. Without it, an over-budget fp16/quantize stage adds a
+  warning naming the flag.
 - Each stage is verified by the pass manager (exact passes numerically), evaluated for accuracy and
   agreement with the baseline; then all stages are timed together, serially, in interleaved rounds
   with an A/A copy of the baseline measuring the noise floor (`evaluate.timing`), adaptively.
@@ -33,7 +40,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
@@ -61,6 +68,8 @@ AA_NAME = "baseline (A/A copy)"
 #: Default timing for reports: adaptive, bounded (the demo passes a tighter time limit).
 DEFAULT_TIMING = TimingPolicy(min_rounds=10, max_rounds=200, max_seconds=30.0)
 KEEP_STAGES = ("best", "all", "none")
+#: where `--per-node fp16` writes the atc precision config in the report directory
+PRECISION_DIR = "precision"
 
 #: Agreement metric a meaningless baseline is judged on, by the primary metric it replaces.
 _AGREEMENT_FOR = {"mIoU": "miou_vs_reference", "top1": "top1_agreement", "IoU": "pixel_agreement",
@@ -101,6 +110,8 @@ class Decision:
     compiled: dict[str, dict] = field(default_factory=dict)
     #: each stage's evaluation split across devices (`EvalResult.devices`: argv and throughput per device, their sum)
     device_runs: dict[str, dict] = field(default_factory=dict)
+    searches: list[dict] = field(default_factory=list)  # keep-set searches (--per-node fp16|quantize)
+    precision: Any = None  # the fp16 search's MixedPrecision (written as precision/ by run_report)
 
     @property
     def kept_pipeline(self) -> str:
@@ -296,6 +307,9 @@ def decide_pipeline(
     timing.validate()
     pipe = pipeline if isinstance(pipeline, Pipeline) else parse_pipeline(pipeline)
     node_pass = _node_protocol(per_node) if per_node else None
+    searched = per_node if per_node in KEEP_SEARCH_PASSES else None
+    if searched:
+        node_pass = None  # a keep-set search replaces the one-stage-per-node measurement
     backend = resolve_backend(backend, threads)
     runner = StageRunner(model, data, backend, threads, progress, cache, cache_latency)
     timing_cache = (cache, str(backend)) if cache is not None and cache_latency else None
@@ -345,6 +359,17 @@ def decide_pipeline(
 
     if node_pass is not None:
         stages += _per_node(node_pass, model, base, runner, budget, judged, seed, verify, models, passes, node_of)
+    searches: list[dict] = []
+    precision = None
+    if searched:
+        precision = _keep_set_stage(searched, model, stages, models, passes, base, runner, budget, judged, seed,
+                                    verify, warnings, searches)
+    else:
+        for s in stages[1:]:
+            if s.accuracy_verdict == "over" and s.pass_ and s.pass_.split("{")[0] in KEEP_SEARCH_PASSES:
+                name = s.pass_.split("{")[0]
+                warnings.append(f"{s.name} is over the budget: --per-node {name} searches the nodes to keep in "
+                                f"{'float32' if name == 'fp16' else 'float'} and adds a {KEEP_SEARCH_PASSES[name]} stage")
 
     factory = candidates_factory or (lambda ms: backend_candidates(ms, backend))
     timed = [s for s in stages if s.name in models]
@@ -383,7 +408,127 @@ def decide_pipeline(
     for s in stages[1:]:
         flag_suspicious_gain(s, base, meaningless, noise)
     return Decision(stages, best, best_model, combined, chosen, models, judged, warnings, timings, dict(runner.compiled),
-                    dict(runner.device_runs))
+                    dict(runner.device_runs), searches, precision)
+
+
+#: passes whose --per-node is a keep-set search (evaluate.keep_search), and the stage it adds
+KEEP_SEARCH_PASSES = {"fp16": "mixed-precision", "quantize": "quantize-keep-set"}
+#: images of the calibration subset the keep-set search runs on (then confirmed on the full data)
+SEARCH_IMAGES = 8
+
+
+def _keep_set_stage(pass_name, model, stages, models, passes, base, runner, budget, judged, seed, verify,
+                    warnings, searches):
+    """`--per-node fp16|quantize`: the keep-set search on the model before that pass (the baseline if the
+    pipeline has no such pass), on the first SEARCH_IMAGES images, confirmed on the full data; then a
+    stage with the keep-set (`mixed-precision` / `quantize-keep-set`), right after the pass's own stage,
+    when everything in low precision is over budget. Returns the fp16 result (MixedPrecision) or None."""
+    from onnxforge.evaluate.keep_search import task_scorer
+
+    lossy = next((s for s in stages[1:] if s.pass_ and s.pass_.split("{")[0] == pass_name and s.name in models), None)
+    configured = passes.get(lossy.name) if lossy is not None else None
+    p = configured if configured is not None else _node_protocol(pass_name)
+    parent = lossy.parent if lossy is not None else "baseline"
+    parent_model = models.get(parent, model)
+    data = runner.data
+    subset = min(SEARCH_IMAGES, data.limit) if data.limit else SEARCH_IMAGES
+    metric, source = judged["metric"] or None, judged["source"]
+    scorer = task_scorer(parent_model, data.dataset, data.data_root, data.preset, limit=subset, backend=runner.backend,
+                         num_classes=runner.num_classes, metric=metric, source=source)
+    confirm_base = 1.0 if source == "agreement" else base.accuracy.get(metric or "", scorer.baseline_value)
+
+    def confirm(m: onnx.ModelProto) -> float:
+        probe = _stage_from(f"{KEEP_SEARCH_PASSES[pass_name]} (confirming)", None, "", "baseline", m)
+        runner.measure(probe, m, with_reference=True)
+        values = probe.agreement if source == "agreement" else probe.accuracy
+        return float(values.get(metric or "", 0.0))
+
+    search = _KEEP_SEARCHES[pass_name]
+    found = search(p, parent_model, scorer, budget, confirm, confirm_base, data, subset)
+    record = found.record
+    record.update({"metric": metric or "", "source": source, "baseline_subset": scorer.baseline_value,
+                   "method": "greedy over the sensitivity ranking"})
+    searches.append(record)
+    keep, item, within, note, all_low = found.keep, found.item, found.within, found.note, found.score_all
+    what = "float32" if pass_name == "fp16" else "float"
+    if not keep and within:
+        record["summary"] = (f"{pass_name}: every candidate in low precision is within the {budget} budget on {scorer.images} "
+                             f"images ({all_low:.4f} vs {scorer.baseline_value:.4f}): nothing to keep in {what}")
+        return found.precision
+    if not within:
+        warnings.append(f"{pass_name} keep-set search: {note}")
+    record["summary"] = (f"{pass_name}: keep {len(keep)} node(s) in {what} ({', '.join(keep[:6])}{', ...' if len(keep) > 6 else ''}): "
+                         f"{item}")
+    kp = parse_pipeline(item).passes[0]
+    name = KEEP_SEARCH_PASSES[pass_name]
+    prefix = next((s.pipeline for s in stages if s.name == parent), "")
+    try:
+        result = PassManager([kp], verify=verify, seed=seed).run(parent_model)
+    except PassError as exc:
+        stage = _failed_stage(name, kp, ",".join(x for x in (prefix, str(kp)) if x), parent, parent_model, exc)
+    else:
+        stage = _stage_from(name, kp, ",".join(x for x in (prefix, str(kp)) if x), parent, result.model, result.stages[0])
+        runner.measure(stage, result.model, with_reference=True)
+        judge_accuracy(stage, base, budget, metric, source)
+        models[name], passes[name] = result.model, kp
+    stage.pass_notes.append(record["summary"])
+    at = stages.index(lossy) + 1 if lossy is not None else len(stages)
+    stages.insert(at, stage)
+    return found.precision
+
+
+@dataclass
+class _Searched:
+    """What one keep-set search returns to the report (`_KEEP_SEARCHES`)."""
+
+    record: dict  # the JSON of the search: item, keep, rows (the per-node table), search details
+    keep: list[str]
+    item: str  # the pipeline item with the keep-set
+    within: bool
+    note: str
+    score_all: float
+    precision: Any = None  # fp16: the MixedPrecision written as precision/
+
+
+def _search_fp16(p, model, scorer, budget, confirm, confirm_base, data, subset) -> _Searched:
+    from onnxforge.evaluate.fp16_search import search_fp16
+
+    found = search_fp16(model, scorer, scorer.baseline_value, budget, fp16=p, confirm=confirm, confirm_baseline=confirm_base,
+                        stats_feeds=_stat_feeds(model, data, subset), subset_images=scorer.images, full_images=data.limit)
+    r = found.search
+    record = {"pass": "fp16", **found.to_dict(), "evaluations_subset": r.evaluations}
+    return _Searched(record, found.keep, found.item, r.within_budget, r.note, r.score_all, found)
+
+
+def _search_int8(p, model, scorer, budget, confirm, confirm_base, data, subset) -> _Searched:
+    from onnxforge.evaluate.int8_search import keep_in_float
+
+    q = keep_in_float(model, [], budget, quantize=p, scorer=scorer, baseline=scorer.baseline_value, confirm=confirm,
+                      confirm_baseline=confirm_base)
+    record = {"pass": "quantize", "item": q.item, "keep": q.keep, "subset_images": scorer.images, "full_images": data.limit,
+              "search": q.to_dict(), "evaluations_subset": q.quantizations,
+              "rows": [{"group": n, "nodes": [n], "score_kept": v, "kept": n in q.keep} for n, v in q.ranking]}
+    return _Searched(record, q.keep, q.item, q.within_budget, q.note, q.score_all)
+
+
+#: pass name -> its keep-set search (the per-node protocol of `report --per-node` for low-precision passes)
+_KEEP_SEARCHES: dict[str, Callable[..., _Searched]] = {"fp16": _search_fp16, "quantize": _search_int8}
+
+
+def _stat_feeds(model: onnx.ModelProto, data: "DataSource", count: int) -> list[dict[str, np.ndarray]]:
+    """Calibration inputs for the fp16 range statistics (the data's preprocessing, calibration images
+    apart from the evaluation ones for synthetic data), one dict per run at the model's batch."""
+    from onnxforge.evaluate.bench import static_batch
+    from onnxforge.evaluate.calibration import calibration_inputs
+
+    try:
+        arrays = calibration_inputs(model, data.dataset, data.data_root, data.preset, count=count, classes=data.num_classes)
+    except ForgeError as exc:
+        log.warning("fp16 range statistics skipped: %s", exc)
+        return []
+    (name, rows), = arrays.items()
+    b = static_batch(model) or 1
+    return [{name: rows[i:i + b]} for i in range(0, len(rows) - b + 1, b)]
 
 
 def _per_node(node_pass, model, base, runner, budget, judged, seed, verify, models, passes, node_of) -> list[StageEval]:
@@ -789,6 +934,7 @@ def run_report(
         "device_runs": [{"stage": s.name, **d.device_runs[s.name]} for s in stages if s.name in d.device_runs],
         "seconds": 0.0,
         "commands": [c for c in (command or _report_command(model_path, pipe, out_dir, data, isolated, per_node, budget), best_cmd) if c],
+        "keep_searches": d.searches,
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with staging_dir(out_dir) as tmp:
@@ -802,6 +948,14 @@ def run_report(
                 s.model_file = str(rel)
         else:
             report["best"]["model"] = None
+        if d.precision is not None:  # the fp16 keep-set, written for atc (compile --precision-config DIR)
+            from onnxforge.evaluate.fp16_search import write_precision_config
+
+            cann = getattr(getattr(backend, "options", None), "cann", None)
+            write_precision_config(tmp / PRECISION_DIR, d.precision, cann, model=str(model_path))
+            report["precision_config"] = PRECISION_DIR
+            report["commands"].append(f"onnxforge compile {shlex.quote(str(model_path))} --backend atc "
+                                      f"--precision-config {shlex.quote(str(out_dir / PRECISION_DIR))}")
         report["seconds"] = round(time.perf_counter() - t0, 2)
         report["disk_bytes"] = disk_usage(tmp)
         write_report_files(tmp, report, stages)
@@ -809,6 +963,8 @@ def run_report(
                                           "plot": "accuracy_vs_latency.png"}.items()}
     if keep_stages != "none":
         files["best"] = out_dir / "best.onnx"
+    if d.precision is not None:
+        files["precision"] = out_dir / PRECISION_DIR
     return ReportResult(stages, best, files, report, disk_bytes=report["disk_bytes"])
 
 

@@ -183,6 +183,15 @@ def markdown(report: dict[str, Any], stages: list[StageEval]) -> str:
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
     lines += ["", "![accuracy vs latency](accuracy_vs_latency.png)", "", "## Verdicts", ""]
     lines += [f"- **{s.name}** ({s.verdict}): {s.reason}" + "".join(f" **flag: {f}**" for f in s.flags) for s in stages]
+    for search in report.get("keep_searches", []):
+        k_header, k_rows = keep_search_rows(search)
+        lines += ["", f"## Keep-set search: {search['pass']}", ""] + [f"- {ln}" for ln in keep_search_lines(search)] + [""]
+        lines.append("| " + " | ".join(k_header) + " |")
+        lines.append("|" + "|".join("---" for _ in k_header) + "|")
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in k_rows]
+        if report.get("precision_config") and search["pass"] == "fp16":
+            lines += ["", f"atc config: `{report['precision_config']}/` (keep_dtype.cfg, precision.json): "
+                      f"`onnxforge compile MODEL --backend atc --precision-config {report['precision_config']}`"]
     if report.get("dropped"):
         lines += ["", "## Dropped by --auto", ""] + [f"- `{d['pass']}`: {d['reason']}" for d in report["dropped"]]
     lines += ["", "## Reproduce", ""] + [f"    {c}" for c in report["commands"]]
@@ -194,6 +203,33 @@ def markdown(report: dict[str, Any], stages: list[StageEval]) -> str:
     env = report["environment"]
     lines += ["", "## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()]
     return "\n".join(lines) + "\n"
+
+
+def keep_search_rows(search: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The per-node table of one keep-set search (`--per-node fp16|quantize`): each group's score with only
+    it kept in high precision, with only it in low precision (fp16), overflow/underflow counts of its
+    outputs (fp16), and whether the search kept it. Rows in ranking order."""
+    fp16 = search.get("pass") == "fp16"
+    header = ["group", "nodes", "score, only this kept high"] + (["score, only this low", "overflow", "underflow"] if fp16 else []) + ["kept"]
+    rows = []
+    for r in search.get("rows", []):
+        row = [r["group"], " ".join(r["nodes"]), _fmt(r.get("score_kept"))]
+        if fp16:
+            row += [_fmt(r.get("score_alone")), str(r.get("overflow", 0)), str(r.get("underflow", 0))]
+        rows.append(row + ["yes" if r.get("kept") else ""])
+    return header, rows
+
+
+def keep_search_lines(search: dict[str, Any]) -> list[str]:
+    """What one keep-set search did, in plain lines (evaluations, images, the result)."""
+    s = search.get("search", {})
+    lines = [search.get("summary", "")]
+    lines.append(f"judged on {search.get('metric')} ({search.get('source')}); {search.get('method')}; "
+                 f"{search.get('evaluations_subset')} evaluations on {search.get('subset_images')} images"
+                 + (f", {s.get('confirm_evaluations', 0)} on the full data" if "confirm_evaluations" in s else ""))
+    if s.get("note"):
+        lines.append(s["note"])
+    return [ln for ln in lines if ln]
 
 
 def timing_text(report: dict[str, Any]) -> str:
@@ -232,6 +268,7 @@ def html_page(report: dict[str, Any], stages: list[StageEval], png: bytes) -> st
         report=report, stages=stages, summary=summary_lines(report), decision_header=d_header,
         decision=list(zip(stages, d_rows)), header=header, rows=list(zip(stages, rows)), timing=timing_text(report),
         hist_header=h_header, hist_rows=h_rows, png=base64.b64encode(png).decode(), speed_text=speed_text,
+        keep_searches=[(k, keep_search_lines(k), *keep_search_rows(k)) for k in report.get("keep_searches", [])],
     )
 
 

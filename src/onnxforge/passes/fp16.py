@@ -10,6 +10,8 @@ Which nodes run in float16:
 - Selected: with `nodes=`, only the named nodes (what a per-node search tries one at a time).
 - Only nodes downstream of a graph input ("data"), not through Shape/Size: shape arithmetic (Shape ->
   Cast -> Mul -> Cast -> Resize sizes), constant folding leftovers and the like stay float32.
+- Not kept: node names in `keep` (the keep-set a mixed-precision search chose, `evaluate.fp16_search`;
+  unlike `block_nodes`, every name must exist: a keep-set for another model is an error, not a no-op).
 - Not blocked: op types in `block` (default `DEFAULT_BLOCK`: exponentials, logarithms, powers,
   softmax, sums and products, normalizations that compute statistics, Range/CumSum, detection ops:
   what PyTorch autocast keeps in float32, for overflow or accumulated rounding), node names in
@@ -70,6 +72,7 @@ class Fp16Options:
     keep_io: bool = option(True, "graph inputs and outputs stay float32 (Casts at the boundary); false makes them float16")
     block: tuple[str, ...] = option(DEFAULT_BLOCK, "op types kept in float32 (replaces the default list)")
     block_nodes: tuple[str, ...] = option((), "node names kept in float32")
+    keep: tuple[str, ...] = option((), "the keep-set of a mixed-precision search: node names that stay float32 (each must exist)")
     nodes: tuple[str, ...] = option((), "only these nodes (by name) run in float16 (default: every node that can)")
     max_reduce: int = option(4096, "ReduceMean/ReduceSum/GlobalAveragePool/AveragePool over more elements stay float32 (0: no limit)")
 
@@ -117,10 +120,75 @@ class Fp16(Pass):
             raise ValueError("with_nodes needs at least one node name (an empty nodes= selects every node)")
         return replace_options(self, nodes=tuple(names))
 
+    def simulate(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """The float32 model with this pass's float16 rounding simulated by Cast pairs (float32 -> float16
+        -> float32): on every float input a float16 node would convert (graph inputs and float32
+        producers' outputs), on every output it would make float16, and on its weights (rounded copies,
+        clipped to +-65504 as the pass clips them). Arithmetic inside each node stays float32.
+
+        Why not run the float16 graph itself: onnxruntime's CPU provider computes float16 nodes it has
+        no kernel for through float32 kernels and removes the Cast pairs it inserts around them, so
+        activations between such nodes never round nor overflow (an overflowing Mul goes unnoticed).
+        Explicit Cast pairs in a float32 graph are kept, and overflow to inf, underflow to subnormal or
+        zero, as float16 does. Graph inputs, outputs and names are unchanged.
+        """
+        state = ModelState(model)
+        graph, types, _, plans, _ = self._plan(state)
+        b = GraphBuilder(graph, "fp16sim")
+        rounded: dict[str, gs.Tensor] = {}  # tensor name -> its rounded float32 copy
+        weights: dict[str, gs.Constant] = {}
+        produced: set[int] = set()  # ids of the rounded copies of float16 nodes' outputs
+
+        def round_pair(tensor: gs.Tensor) -> gs.Variable:
+            half = b.cast(tensor, onnx.TensorProto.FLOAT16, hint="Cast")
+            back = b.cast(half, onnx.TensorProto.FLOAT, hint="Cast")
+            half.shape = back.shape = tensor.shape
+            back.dtype = F32
+            return back
+
+        for node in list(graph.nodes):
+            plan = plans.get(id(node))
+            if plan is None:
+                continue
+            for j in sorted(plan.outputs):
+                out = node.outputs[j]
+                back = round_pair(out)
+                first_cast = back.inputs[0].inputs[0].inputs[0]  # Cast(out -> float16)
+                for consumer in [c for c in list(out.outputs) if c is not first_cast]:
+                    consumer.inputs = [back if x is out else x for x in consumer.inputs]
+                if is_graph_output(graph, out):
+                    graph.outputs = [back if x is out else x for x in graph.outputs]
+                    take_name(out, back, b, "raw")
+                produced.add(id(back))
+        for node in list(graph.nodes):
+            plan = plans.get(id(node))
+            if plan is None:
+                continue
+            for i in sorted(plan.inputs):
+                tensor = node.inputs[i]
+                if not tensor.name or id(tensor) in produced:
+                    continue
+                value = const_value(tensor)
+                if value is not None and np.asarray(value).dtype == F32:
+                    if tensor.name not in weights:
+                        half = np.clip(np.asarray(value), -FP16_MAX, FP16_MAX).astype(np.float16).astype(np.float32)
+                        weights[tensor.name] = b.const(half, f"{tensor.name}_fp16sim")
+                    node.inputs[i] = weights[tensor.name]
+                    continue
+                if tensor.name not in rounded:
+                    rounded[tensor.name] = round_pair(tensor)
+                    produced.add(id(rounded[tensor.name]))
+                node.inputs[i] = rounded[tensor.name]
+        graph.cleanup(remove_unused_graph_inputs=False)
+        graph.toposort()
+        return state.release()
+
     def _plan(self, state: ModelState) -> tuple[gs.Graph, "_TypeInfo", set[int], dict[int, _Plan], list[Skip]]:
         graph = state.graph
         if self.options.nodes:
             select(self.name, "node", self.options.nodes, graph.nodes)  # unknown names: PassError
+        if self.options.keep:
+            select(self.name, "node", self.options.keep, graph.nodes)  # a keep-set naming nodes the model lacks
         types = _TypeInfo(state, graph)
         reached = _downstream_of_inputs(graph)
         plans: dict[int, _Plan] = {}
@@ -141,6 +209,8 @@ class Fp16(Pass):
             return f"op {node.op} is in the block list"
         if node.name and node.name in self.options.block_nodes:
             return "named in block_nodes"
+        if node.name and node.name in self.options.keep:
+            return "in the keep-set (keep=)"
         if self.options.nodes and node.name not in self.options.nodes:
             return "not selected (nodes=)"
         if node.op in _COUNTED and self.options.max_reduce:
