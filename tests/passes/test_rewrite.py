@@ -95,3 +95,19 @@ def test_graph_io_rule_keeps_names_and_order():
     assert result.stats == {"outputs_cast": 1}
     assert [o.name for o in after.graph.output] == ["y", "z"]
     assert after.graph.output[1].type.tensor_type.elem_type == 10  # FLOAT16
+
+
+def test_select_names_the_closest_nodes_not_every_node():
+    from types import SimpleNamespace
+
+    from onnxforge.errors import PassError
+    from onnxforge.passes._rewrite import select
+
+    nodes = [SimpleNamespace(name=f"/layer{i}/Conv") for i in range(500)]
+    with pytest.raises(PassError, match=r"no graph node '/layer7/Cnv' \(closest: /layer7/Conv") as err:
+        select("fp16", "node", ["/layer7/Cnv"], nodes)
+    assert len(str(err.value)) < 300
+    with pytest.raises(PassError, match=r"nodes: /layer0/Conv, .*\.\.\. \(500 in all\)"):
+        select("fp16", "node", ["zzz"], nodes)
+    with pytest.raises(PassError, match="the graph has no nodes"):
+        select("fp16", "node", ["a"], [])

@@ -220,14 +220,27 @@ def select(pass_name: str, what: str, wanted: Sequence[str], tensors: Sequence[A
     """The items (tensors or nodes, by `.name`) a selection option names, in graph order.
 
     Raises:
-        PassError: a name that no item has (the message lists the names there are).
+        PassError: a name that no item has (the message names the closest ones there are, or the first few).
     """
     names = [t.name for t in tensors]
     missing = [n for n in wanted if n not in names]
     if missing:
-        raise PassError(f"{pass_name}: no graph {what} '{missing[0]}' ({what}s: {', '.join(names) or 'none'})")
+        raise PassError(f"{pass_name}: no graph {what} '{missing[0]}' ({_some_names(missing[0], names, what)})")
     chosen = set(wanted)
     return [t for t in tensors if t.name in chosen]
+
+
+def _some_names(wanted: str, names: Sequence[str], what: str, shown: int = 8) -> str:
+    """Which names there are, readably on a real graph of thousands: the closest to `wanted`, else the first few."""
+    import difflib
+
+    if not names:
+        return f"the graph has no {what}s"
+    close = difflib.get_close_matches(wanted, names, n=shown, cutoff=0.6)
+    if close:
+        return "closest: " + ", ".join(close)
+    more = f", ... ({len(names)} in all)" if len(names) > shown else ""
+    return f"{what}s: " + ", ".join(names[:shown]) + more
 
 
 def replace_options(p: Pass, **changes: Any) -> Pass:
