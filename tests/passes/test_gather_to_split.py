@@ -93,3 +93,20 @@ def test_near_misses_stay_untouched_with_a_reason(case):
     assert not result.modified
     assert reason in result.why_nothing()
     assert sorted(ops(out)) == sorted(ops(model))
+
+
+# h, w = x.shape[2], x.shape[3] as exporters write it: shape arithmetic, not data.
+SHAPE_DIMS = """
+g (float[1,3,4,5] x) => (int64 h, int64 w) {
+  s = Shape(x)
+  i2 = Constant<value = int64 {2}>()
+  i3 = Constant<value = int64 {3}>()
+  h = Gather<axis = 0>(s, i2)
+  w = Gather<axis = 0>(s, i3)
+}"""
+
+
+def test_shape_dims_are_left_alone():
+    result, model = apply(GatherToSplit(), parse(SHAPE_DIMS))
+    assert not result.modified and [o for o in ops(model) if o != "Constant"] == ["Shape", "Gather", "Gather"]
+    assert any("shape arithmetic" in s.reason for s in result.skipped)

@@ -13,7 +13,8 @@ groups (``x[:, 0:4]`` written as an index list) produce this.
 
 Legal when: at least two Gathers read the same tensor on the same axis, the axis has a static size,
 each index is a constant scalar or a constant 1-D ascending run ``[a, a+1, ..., b-1]`` (negative
-indices normalized by the size), and the ranges are pairwise disjoint. A scalar index removes the
+indices normalized by the size), the ranges are pairwise disjoint, and the tensor is not a Shape's
+output (dims picked from a shape are compile-time arithmetic for atc; splitting them only adds nodes). A scalar index removes the
 axis, so its part is squeezed; a run keeps it. Uncovered stretches of the axis become Split outputs
 nobody reads. Each output is the same slice of the tensor as before: exact.
 """
@@ -110,6 +111,9 @@ def match(graph: gs.Graph, nodes: list[gs.Node], axis: int) -> SplitMatch | Skip
         return None
     x = nodes[0].inputs[0]
     label = f"Gathers of {x.name}"
+    if x.inputs and x.inputs[0].op == "Shape":
+        return Skip(label, "shape arithmetic (Gathers of a Shape's dims): atc folds it when it compiles, and a Split "
+                           "would only add nodes")
     shape = static_shape(x)
     if shape is None:
         return Skip(label, "the input shape is not static")
