@@ -121,6 +121,8 @@ class EvalResult:
     dataset_classes: int | None = None
     model_classes: int | None = None
     per_image: PerImage | None = None
+    #: the metric and agreement accumulators (`Metric`, `Agreement` or None), for `merge_results`; not serialised
+    state: tuple[Any, Any] | None = field(default=None, repr=False)
 
     @property
     def overhead_s(self) -> float:
@@ -757,6 +759,49 @@ def score(plan: EvalPlan, source: PredictionSource, *, reference: PredictionSour
         dataset_classes=plan.dataset_classes,
         model_classes=model_classes(outputs) if outputs else plan.model_classes,
         per_image=kept,
+        state=(metric, agree),
+    )
+
+
+def merge_results(parts: Sequence[EvalResult], note: str | None = None) -> EvalResult:
+    """One result from the results of contiguous shards of one evaluation, given in dataset order.
+
+    The metric is recomputed from the merged accumulators (`Metric.merge`: segmentation from the summed
+    per-class areas / confusion matrices, never a mean of the shards' mIoU), agreement likewise
+    (`Agreement.merge`), per-image contributions are concatenated in order; times add up (`total_s` is the
+    caller's to set to the wall time). Equal to the unsharded result in every metric.
+
+    Raises:
+        EvaluationError: no parts, or a part without its accumulators (`state`).
+    """
+    import copy
+
+    if not parts:
+        raise EvaluationError("merge_results: no shard results")
+    if any(p.state is None for p in parts):
+        raise EvaluationError("merge_results: a shard result has no accumulators (made by score)")
+    first = parts[0]
+    metric, agree = copy.deepcopy(first.state[0]), copy.deepcopy(first.state[1])
+    for p in parts[1:]:
+        metric.merge(p.state[0])
+        if agree is not None:
+            agree.merge(p.state[1])
+    per_image = None
+    if all(p.per_image is not None for p in parts):
+        pis = [p.per_image for p in parts]
+        per_image = PerImage(names=[n for pi in pis for n in pi.names], kind=pis[0].kind,
+                             values=np.concatenate([np.asarray(pi.values) for pi in pis]) if pis[0].values is not None else None,
+                             keys=pis[0].keys,
+                             agreement=(np.concatenate([pi.agreement for pi in pis]) if pis[0].agreement is not None else None),
+                             metric=metric)
+    notes = list(dict.fromkeys(n for p in parts for n in p.notes))
+    if note:
+        notes.append(note)
+    return replace(
+        first, metrics=metric.result(), images=sum(p.images for p in parts), total_s=sum(p.total_s for p in parts),
+        inference_s=sum(p.inference_s for p in parts), setup_s=sum(p.setup_s for p in parts),
+        reference_s=sum(p.reference_s for p in parts), per_class_iou=metric.per_class(),
+        agreement=agree.result() if agree is not None else None, notes=notes, per_image=per_image, state=(metric, agree),
     )
 
 
@@ -778,6 +823,7 @@ def evaluate(
     synthetic_seed: int | None = None,
     model_label: str | None = None,
     per_image: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> EvalResult:
     """Evaluates a model on `dataset` (read from `data_root`): `plan_evaluation`, then `score`.
 
@@ -797,6 +843,8 @@ def evaluate(
         synthetic_seed: seed of in-memory synthetic data (default scenes.EVAL_SEED).
         model_label: how errors and the result name the model (default: its path, or the graph name).
         per_image: keep each image's metric contribution (`EvalResult.per_image`).
+        shard: ``(start, stop)``: score images start..stop-1 of the planned dataset only (planned, checked and
+            noted as the whole dataset; `merge_results` joins the shards).
 
     Raises:
         EvaluationError: the model does not fit the preset, or predictions are missing/wrong.
@@ -837,6 +885,8 @@ def evaluate(
                 source = PredictionFolder(predictions, proto, label=plan.label)
             else:
                 source = stack.enter_context(ModelRunner(proto, be, label=plan.label))
+        if shard is not None:
+            plan = replace(plan, dataset=plan.dataset.shard(*shard))
         ref = stack.enter_context(ModelRunner(reference, be)) if reference is not None else None
         result = score(plan, source, reference=ref, progress=progress, per_image=per_image)
     return replace(result, total_s=time.perf_counter() - t_start)

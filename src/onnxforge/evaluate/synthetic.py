@@ -13,6 +13,8 @@ One generator serves every task (`task=`):
 
 from __future__ import annotations
 
+import copy
+
 import json
 from pathlib import Path
 from typing import Iterator
@@ -97,6 +99,14 @@ class SyntheticDataset(Dataset):
         for i, name in zip(range(self.start, self.start + self.count), self.names()):
             image, label = generate_sample(i, self.size, self.classes, self.seed, self.void)
             yield Sample(name, image, task_label(label, self.task, self.classes, self.ignore_index))
+
+    def shard(self, start: int, stop: int) -> Dataset:
+        """Samples start..stop-1: the same scenes (each is generated from its index and the seed)."""
+        if not 0 <= start < stop <= self.count:
+            raise DatasetError(f"synthetic: shard {start}..{stop} outside 0..{self.count}")
+        part = copy.copy(self)
+        part.start, part.count = self.start + start, stop - start
+        return part
 
 
 def write_synthetic(root: str | Path, n: int = DEFAULT_COUNT, size: tuple[int, int] = DEFAULT_SIZE,

@@ -1,0 +1,535 @@
+"""Executors: independent work units run serially, on a pool of local processes, or on a Ray cluster.
+
+Contract of every executor (`Executor`):
+- ``map(fn, units, progress=None)`` returns ``[fn(u) for u in units]``, **in input order**, whatever order
+  the units finish in; ``progress(done, total)`` is called as units finish. `fn` is a module-level function
+  (pickled by reference) and units and results are picklable values.
+- A unit is a pure description (model bytes with their sha256, a data description, a backend spec, a thread
+  budget), never a handle to state in the parent: the same unit gives the same result anywhere, so a cache
+  can sit in front of `map` and a worker keeps nothing between units that changes a result.
+- An exception raised by `fn` is raised by `map` (the first one in input order); remaining units are
+  cancelled where the executor can.
+- Executors are context managers: workers start on first use and stop on `close()` / leaving the ``with``.
+- Only evaluations go through an executor. Timing runs stay serial and interleaved in the parent process
+  (`evaluate.timing`), never concurrent with evaluations or with each other: an executor is idle (all its
+  `map` calls returned) whenever something is timed.
+
+Executors register by name (`register_executor`; ``serial``, ``pool``, ``ray``) and `make_executor` builds
+one from the CLI's ``--executor``, ``--workers``, ``--ray-address``.
+
+Thread budget: `threads` is the intra-op thread count each worker's session gets (`EvalUnit.threads`).
+`PoolExecutor` defaults it to ``cores // workers`` and refuses ``workers x threads > cores``.
+
+Devices (the hook for ais_bench / several NPUs or GPUs): ``devices=[0, 1, 2]`` gives each worker of a pool
+one device (worker *i* gets ``devices[i]``, so ``workers`` must equal ``len(devices)``); inside a worker
+`worker_device()` returns it and `run_eval_unit` sets the backend's device option from it (`DEVICE_OPTIONS`:
+the ascend backends' ``device_id``). onnxruntime's CUDA provider has no device option yet: add its name to
+`DEVICE_OPTIONS` when the backend grows one.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import logging
+import multiprocessing
+import os
+import socket
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator, Protocol, Sequence, TypeVar, runtime_checkable
+
+import onnx
+
+from onnxforge.errors import BackendUnavailable, ForgeError
+
+log = logging.getLogger(__name__)
+
+U = TypeVar("U")
+R = TypeVar("R")
+Progress = Callable[[int, int], None]
+
+#: backend name -> the option that selects the device a worker runs on
+DEVICE_OPTIONS: dict[str, str] = {"ais_bench": "device_id", "atc": "device_id"}
+#: where the pool's start method comes from: torch and onnxruntime do not survive fork after their threads start
+START_METHOD = "spawn"
+
+_WORKER_DEVICE: int | None = None  # set in each pool worker by `_init_worker`
+
+
+def worker_device() -> int | None:
+    """The device this worker process was given (`devices`), None outside a device-mapped pool."""
+    return _WORKER_DEVICE
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (the affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# ----------------------------------------------------------------------------------------- executors
+@runtime_checkable
+class Executor(Protocol):
+    """Runs `fn` over units; see the module docstring for the contract."""
+
+    name: str
+    workers: int
+    threads: int  # intra-op threads per worker's session (0: the backend's own default)
+
+    def map(self, fn: Callable[[U], R], units: Sequence[U], progress: Progress | None = None) -> list[R]: ...
+
+    def close(self) -> None: ...
+
+    def describe(self) -> str: ...
+
+
+_EXECUTORS: dict[str, type] = {}
+
+
+def register_executor(cls: type) -> type:
+    """Class decorator: makes `cls` buildable as ``--executor cls.name``."""
+    if cls.name in _EXECUTORS and _EXECUTORS[cls.name] is not cls:
+        raise ValueError(f"executor {cls.name!r} registered twice")
+    _EXECUTORS[cls.name] = cls
+    return cls
+
+
+def executor_names() -> tuple[str, ...]:
+    return tuple(_EXECUTORS)
+
+
+class _Base:
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    workers = 1
+    threads = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return self.name
+
+
+@register_executor
+class SerialExecutor(_Base):
+    """Every unit in this process, one after the other (the default; what a test compares against)."""
+
+    name = "serial"
+    summary = "in this process, one unit after the other (default)"
+
+    def __init__(self, workers: int = 1, threads: int = 0, **_: Any) -> None:
+        self.workers, self.threads = 1, threads
+
+    def map(self, fn: Callable[[U], R], units: Sequence[U], progress: Progress | None = None) -> list[R]:
+        out = []
+        for i, u in enumerate(units, 1):
+            out.append(fn(u))
+            if progress is not None:
+                progress(i, len(units))
+        return out
+
+
+def _init_worker(devices, lock) -> None:
+    global _WORKER_DEVICE
+    if devices is not None:
+        with lock:
+            _WORKER_DEVICE = devices.get()
+
+
+def _check_budget(workers: int, threads: int | None, cores: int, devices: Sequence[int] | None) -> int:
+    """The threads per worker (default cores // workers); ForgeError for a budget the machine cannot give."""
+    if workers < 1:
+        raise ForgeError(f"--workers: expected at least 1, got {workers}")
+    if devices is not None and len(devices) != workers:
+        raise ForgeError(f"devices: {len(devices)} devices for {workers} workers; give one device per worker")
+    if devices is not None:
+        return threads or 1  # the device does the work; one host thread per worker feeds it
+    if workers > cores:
+        raise ForgeError(f"--workers {workers}: this machine has {cores} cores; use at most --workers {cores}")
+    if threads is None or threads == 0:
+        return max(cores // workers, 1)
+    if threads < 0:
+        raise ForgeError(f"--threads: expected a non-negative count, got {threads}")
+    if workers * threads > cores:
+        raise ForgeError(f"--workers {workers} x --threads {threads} = {workers * threads} threads on {cores} cores; "
+                         f"use --threads {max(cores // workers, 1)} or fewer workers")
+    return threads
+
+
+@register_executor
+class PoolExecutor(_Base):
+    """A pool of `workers` local processes (spawned, not forked), each with `threads` intra-op threads.
+
+    Raises:
+        ForgeError: ``workers < 1``, more workers than cores, ``workers x threads > cores``, or a `devices`
+            list whose length is not `workers`.
+    """
+
+    name = "pool"
+    summary = "a pool of local worker processes (--workers N), threads split so workers x threads <= cores"
+
+    def __init__(self, workers: int = 2, threads: int | None = None, devices: Sequence[int] | None = None,
+                 cores: int | None = None, **_: Any) -> None:
+        self.cores = cores or cpu_cores()
+        self.threads = _check_budget(workers, threads, self.cores, devices)
+        self.workers = workers
+        self.devices = list(devices) if devices is not None else None
+        self._pool: cf.ProcessPoolExecutor | None = None
+
+    def _ensure(self) -> cf.ProcessPoolExecutor:
+        if self._pool is None:
+            ctx = multiprocessing.get_context(START_METHOD)
+            queue = lock = None
+            if self.devices is not None:
+                queue, lock = ctx.Queue(), ctx.Lock()
+                for d in self.devices:
+                    queue.put(d)
+            self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                                initargs=(queue, lock))
+        return self._pool
+
+    def map(self, fn: Callable[[U], R], units: Sequence[U], progress: Progress | None = None) -> list[R]:
+        if not units:
+            return []
+        pool = self._ensure()
+        futures = {pool.submit(fn, u): i for i, u in enumerate(units)}
+        out: list[Any] = [None] * len(units)
+        errors: dict[int, BaseException] = {}
+        try:
+            for done, f in enumerate(cf.as_completed(futures), 1):
+                i = futures[f]
+                exc = f.exception()
+                if exc is not None:
+                    errors[i] = exc
+                    for other in futures:
+                        other.cancel()
+                    break
+                out[i] = f.result()
+                if progress is not None:
+                    progress(done, len(units))
+        except BaseException:
+            self.close()  # Ctrl-C: do not leave workers running
+            raise
+        if errors:
+            raise errors[min(errors)]
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def describe(self) -> str:
+        on = f", devices {','.join(map(str, self.devices))}" if self.devices else ""
+        return f"pool of {self.workers} processes x {self.threads} threads{on}"
+
+
+# ------------------------------------------------------------------------------------------------ ray
+@runtime_checkable
+class Shareable(Protocol):
+    """A unit whose large parts (model bytes) go to workers by reference: `blobs()` names them by key, and
+    `bind(blobs)` gives the unit back with them. `RayExecutor` puts each distinct blob in the object store
+    once (``ray.put``) and sends every unit without them."""
+
+    def blobs(self) -> dict[str, bytes]: ...
+
+    def bind(self, blobs: dict[str, bytes]) -> Any: ...
+
+
+def _ray_call(fn, unit, keys, *blobs):
+    # ObjectRefs given as top-level task arguments arrive resolved: each worker reads them from the store
+    if keys:
+        unit = unit.bind(dict(zip(keys, blobs)))
+    return fn(unit)
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise BackendUnavailable("--executor ray needs the ray extra: pip install 'onnxforge[ray]'") from None
+    return ray
+
+
+def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    """ForgeError unless something listens at a ``host:port`` / ``ray://host:port`` address ("auto" and
+    "local" are Ray's to resolve)."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ForgeError(f"--ray-address {address}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or exc.__class__.__name__
+        raise ForgeError(f"--ray-address {address}: cannot reach a Ray cluster there ({reason})") from None
+
+
+@register_executor
+class RayExecutor(_Base):
+    """Units as Ray tasks on a cluster (`address`), or on a local one started here (`address` None).
+
+    Model bytes are put in the object store once each and passed to tasks by reference (`Shareable`);
+    data is a description (dataset root and shard range, or the synthetic seed), so a dataset on disk must be
+    readable at the same path on every node. Each task asks Ray for `threads` CPUs (its session's threads).
+
+    Raises:
+        BackendUnavailable: ray is not installed.
+        ForgeError: `address` cannot be reached, or Ray cannot start (one line).
+    """
+
+    name = "ray"
+    summary = "Ray tasks on a cluster (--ray-address HOST:PORT) or a local one started here"
+
+    def __init__(self, workers: int = 1, threads: int | None = None, address: str | None = None,
+                 num_cpus: int | None = None, **_: Any) -> None:
+        self.ray = _import_ray()
+        if workers < 1:
+            raise ForgeError(f"--workers: expected at least 1, got {workers}")
+        self.workers, self.address = workers, address
+        self.threads = threads or 1
+        self._started = False
+        if not self.ray.is_initialized():
+            if address is not None:
+                _check_reachable(address)
+            try:
+                if address is not None:
+                    self.ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+                else:
+                    self.ray.init(num_cpus=num_cpus or max(workers * self.threads, 1), include_dashboard=False,
+                                  log_to_driver=False, logging_level=logging.WARNING)
+            except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+                raise ForgeError(f"ray: cannot start or join the cluster"
+                                 f"{' at ' + address if address else ''}: {str(exc).splitlines()[0][:200]}") from None
+            self._started = True
+        self._remote = self.ray.remote(num_cpus=self.threads)(_ray_call)
+
+    def map(self, fn: Callable[[U], R], units: Sequence[U], progress: Progress | None = None) -> list[R]:
+        if not units:
+            return []
+        ray = self.ray
+        refs: dict[str, Any] = {}
+        calls = []
+        for u in units:
+            if isinstance(u, Shareable):
+                blobs = u.blobs()
+                for k, data in blobs.items():
+                    if k not in refs:
+                        refs[k] = ray.put(data)
+                keys = tuple(blobs)
+                calls.append(self._remote.remote(fn, u.bind({}), keys, *[refs[k] for k in keys]))
+            else:
+                calls.append(self._remote.remote(fn, u, ()))
+        index = {c: i for i, c in enumerate(calls)}
+        pending, done = list(calls), 0
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            done += len(ready)
+            for r in ready:
+                try:
+                    ray.get(r)
+                except ray.exceptions.RayTaskError as exc:
+                    for c in pending:
+                        ray.cancel(c)
+                    cause = exc.as_instanceof_cause()
+                    raise (cause.cause if isinstance(getattr(cause, "cause", None), BaseException) else cause) from None
+                log.debug("ray unit %d done", index[r])
+            if progress is not None:
+                progress(done, len(units))
+        return ray.get(calls)
+
+    def close(self) -> None:
+        if self._started and self.ray.is_initialized():
+            self.ray.shutdown()
+        self._started = False
+
+    def describe(self) -> str:
+        where = self.address or "a local cluster"
+        return f"ray on {where} ({self.threads} CPU per task)"
+
+
+def make_executor(name: str = "serial", workers: int = 1, threads: int | None = None, address: str | None = None,
+                  devices: Sequence[int] | None = None) -> Executor:
+    """The executor registered as `name`, with `workers` (``--workers``), `threads` per worker (``--threads``,
+    0/None: its default), a Ray `address` and a `devices` list.
+
+    ``--workers N`` with the default ``serial`` executor means a pool (``pool``); ``--workers 1`` without a
+    name is serial.
+
+    Raises:
+        ForgeError: unknown name, ``workers < 1``, a thread budget over the cores, an address on a non-Ray
+            executor, an unreachable Ray address.
+    """
+    if workers < 1:
+        raise ForgeError(f"--workers: expected at least 1, got {workers}")
+    if name not in _EXECUTORS:
+        raise ForgeError(f"--executor: unknown executor {name!r}; known: {', '.join(_EXECUTORS)}")
+    if address is not None and name != "ray":
+        raise ForgeError(f"--ray-address needs --executor ray (got --executor {name})")
+    if name == "serial" and workers > 1:
+        name = "pool"
+    return _EXECUTORS[name](workers=workers, threads=threads, address=address, devices=devices)
+
+
+# --------------------------------------------------------------------------------------- eval units
+@dataclass(frozen=True)
+class ModelBlob:
+    """A model as its serialized bytes and their sha256 (the cache key part); `data` None once unbound."""
+
+    sha256: str
+    data: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto | bytes | str | Path) -> ModelBlob:
+        if isinstance(model, onnx.ModelProto):
+            data = model.SerializeToString()
+        elif isinstance(model, bytes):
+            data = model
+        else:
+            data = Path(model).read_bytes()
+        return cls(hashlib.sha256(data).hexdigest(), data)
+
+    def proto(self) -> onnx.ModelProto:
+        if self.data is None:
+            raise ForgeError(f"model {self.sha256[:12]}: bytes not bound (a Ray unit run without its blobs)")
+        return onnx.load_from_string(self.data)
+
+
+@dataclass(frozen=True)
+class EvalUnit:
+    """One accuracy evaluation as a pure description (see the module docstring).
+
+    `shard` ``(start, stop)`` scores images start..stop-1 of the planned dataset only (the plan itself is made
+    on the whole dataset, so its notes and checks are the unsharded run's). `threads` (0: as the spec says)
+    fills the backend's threads option where the spec leaves it unset.
+    """
+
+    model: ModelBlob
+    dataset: str
+    data_root: str | None = None
+    preset: str | None = None
+    limit: int | None = None
+    num_classes: int | None = None
+    backend: str = "onnxruntime"
+    threads: int = 0
+    reference: ModelBlob | None = None
+    shard: tuple[int, int] | None = None
+    per_image: bool = False
+    label: str | None = None
+
+    def blobs(self) -> dict[str, bytes]:
+        out = {}
+        for b in (self.model, self.reference):
+            if b is not None and b.data is not None:
+                out[b.sha256] = b.data
+        return out
+
+    def bind(self, blobs: dict[str, bytes]) -> EvalUnit:
+        def rebind(b: ModelBlob | None) -> ModelBlob | None:
+            return None if b is None else ModelBlob(b.sha256, blobs.get(b.sha256))
+        return replace(self, model=rebind(self.model), reference=rebind(self.reference))
+
+
+def run_eval_unit(unit: EvalUnit):
+    """Evaluates `unit` (the module-level function executors run); returns its `EvalResult`."""
+    from onnxforge.backends import parse_backend
+    from onnxforge.evaluate.evaluator import evaluate
+
+    backend = parse_backend(unit.backend)
+    if unit.threads and "threads" in {f for f in _option_names(backend)} and "threads" not in backend.non_default_options():
+        backend = backend.with_options(threads=unit.threads)
+    dev = worker_device()
+    opt = DEVICE_OPTIONS.get(backend.name)
+    if dev is not None and opt is not None:
+        backend = backend.with_options(**{opt: dev})
+    return evaluate(unit.model.proto(), unit.dataset, unit.data_root, preset=unit.preset, backend=backend,
+                    limit=unit.limit, reference=unit.reference.proto() if unit.reference is not None else None,
+                    num_classes=unit.num_classes, per_image=unit.per_image, model_label=unit.label, shard=unit.shard)
+
+
+def _option_names(backend) -> Iterator[str]:
+    import dataclasses
+
+    return (f.name for f in dataclasses.fields(backend.options))
+
+
+def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
+    """`shards` contiguous ranges covering 0..n-1, sizes differing by at most one (no empty range)."""
+    shards = max(1, min(shards, n))
+    base, extra = divmod(n, shards)
+    out, start = [], 0
+    for i in range(shards):
+        stop = start + base + (1 if i < extra else 0)
+        out.append((start, stop))
+        start = stop
+    return out
+
+
+def timed_map(executor: Executor, fn: Callable[[U], R], units: Sequence[U],
+              progress: Progress | None = None) -> tuple[list[R], float]:
+    """`executor.map` and its wall time in seconds."""
+    t0 = time.perf_counter()
+    out = executor.map(fn, units, progress)
+    return out, time.perf_counter() - t0
+
+
+def evaluate_sharded(
+    model: str | Path | onnx.ModelProto,
+    dataset: str,
+    data_root: str | Path | None,
+    executor: Executor,
+    preset: str | None = None,
+    backend: str | Any = "onnxruntime",
+    limit: int | None = None,
+    reference: str | Path | onnx.ModelProto | None = None,
+    num_classes: int | None = None,
+    shards: int | None = None,
+    per_image: bool = False,
+    model_label: str | None = None,
+    progress: Progress | None = None,
+):
+    """`evaluator.evaluate` with the image list split into `shards` contiguous shards (default: one per
+    worker) scored on `executor` and merged (`evaluator.merge_results`: summed confusion statistics, counts,
+    per-image contributions in order). Every metric equals the unsharded evaluation's.
+
+    The evaluation is planned here first (dataset layout, preset, model I/O), so a user error fails before
+    any worker starts.
+
+    Raises:
+        The errors of `evaluator.evaluate`.
+    """
+    from onnxforge.backends import parse_backend
+    from onnxforge.evaluate.evaluator import merge_results, plan_evaluation
+    from onnxforge.modelio import load_model
+
+    t0 = time.perf_counter()
+    be = parse_backend(backend)
+    label = model_label or (str(model) if not isinstance(model, onnx.ModelProto) else None)
+    proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    plan = plan_evaluation(proto, dataset, data_root, preset, limit=limit, num_classes=num_classes, label=label)
+    n = len(plan.dataset)
+    bounds = shard_bounds(n, shards or executor.workers)
+    ref = ModelBlob.of(reference if isinstance(reference, onnx.ModelProto) else load_model(reference)) if reference is not None else None
+    blob = ModelBlob.of(proto)
+    units = [EvalUnit(model=blob, dataset=dataset, data_root=None if data_root is None else str(data_root), preset=preset,
+                      limit=limit, num_classes=num_classes, backend=str(be), threads=executor.threads, reference=ref,
+                      shard=b, per_image=per_image, label=plan.label) for b in bounds]
+    parts = executor.map(run_eval_unit, units, progress)
+    note = (f"scored in {len(bounds)} shards of {bounds[0][1] - bounds[0][0]}"
+            f"{'' if len({b - a for a, b in bounds}) == 1 else '-' + str(bounds[-1][1] - bounds[-1][0])} images "
+            f"on {executor.describe()}") if len(bounds) > 1 else None
+    return replace(merge_results(parts, note), total_s=time.perf_counter() - t0)
