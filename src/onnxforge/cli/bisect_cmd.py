@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from onnxforge.cli import console
+from onnxforge.cli.common import executor_from_cli, executor_option, ray_address_option, workers_option
 from onnxforge.errors import ForgeError
 
 
@@ -23,8 +24,14 @@ def bisect(
     limit: Optional[int] = typer.Option(None, help="Evaluate only the first N images."),
     budget: str = typer.Option("1%", help="Allowed loss: 1% (relative) or 0.5pt (metric points)."),
     output: Path = typer.Option(Path("bisect-out"), "-o", "--output", help="Reproducer directory (written when over budget)."),
+    workers: int = workers_option(),
+    executor: str = executor_option(),
+    ray_address: Optional[str] = ray_address_option(),
 ) -> None:
-    """Find the first pass that puts the model over the accuracy budget, then its smallest node set; write a reproducer."""
+    """Find the first pass that puts the model over the accuracy budget, then its smallest node set; write a reproducer.
+
+    The search is sequential; with --workers N each evaluation's images are split into N shards scored in
+    parallel and merged (the same scores)."""
     from onnxforge.cli.report_cmd import data_source
     from onnxforge.evaluate import bisect as bs
     from onnxforge.modelio import load_model
@@ -34,8 +41,9 @@ def bisect(
         raise ForgeError("--passes: the pipeline is empty")
     src = data_source(dataset, data_root, synthetic, preset, limit)
     proto = load_model(model)
-    scorer, metric, plan = bs.make_scorer(proto, src.dataset, src.data_root, src.preset, limit=src.limit)
-    result = bs.bisect(proto, passes, scorer, want, metric)
+    with executor_from_cli(executor, workers, ray_address) as ex:
+        scorer, metric, plan = bs.make_scorer(proto, src.dataset, src.data_root, src.preset, limit=src.limit, executor=ex)
+        result = bs.bisect(proto, passes, scorer, want, metric)
     table = Table(title=f"{model.name}: bisect {passes} (budget {want})")
     for col in ("stage", metric, "delta", "verdict"):
         table.add_column(col, overflow="fold")

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from onnxforge.cli import console
+from onnxforge.cli.common import executor_from_cli, executor_option, ray_address_option, workers_option
 from onnxforge.errors import ForgeError
 from onnxforge.evaluate.catalog import dataset_help
 from onnxforge.frontends import MODELS
@@ -79,13 +80,18 @@ def evaluate(
     threads: Optional[int] = typer.Option(None, "--threads", help="Shorthand for the spec option threads (onnxruntime intra-op threads; 0: one per core)."),
     device: Optional[str] = typer.Option(None, "--device", help="Shorthand for the spec option device (onnxruntime: cpu | cuda | tensorrt | auto)."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes the model predicts, where its output does not say (an integer label map) and no preset does."),
+    workers: int = workers_option(),
+    executor: str = executor_option(),
+    ray_address: Optional[str] = ray_address_option(),
 ) -> None:
     """Score a model on a dataset with the metric its upstream used (mIoU, pixAcc, top-1/5, IoU).
 
     Images are read in the dataset's real layout, preprocessed as the preset's guide did, run on the
     backend, and mapped back to the labels' geometry. Metrics are printed as percentages; --json writes
     fractions in [0, 1]. --threads, --device and --soc-version fill the backend spec's options; one
-    that contradicts the spec, or that the backend has no option for, is an error.
+    that contradicts the spec, or that the backend has no option for, is an error. With --workers N (or
+    --executor ray) the image list is split into N contiguous shards scored in parallel and merged
+    (mIoU from the summed confusion statistics: the same numbers as one run).
     """
     from onnxforge.evaluate.evaluator import evaluate as run_evaluate
 
@@ -96,12 +102,23 @@ def evaluate(
         from onnxforge.modelio import check_output_path
 
         check_output_path(model, json_path)
-    bar, update = _progress(f"evaluating {model.name}")
-    with bar:
-        result = run_evaluate(
-            model, dataset, data_root, preset=preset, backend=be, limit=limit, batch_size=batch_size,
-            progress=update, reference=reference, predictions=predictions, num_classes=num_classes,
-        )
+    with executor_from_cli(executor, workers, ray_address, be.non_default_options().get("threads")) as ex:
+        sharded = not getattr(ex, "in_process", False)
+        if sharded and (predictions is not None or batch_size is not None or be.is_artifact(model)):
+            raise ForgeError("--workers/--executor shard the images of an ONNX model run here: not with --predictions, "
+                             "--batch-size or a compiled artifact")
+        bar, update = _progress(f"evaluating {model.name}" + (f" ({ex.describe()})" if sharded else ""))
+        with bar:
+            if sharded:
+                from onnxforge.evaluate.executor import evaluate_sharded
+
+                result = evaluate_sharded(model, dataset, data_root, ex, preset=preset, backend=be, limit=limit,
+                                          reference=reference, num_classes=num_classes, progress=update)
+            else:
+                result = run_evaluate(
+                    model, dataset, data_root, preset=preset, backend=be, limit=limit, batch_size=batch_size,
+                    progress=update, reference=reference, predictions=predictions, num_classes=num_classes,
+                )
     console.out.print(render_result(result))
     for note in result.notes:
         console.out.print(f"note: {note}")

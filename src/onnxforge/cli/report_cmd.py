@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 
 from onnxforge.cli import console
-from onnxforge.cli.common import data_source, decision_table, parse_budget, timing_policy
+from onnxforge.cli.common import (data_source, decision_table, executor_from_cli, executor_option, parse_budget,
+                                  ray_address_option, timing_policy, workers_option)
 from onnxforge.cli.console import OutputFormat, format_option, quiet_option
 
 
@@ -34,6 +35,9 @@ def report(
     max_rounds: int = typer.Option(200, "--max-rounds", help="Most timing rounds; timing stops earlier once every verdict is stable."),
     max_seconds: float = typer.Option(30.0, "--max-seconds", help="Time limit of one timing run (seconds)."),
     keep_stages: str = typer.Option("best", "--keep-stages", help="Models kept: best (the baseline and best.onnx), all (every stage), none."),
+    workers: int = workers_option(),
+    executor: str = executor_option(),
+    ray_address: Optional[str] = ray_address_option(),
     fmt: OutputFormat = format_option(),
     quiet: bool = quiet_option(),
 ) -> None:
@@ -44,6 +48,8 @@ def report(
     the accuracy budget and faster (or exact and smaller at the same speed). The kept passes together
     are measured as the combined stage and written as best.onnx, with the command that rebuilds it.
     Writes report.json, report.md, a self-contained report.html and the plot, all or nothing.
+    With --workers N (or --executor ray) the stages' and per-node variants' evaluations run in parallel,
+    with results identical to a serial run; timing stays serial and interleaved in this process.
     """
     from onnxforge.cli.console import parse_int_list
     from onnxforge.evaluate.ab import run_report
@@ -53,10 +59,10 @@ def report(
     policy = timing_policy(min_rounds, max_rounds, max_seconds)
     command = "onnxforge " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     out = console.Output(fmt, quiet)
-    with out.progress("report") as update:
+    with executor_from_cli(executor, workers, ray_address, threads) as ex, out.progress("report") as update:
         result = run_report(model, passes, output, source, backend=backend, batch_sizes=sizes, isolated=isolated,
                             budget=parse_budget(budget), per_node=per_node, threads=threads, timing=policy,
-                            keep_stages=keep_stages, progress=update, command=command)
+                            keep_stages=keep_stages, progress=update, command=command, executor=ex)
     print_result(result, out)
 
 

@@ -36,6 +36,7 @@ import onnx
 
 from onnxforge.backends import Backend
 from onnxforge.errors import ForgeError, OutputPathError, PassError
+from onnxforge.evaluate.executor import EvalUnit, Executor, ModelBlob, SerialExecutor, run_eval_unit
 from onnxforge.evaluate.history import Budget, StageEval, decide, fill_deltas, judge_accuracy, model_sha256, primary_metric
 from onnxforge.evaluate.timing import TimingPolicy, Timings, analyse, measure_interleaved
 from onnxforge.modelio import load_model
@@ -117,29 +118,58 @@ def _classes_of(model: onnx.ModelProto) -> int | None:
 
 
 class StageRunner:
-    """Evaluates stage models against one baseline (kept for agreement)."""
+    """Evaluates stage models against one baseline (kept for agreement), as work units on an executor.
+
+    `measure_all` scores many stages in one `Executor.map` (in input order, so results do not depend on the
+    executor); each unit is `executor.EvalUnit`: the stage's bytes, the baseline's bytes as reference, the
+    data description, the backend spec and the executor's thread budget."""
 
     def __init__(self, baseline: onnx.ModelProto, data: DataSource, backend: str | Backend, threads: int,
-                 progress: Progress | None) -> None:
+                 progress: Progress | None, executor: Executor | None = None) -> None:
         self.baseline = baseline
         self.data = data
         self.backend = backend
         self.threads = threads
         self.progress = progress
+        self.executor = executor if executor is not None else SerialExecutor()
         self.model_classes = _classes_of(baseline)
         self.num_classes = data.num_classes or self.model_classes
         self.per_image: dict[str, object] = {}  # stage name -> EvalResult.per_image (for the bootstrap)
         self.dataset_classes: int | None = None  # as the baseline's evaluation reported it
+        self._reference = ModelBlob.of(baseline)
+
+    def unit(self, stage: StageEval, model: onnx.ModelProto, with_reference: bool) -> EvalUnit:
+        """The evaluation of `model` as a pure work unit (what an executor runs and a cache can key)."""
+        d = self.data
+        return EvalUnit(model=self._reference if model is self.baseline else ModelBlob.of(model), dataset=d.dataset,
+                        data_root=None if d.data_root is None else str(d.data_root), preset=d.preset, limit=d.limit,
+                        num_classes=self.num_classes, backend=str(self.backend), threads=self.executor.threads,
+                        reference=self._reference if with_reference else None, per_image=True, label=stage.name)
 
     def measure(self, stage: StageEval, model: onnx.ModelProto, with_reference: bool) -> None:
-        from onnxforge.evaluate.evaluator import evaluate
+        self.measure_all([(stage, model, with_reference)])
 
-        cb = (lambda d, t: self.progress(f"evaluate {stage.name}", d, t)) if self.progress else None
-        result = evaluate(
-            model, self.data.dataset, self.data.data_root, preset=self.data.preset, backend=self.backend,
-            limit=self.data.limit, progress=cb, reference=self.baseline if with_reference else None,
-            num_classes=self.num_classes, per_image=True,
-        )
+    def measure_all(self, items: Sequence[tuple[StageEval, onnx.ModelProto, bool]]) -> None:
+        """Scores every (stage, model, with_reference) and fills the stages' accuracy and agreement.
+
+        The baseline's unit (with_reference False) must be among the first call's items: it sets the
+        dataset's and model's class counts the judging reads."""
+        if not items:
+            return
+        units = [self.unit(s, m, r) for s, m, r in items]
+        if getattr(self.executor, "in_process", False):  # per-image progress where the units run here
+            results = []
+            for (stage, _, _), u in zip(items, units):
+                cb = (lambda d, t, n=stage.name: self.progress(f"evaluate {n}", d, t)) if self.progress else None
+                results.append(run_eval_unit(u, progress=cb))
+        else:
+            phase = f"evaluate {len(units)} stages on {self.executor.describe()}"
+            cb = (lambda d, t: self.progress(phase, d, t)) if self.progress else None
+            results = self.executor.map(run_eval_unit, units, cb)
+        for (stage, _, with_reference), result in zip(items, results):
+            self._fill(stage, result, with_reference)
+
+    def _fill(self, stage: StageEval, result, with_reference: bool) -> None:
         if result.per_image is not None:
             self.per_image[stage.name] = result.per_image
         if not with_reference:
@@ -173,11 +203,12 @@ def _failed_stage(name: str, p: Pass, pipeline: str, parent: str, parent_model: 
 
 
 class ABInstrument(Instrument):
-    """The A/B evaluator as a pass-manager instrument: after each pass, the model becomes a stage
-    (named `{index}-{pass}`, parent the previous stage) whose accuracy and agreement are measured.
+    """The A/B evaluator's pass-manager instrument: after each pass, the model becomes a stage (named
+    `{index}-{pass}`, parent the previous stage) with its model kept for measuring.
 
-    One manager run with this instrument is a cumulative report's measurement; timing comes after, for
-    all stages together (never one at a time while the manager runs)."""
+    Stages are measured after the manager run, all together (`StageRunner.measure_all`: one executor map,
+    so independent stages can run in parallel); timing comes after that, for all stages together (never
+    one at a time while the manager runs)."""
 
     def __init__(self, runner: StageRunner, parent: str = "baseline", offset: int = 0,
                  pipeline_prefix: Sequence[str] = (), parent_model: onnx.ModelProto | None = None) -> None:
@@ -195,7 +226,6 @@ class ABInstrument(Instrument):
         name = f"{self.offset + record.index}-{p.name}"
         self.applied.append(str(p))
         stage = _stage_from(name, p, ",".join(self.applied), self.parent, model, record)
-        self.runner.measure(stage, model, with_reference=True)
         self.stages.append(stage)
         self.models[name], self.passes[name] = model, p
         self.parent, self.parent_model = name, model
@@ -251,14 +281,20 @@ def decide_pipeline(
     progress: Progress | None = None,
     clock: Callable[[], float] = time.perf_counter,
     candidates_factory: Callable[..., dict] | None = None,
+    executor: Executor | None = None,
 ) -> Decision:
     """Measures the baseline and every stage, decides each, and measures the combined stage.
+
+    Every stage model is produced first (pass manager), then the baseline, the stages and the per-node
+    variants are scored in one `executor` map (default: serially in this process); results and decisions
+    do not depend on the executor. Timing runs after that, serially, in this process.
 
     Args:
         backend: a backend spec (``onnxruntime{device=cuda,threads=2}``) or Backend; every stage is
             evaluated and timed on it (`threads`, when not 0, fills its threads option).
         candidates_factory: builds the timing candidates from {name: model} (default: a backend session
             per model, see `backend_candidates`); tests pass fake runners with a fake `clock`.
+        executor: where accuracy evaluations run (`evaluate.executor`; the caller closes it).
 
     Raises:
         ForgeError: bad budget, timing policy or per-node pass; the backend cannot run a model.
@@ -268,12 +304,12 @@ def decide_pipeline(
     pipe = pipeline if isinstance(pipeline, Pipeline) else parse_pipeline(pipeline)
     node_pass = _node_protocol(per_node) if per_node else None
     backend = resolve_backend(backend, threads)
-    runner = StageRunner(model, data, backend, threads, progress)
+    runner = StageRunner(model, data, backend, threads, progress, executor)
     base = _stage_from("baseline", None, "", None, model)
     base.verdict, base.reason = "baseline", "the input model"
-    runner.measure(base, model, with_reference=False)
     stages, models, passes, node_of = [base], {"baseline": model}, {}, {}  # node_of: per-node stage -> node
 
+    # every stage model first (the pass manager, serially), then all of them scored in one executor map
     if isolated:
         for i, p in enumerate(pipe.passes, start=1):
             inst = ABInstrument(runner, offset=i - 1)
@@ -301,6 +337,9 @@ def decide_pipeline(
                 parent, parent_model, prefix = good[-1].name, inst.models[good[-1].name], good[-1].pipeline.split(",")
             offset += done
             remaining = remaining[done:]
+    node_stages = _node_variants(node_pass, model, seed, verify) if node_pass is not None else []
+    runner.measure_all([(base, model, False)] + [(s, models[s.name], True) for s in stages[1:] if s.name in models]
+                       + [(s, m, True) for s, m, _, _ in node_stages])
 
     warnings = _meaningless(base, model, runner)
     meaningless = bool(warnings)
@@ -314,7 +353,7 @@ def decide_pipeline(
             judge_accuracy(s, base, budget, judged["metric"] or None, judged["source"])
 
     if node_pass is not None:
-        stages += _per_node(node_pass, model, base, runner, budget, judged, seed, verify, models, passes, node_of)
+        stages += _per_node(node_pass, model, node_stages, base, runner, budget, judged, seed, verify, models, passes, node_of)
 
     factory = candidates_factory or (lambda ms: backend_candidates(ms, backend))
     timed = [s for s in stages if s.name in models]
@@ -355,27 +394,32 @@ def decide_pipeline(
     return Decision(stages, best, best_model, combined, chosen, models, judged, warnings, timings)
 
 
-def _per_node(node_pass, model, base, runner, budget, judged, seed, verify, models, passes, node_of) -> list[StageEval]:
-    """One stage per node the pass selects (that node alone, on the baseline), then the nodes within budget."""
-    out: list[StageEval] = []
-    keep: list[str] = []
-    names = list(node_pass.candidates(model))
-    for node in names:
+def _node_variants(node_pass, model, seed, verify) -> list[tuple[StageEval, onnx.ModelProto, Pass, str]]:
+    """One (stage, model, pass, node) per node the pass selects and changes: that node alone, on the baseline."""
+    out = []
+    for node in list(node_pass.candidates(model)):
         p = node_pass.with_nodes([node])
-        name = f"node-{_slug(node)}"
         try:
             result = PassManager([p], verify=verify, seed=seed).run(model)
         except PassError as exc:
             log.warning("per-node %s: %s", node, exc)
             continue
-        stage = _stage_from(name, p, str(p), "baseline", result.model, result.stages[0])
-        if not stage.modified:
-            continue
-        runner.measure(stage, result.model, with_reference=True)
+        stage = _stage_from(f"node-{_slug(node)}", p, str(p), "baseline", result.model, result.stages[0])
+        if stage.modified:
+            out.append((stage, result.model, p, node))
+    return out
+
+
+def _per_node(node_pass, model, variants, base, runner, budget, judged, seed, verify, models, passes, node_of) -> list[StageEval]:
+    """Judges the measured per-node `variants` (`_node_variants`), then measures the nodes within budget together."""
+    out: list[StageEval] = []
+    keep: list[str] = []
+    names = list(node_pass.candidates(model))
+    for stage, stage_model, p, node in variants:
         judge_accuracy(stage, base, budget, judged["metric"] or None, judged["source"])
         out.append(stage)
-        models[name], passes[name] = result.model, p
-        node_of[name] = node
+        models[stage.name], passes[stage.name] = stage_model, p
+        node_of[stage.name] = node
         if stage.accuracy_verdict == "within":
             keep.append(node)
     if keep and len(keep) != len(names):
@@ -647,6 +691,7 @@ def run_report(
     command: str | None = None,
     clock: Callable[[], float] = time.perf_counter,
     candidates_factory: Callable[..., dict] | None = None,
+    executor: Executor | None = None,
 ) -> ReportResult:
     """Decides every stage (`decide_pipeline`) and writes the report directory all or nothing.
 
@@ -676,7 +721,7 @@ def run_report(
     baseline_model = load_model(model_path)
     t0 = time.perf_counter()
     d = decide_pipeline(baseline_model, pipe, data, backend, budget, isolated, per_node, threads, seed, timing,
-                        progress=progress, clock=clock, candidates_factory=candidates_factory)
+                        progress=progress, clock=clock, candidates_factory=candidates_factory, executor=executor)
     stages, best = d.stages, d.best
     for bi, b in enumerate(batch_sizes):
         if bi == 0:

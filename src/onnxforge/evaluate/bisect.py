@@ -77,10 +77,12 @@ Scorer = Callable[[onnx.ModelProto], float]
 
 
 def make_scorer(model: onnx.ModelProto, dataset: str, data_root: str | Path | None, preset: str | None = None, *,
-                limit: int | None = None, backend: str = "onnxruntime") -> tuple[Scorer, str, Any]:
+                limit: int | None = None, backend: str = "onnxruntime", executor: Any = None) -> tuple[Scorer, str, Any]:
     """A scorer for models like `model` on one evaluation plan (planned once).
 
-    The score is the dataset metric; where it is None (no labels) the agreement with `model`.
+    The score is the dataset metric; where it is None (no labels) the agreement with `model`. With an
+    `executor` (`evaluate.executor`, not serial) each evaluation's images are split into one shard per
+    worker and the shards merged: the same score, sooner (bisection itself is sequential).
     Returns (scorer, metric name, plan).
     """
     from onnxforge.evaluate.evaluator import ModelRunner, plan_evaluation, score
@@ -88,8 +90,13 @@ def make_scorer(model: onnx.ModelProto, dataset: str, data_root: str | Path | No
     plan = plan_evaluation(model, dataset, data_root, preset, limit=limit, label="baseline")
 
     def scorer(candidate: onnx.ModelProto) -> float:
-        with ModelRunner(candidate, backend, label="candidate") as run, ModelRunner(model, backend, label="baseline") as ref:
-            result = score(plan, run, reference=ref)
+        if executor is not None and not getattr(executor, "in_process", False):
+            from onnxforge.evaluate.executor import score_sharded
+
+            result = score_sharded(plan, candidate, executor, backend, reference=model)
+        else:
+            with ModelRunner(candidate, backend, label="candidate") as run, ModelRunner(model, backend, label="baseline") as ref:
+                result = score(plan, run, reference=ref)
         value = result.metrics.get(result.metric)
         if value is None and result.agreement:
             value = next((v for v in result.agreement.values() if v is not None), None)

@@ -127,9 +127,10 @@ class SerialExecutor(_Base):
 
     name = "serial"
     summary = "in this process, one unit after the other (default)"
+    in_process = True  # callers may run units themselves here (with per-image progress)
 
     def __init__(self, workers: int = 1, threads: int = 0, **_: Any) -> None:
-        self.workers, self.threads = 1, threads
+        self.workers, self.threads = 1, threads or 0
 
     def map(self, fn: Callable[[U], R], units: Sequence[U], progress: Progress | None = None) -> list[R]:
         out = []
@@ -444,21 +445,75 @@ class EvalUnit:
         return replace(self, model=rebind(self.model), reference=rebind(self.reference))
 
 
-def run_eval_unit(unit: EvalUnit):
-    """Evaluates `unit` (the module-level function executors run); returns its `EvalResult`."""
-    from onnxforge.backends import parse_backend
+def run_eval_unit(unit: EvalUnit, progress: Progress | None = None):
+    """Evaluates `unit` (the module-level function executors run); returns its `EvalResult`.
+
+    `progress(done, total)` per batch of images, where the unit runs in the caller's process."""
     from onnxforge.evaluate.evaluator import evaluate
 
-    backend = parse_backend(unit.backend)
-    if unit.threads and "threads" in {f for f in _option_names(backend)} and "threads" not in backend.non_default_options():
-        backend = backend.with_options(threads=unit.threads)
+    backend = _unit_backend(unit.backend, unit.threads)
+    return evaluate(unit.model.proto(), unit.dataset, unit.data_root, preset=unit.preset, backend=backend,
+                    limit=unit.limit, reference=unit.reference.proto() if unit.reference is not None else None,
+                    num_classes=unit.num_classes, per_image=unit.per_image, model_label=unit.label, shard=unit.shard,
+                    progress=progress)
+
+
+@dataclass(frozen=True)
+class ScoreUnit:
+    """One shard of a scoring on a plan made already (`evaluator.plan_evaluation`, pickled with its dataset
+    description): what `bisect` runs, where every candidate is checked against the baseline's plan."""
+
+    plan: Any
+    model: ModelBlob
+    backend: str = "onnxruntime"
+    threads: int = 0
+    reference: ModelBlob | None = None
+    shard: tuple[int, int] | None = None
+    label: str = "candidate"
+
+    blobs = EvalUnit.blobs
+    bind = EvalUnit.bind
+
+
+def run_score_unit(unit: ScoreUnit):
+    """Scores `unit` (its shard of the plan's dataset); returns the shard's `EvalResult`."""
+    from onnxforge.evaluate.evaluator import ModelRunner, score
+
+    backend = _unit_backend(unit.backend, unit.threads)
+    plan = unit.plan if unit.shard is None else replace(unit.plan, dataset=unit.plan.dataset.shard(*unit.shard))
+    with ModelRunner(unit.model.proto(), backend, label=unit.label) as run:
+        if unit.reference is None:
+            return score(plan, run)
+        with ModelRunner(unit.reference.proto(), backend, label="baseline") as ref:
+            return score(plan, run, reference=ref)
+
+
+def score_sharded(plan: Any, model: onnx.ModelProto, executor: Executor, backend: str = "onnxruntime",
+                  reference: onnx.ModelProto | None = None, label: str = "candidate"):
+    """`evaluator.score` of `model` on `plan`, its dataset split into one contiguous shard per worker and
+    merged (`merge_results`): every metric equals the unsharded score's."""
+    from onnxforge.evaluate.evaluator import merge_results
+
+    bounds = shard_bounds(len(plan.dataset), executor.workers)
+    blob, ref = ModelBlob.of(model), ModelBlob.of(reference) if reference is not None else None
+    units = [ScoreUnit(plan, blob, str(backend), executor.threads, ref, b if len(bounds) > 1 else None, label)
+             for b in bounds]
+    return merge_results(executor.map(run_score_unit, units))
+
+
+def _unit_backend(spec: str, threads: int):
+    """The backend of a unit's spec, `threads` filling its threads option where the spec leaves it unset and this
+    worker's device (`worker_device`) its device option."""
+    from onnxforge.backends import parse_backend
+
+    backend = parse_backend(spec)
+    if threads and "threads" in set(_option_names(backend)) and "threads" not in backend.non_default_options():
+        backend = backend.with_options(threads=threads)
     dev = worker_device()
     opt = DEVICE_OPTIONS.get(backend.name)
     if dev is not None and opt is not None:
         backend = backend.with_options(**{opt: dev})
-    return evaluate(unit.model.proto(), unit.dataset, unit.data_root, preset=unit.preset, backend=backend,
-                    limit=unit.limit, reference=unit.reference.proto() if unit.reference is not None else None,
-                    num_classes=unit.num_classes, per_image=unit.per_image, model_label=unit.label, shard=unit.shard)
+    return backend
 
 
 def _option_names(backend) -> Iterator[str]:
