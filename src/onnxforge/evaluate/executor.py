@@ -280,13 +280,25 @@ def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
         raise ForgeError(f"--ray-address {address}: cannot reach a Ray cluster there ({reason})") from None
 
 
+def _local_runtime_env() -> dict:
+    """A local cluster's workers import onnxforge from where this process does (a source tree on sys.path
+    included), whatever the working directory."""
+    import onnxforge
+
+    here = str(Path(onnxforge.__file__).resolve().parents[1])
+    paths = [here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != here]
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
+
+
 @register_executor
 class RayExecutor(_Base):
     """Units as Ray tasks on a cluster (`address`), or on a local one started here (`address` None).
 
     Model bytes are put in the object store once each and passed to tasks by reference (`Shareable`);
     data is a description (dataset root and shard range, or the synthetic seed), so a dataset on disk must be
-    readable at the same path on every node. Each task asks Ray for `threads` CPUs (its session's threads).
+    readable at the same path on every node, and onnxforge installed on every node of a cluster (a local
+    cluster's workers import it from where this process does). Each task asks Ray for `threads` CPUs (its
+    session's threads).
 
     Raises:
         BackendUnavailable: ray is not installed.
@@ -312,7 +324,7 @@ class RayExecutor(_Base):
                     self.ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
                 else:
                     self.ray.init(num_cpus=num_cpus or max(workers * self.threads, 1), include_dashboard=False,
-                                  log_to_driver=False, logging_level=logging.WARNING)
+                                  log_to_driver=False, logging_level=logging.WARNING, runtime_env=_local_runtime_env())
             except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
                 raise ForgeError(f"ray: cannot start or join the cluster"
                                  f"{' at ' + address if address else ''}: {str(exc).splitlines()[0][:200]}") from None
