@@ -248,6 +248,9 @@ def test_ray_local_cluster_equals_serial():
             ray.put = real_put
         parallel = _decide(executor)
         sharded = evaluate_sharded(m, "synthetic", None, executor, limit=4)
+        bad = EvalUnit(model=ModelBlob.of(m), dataset="voc2012", data_root="/nonexistent", preset="pspnet")
+        with pytest.raises(ForgeError, match="nonexistent"):  # the unit's own error, not a Ray wrapper
+            executor.map(run_eval_unit, [bad])
     finally:
         executor.close()
     # six model references, two distinct models: each put in the object store once

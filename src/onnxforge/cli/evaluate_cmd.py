@@ -104,16 +104,17 @@ def evaluate(
         check_output_path(model, json_path)
     with executor_from_cli(executor, workers, ray_address, be.non_default_options().get("threads")) as ex:
         sharded = not getattr(ex, "in_process", False)
-        if sharded and (predictions is not None or batch_size is not None or be.is_artifact(model)):
-            raise ForgeError("--workers/--executor shard the images of an ONNX model run here: not with --predictions, "
-                             "--batch-size or a compiled artifact")
+        if sharded and (predictions is not None or be.is_artifact(model)):
+            raise ForgeError("--workers/--executor shard the images of an ONNX model run here: not with --predictions "
+                             "or a compiled artifact")
         bar, update = _progress(f"evaluating {model.name}" + (f" ({ex.describe()})" if sharded else ""))
         with bar:
             if sharded:
                 from onnxforge.evaluate.executor import evaluate_sharded
 
                 result = evaluate_sharded(model, dataset, data_root, ex, preset=preset, backend=be, limit=limit,
-                                          reference=reference, num_classes=num_classes, progress=update)
+                                          reference=reference, num_classes=num_classes, progress=update,
+                                          batch_size=batch_size)
             else:
                 result = run_evaluate(
                     model, dataset, data_root, preset=preset, backend=be, limit=limit, batch_size=batch_size,

@@ -2,13 +2,16 @@
 
 Contract of `run_report` (and `decide_pipeline`, its file-less core):
 - The baseline and every stage run on the same inputs and backend. Stages are cumulative by default
-  (one pass-manager run with `ABInstrument` measuring after each pass: stage i = passes 1..i) or
+  (one pass-manager run with `ABInstrument` keeping the model after each pass: stage i = passes 1..i) or
   isolated (each pass alone on the baseline). `per_node=PASS` adds one stage per node PASS selects
   (`PASS.candidates(model)`, `PASS.with_nodes(names)`), alone on the baseline, and a stage of the nodes
   whose accuracy stayed within budget.
-- Each stage is verified by the pass manager (exact passes numerically), evaluated for accuracy and
-  agreement with the baseline; then all stages are timed together, serially, in interleaved rounds
-  with an A/A copy of the baseline measuring the noise floor (`evaluate.timing`), adaptively.
+- Each stage is verified by the pass manager (exact passes numerically). Every stage model is produced
+  first; then the baseline, the stages and the per-node variants are evaluated for accuracy and agreement
+  with the baseline as independent work units on an executor (`evaluate.executor`: serial by default, a
+  process pool or Ray; results in input order, identical whichever runs them). Then all stages are timed
+  together, serially in this process, in interleaved rounds with an A/A copy of the baseline measuring the
+  noise floor (`evaluate.timing`), adaptively; never concurrent with an evaluation.
 - Verdicts follow `history.judge_accuracy` + `history.decide`: two axes (accuracy within/over budget;
   speed faster/same/slower than the parent, with its interval). Deterministic for the same samples.
 - The combined stage is the pipeline of every kept pass, applied to the baseline, measured against it;

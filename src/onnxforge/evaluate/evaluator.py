@@ -122,7 +122,7 @@ class EvalResult:
     model_classes: int | None = None
     per_image: PerImage | None = None
     #: the metric and agreement accumulators (`Metric`, `Agreement` or None), for `merge_results`; not serialised
-    state: tuple[Any, Any] | None = field(default=None, repr=False)
+    state: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def overhead_s(self) -> float:

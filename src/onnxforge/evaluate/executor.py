@@ -358,8 +358,8 @@ class RayExecutor(_Base):
                 except ray.exceptions.RayTaskError as exc:
                     for c in pending:
                         ray.cancel(c)
-                    cause = exc.as_instanceof_cause()
-                    raise (cause.cause if isinstance(getattr(cause, "cause", None), BaseException) else cause) from None
+                    cause = getattr(exc, "cause", None)  # the unit's own exception (a ForgeError: one line)
+                    raise (cause if isinstance(cause, BaseException) else exc) from None
                 log.debug("ray unit %d done", index[r])
             if progress is not None:
                 progress(done, len(units))
@@ -443,6 +443,7 @@ class EvalUnit:
     shard: tuple[int, int] | None = None
     per_image: bool = False
     label: str | None = None
+    batch_size: int | None = None
 
     def blobs(self) -> dict[str, bytes]:
         out = {}
@@ -466,7 +467,7 @@ def run_eval_unit(unit: EvalUnit, progress: Progress | None = None):
     backend = _unit_backend(unit.backend, unit.threads)
     return evaluate(unit.model.proto(), unit.dataset, unit.data_root, preset=unit.preset, backend=backend,
                     limit=unit.limit, reference=unit.reference.proto() if unit.reference is not None else None,
-                    num_classes=unit.num_classes, per_image=unit.per_image, model_label=unit.label, shard=unit.shard,
+                    num_classes=unit.num_classes, per_image=unit.per_image, model_label=unit.label, shard=unit.shard, batch_size=unit.batch_size,
                     progress=progress)
 
 
@@ -568,6 +569,7 @@ def evaluate_sharded(
     per_image: bool = False,
     model_label: str | None = None,
     progress: Progress | None = None,
+    batch_size: int | None = None,
 ):
     """`evaluator.evaluate` with the image list split into `shards` contiguous shards (default: one per
     worker) scored on `executor` and merged (`evaluator.merge_results`: summed confusion statistics, counts,
@@ -587,14 +589,15 @@ def evaluate_sharded(
     be = parse_backend(backend)
     label = model_label or (str(model) if not isinstance(model, onnx.ModelProto) else None)
     proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
-    plan = plan_evaluation(proto, dataset, data_root, preset, limit=limit, num_classes=num_classes, label=label)
+    plan = plan_evaluation(proto, dataset, data_root, preset, limit=limit, num_classes=num_classes, label=label,
+                           batch_size=batch_size)
     n = len(plan.dataset)
     bounds = shard_bounds(n, shards or executor.workers)
     ref = ModelBlob.of(reference if isinstance(reference, onnx.ModelProto) else load_model(reference)) if reference is not None else None
     blob = ModelBlob.of(proto)
     units = [EvalUnit(model=blob, dataset=dataset, data_root=None if data_root is None else str(data_root), preset=preset,
                       limit=limit, num_classes=num_classes, backend=str(be), threads=executor.threads, reference=ref,
-                      shard=b, per_image=per_image, label=plan.label) for b in bounds]
+                      shard=b, per_image=per_image, label=plan.label, batch_size=batch_size) for b in bounds]
     parts = executor.map(run_eval_unit, units, progress)
     note = (f"scored in {len(bounds)} shards of {bounds[0][1] - bounds[0][0]}"
             f"{'' if len({b - a for a, b in bounds}) == 1 else '-' + str(bounds[-1][1] - bounds[-1][0])} images "
