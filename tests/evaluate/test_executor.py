@@ -273,3 +273,31 @@ def test_ray_missing_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with pytest.raises(BackendUnavailable, match=r"pip install 'onnxforge\[ray\]'"):
         ex.RayExecutor()
+
+
+AGREEMENT_SNIPPET = """
+import numpy as np
+from onnxforge.evaluate.agreement import Agreement
+rng = np.random.default_rng(0)
+a = Agreement(3)
+for _ in range(3):
+    x = rng.standard_normal(1_000_000).astype(np.float32)
+    a.update_raw(x, x + 0.01 * rng.standard_normal(x.size).astype(np.float32))
+print(repr(a.result()))
+"""
+
+
+def test_agreement_sums_do_not_depend_on_the_blas_thread_count():
+    """Ray runs workers with OMP_NUM_THREADS=1; a BLAS dot product splits its sum by threads. The raw
+    agreement statistics must be the same digits either way, or Ray would not equal serial."""
+    import os
+    import subprocess
+    import sys
+
+    out = []
+    for threads in ("1", "2"):
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        proc = subprocess.run([sys.executable, "-c", AGREEMENT_SNIPPET], env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        out.append(proc.stdout)
+    assert out[0] == out[1]

@@ -113,7 +113,10 @@ class Agreement:
         d = np.abs(x - y)
         if d.size:
             self.raw_max = max(self.raw_max, float(d.max()))
-        part = (float(d.sum()), float(x @ y), float(x @ x), float(y @ y))
+        # einsum, not `@`: BLAS splits a dot product by its thread count (Ray workers run with
+        # OMP_NUM_THREADS=1), which changes the last digits; einsum's own loop gives the same sum everywhere
+        part = (float(d.sum()), float(np.einsum("i,i->", x, y)), float(np.einsum("i,i->", x, x)),
+                float(np.einsum("i,i->", y, y)))
         self.raw_count += d.size
         self._add_raw(part)
         self.raw_parts.append(part)
