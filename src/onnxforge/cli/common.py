@@ -86,7 +86,7 @@ def executor_option():
     from onnxforge.evaluate.executor import executor_names
 
     return typer.Option("serial", "--executor", help=f"Where evaluations run: {' | '.join(executor_names())} "
-                        "(serial with --workers > 1 means pool; ray needs the extra: pip install 'onnxforge[ray]').")
+                        "(serial with --workers > 1 means pool; ray needs the ray extra: pip install 'onnxforge\\[ray]').")
 
 
 def ray_address_option():
