@@ -301,3 +301,36 @@ def test_agreement_sums_do_not_depend_on_the_blas_thread_count():
         assert proc.returncode == 0, proc.stderr
         out.append(proc.stdout)
     assert out[0] == out[1]
+
+
+def test_bisect_with_two_workers_finds_the_same_culprit_and_scores(tmp_path, capsys):
+    import json
+
+    from onnxforge.cli.app import main
+    from tests.cli.test_bisect_cli import seg_model as bisect_model
+
+    model = tmp_path / "m.onnx"
+    bisect_model(model)
+    found = []
+    for workers in ("1", "2"):
+        out = tmp_path / f"repro{workers}"
+        rc = main(["bisect", str(model), "--passes", "simplify,resize-nearest,simplify", "--synthetic", "4",
+                   "--budget", "0.5pt", "-o", str(out), "--workers", workers])
+        assert rc == 0, capsys.readouterr().out
+        data = json.loads((out / "bisect.json").read_text())
+        found.append({k: data[k] for k in ("culprit", "culprit_index", "nodes", "stages", "baseline")})
+    assert found[0] == found[1] and found[0]["culprit"].startswith("resize-nearest")
+
+
+def test_optimize_auto_with_two_workers_runs_and_writes_a_model_that_runs(cli, tmp_path):
+    from onnxforge.modelio import load_model, save_model
+    from onnxforge.numerics import run_model, seeded_inputs
+
+    model = save_model(tiny_segmenter(), tmp_path / "tiny.onnx")
+    out = tmp_path / "opt.onnx"
+    proc = cli("optimize", model, "-o", out, "--passes", "simplify,fp16-output", "--auto", "--synthetic", "2",
+               "--workers", "2", "--min-rounds", "3", "--max-rounds", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert "kept:" in proc.stdout
+    m = load_model(out)
+    assert run_model(m, seeded_inputs(m))
