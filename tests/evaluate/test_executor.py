@@ -87,6 +87,8 @@ def test_a_unit_is_a_picklable_description_and_its_model_travels_as_a_blob():
     bare = u.bind({})
     assert bare.model.data is None and pickle.loads(pickle.dumps(bare)) == bare
     assert bare.bind(u.blobs()) == u
+    assert bare.key() == u.key() and "label" not in u.key() and u.key()["model"] == u.model.sha256
+    assert EvalUnit(model=ModelBlob.of(seg_model(classes=3, seed=1)), dataset="synthetic", limit=2).key() != u.key()
     with pytest.raises(ForgeError, match="not bound"):
         run_eval_unit(bare)
 
@@ -334,3 +336,14 @@ def test_optimize_auto_with_two_workers_runs_and_writes_a_model_that_runs(cli, t
     assert "kept:" in proc.stdout
     m = load_model(out)
     assert run_model(m, seeded_inputs(m))
+
+
+def _device_of(_unit) -> int | None:
+    return ex.worker_device()
+
+
+def test_a_device_mapped_pool_gives_each_worker_its_own_device():
+    with PoolExecutor(2, devices=[3, 5], cores=2) as pool:
+        got = pool.map(_device_of, list(range(6)))
+    assert set(got) <= {3, 5} and None not in got
+    assert SerialExecutor().map(_device_of, [0]) == [None]

@@ -141,11 +141,10 @@ class SerialExecutor(_Base):
         return out
 
 
-def _init_worker(devices, lock) -> None:
+def _init_worker(devices) -> None:
     global _WORKER_DEVICE
-    if devices is not None:
-        with lock:
-            _WORKER_DEVICE = devices.get()
+    if devices is not None:  # each worker takes one device from the queue, once, when it starts
+        _WORKER_DEVICE = devices.get()
 
 
 def _check_budget(workers: int, threads: int | None, cores: int, devices: Sequence[int] | None) -> int:
@@ -191,13 +190,13 @@ class PoolExecutor(_Base):
     def _ensure(self) -> cf.ProcessPoolExecutor:
         if self._pool is None:
             ctx = multiprocessing.get_context(START_METHOD)
-            queue = lock = None
+            queue = None
             if self.devices is not None:
-                queue, lock = ctx.Queue(), ctx.Lock()
+                queue = ctx.Queue()
                 for d in self.devices:
                     queue.put(d)
             self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                                initargs=(queue, lock))
+                                                initargs=(queue,))
         return self._pool
 
     def map(self, fn: Callable[[U], R], units: Sequence[U], progress: Progress | None = None) -> list[R]:
@@ -445,6 +444,16 @@ class EvalUnit:
     label: str | None = None
     batch_size: int | None = None
 
+    def key(self) -> dict[str, Any]:
+        """The description that decides the result, for a result cache: every field, models by sha256, without
+        `label` (it only names the model in errors). A cache adds the dataset's fingerprint (file list, sizes)
+        and the onnxforge version; `threads` is kept although metrics do not depend on it (tests check that)."""
+        return {"model": self.model.sha256, "reference": self.reference.sha256 if self.reference else None,
+                "dataset": self.dataset, "data_root": self.data_root, "preset": self.preset, "limit": self.limit,
+                "num_classes": self.num_classes, "backend": self.backend, "threads": self.threads,
+                "shard": list(self.shard) if self.shard else None, "per_image": self.per_image,
+                "batch_size": self.batch_size}
+
     def blobs(self) -> dict[str, bytes]:
         out = {}
         for b in (self.model, self.reference):
@@ -545,14 +554,6 @@ def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
         out.append((start, stop))
         start = stop
     return out
-
-
-def timed_map(executor: Executor, fn: Callable[[U], R], units: Sequence[U],
-              progress: Progress | None = None) -> tuple[list[R], float]:
-    """`executor.map` and its wall time in seconds."""
-    t0 = time.perf_counter()
-    out = executor.map(fn, units, progress)
-    return out, time.perf_counter() - t0
 
 
 def evaluate_sharded(
