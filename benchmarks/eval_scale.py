@@ -13,8 +13,9 @@ Contenders: ``serial`` (one process, onnxruntime's default threads: one per core
 ``ray`` (a local Ray cluster with `--workers` CPUs). The pool's and the cluster's start-up (spawning or
 starting workers, imports, a first session: a one-image unit per worker) is reported apart ("start s") and
 not inside their times, as an executor is started once per command. ``warm-cache``: the
-slot for the result cache (issue 16 item 1, another branch): `CONTENDERS` gets it once the cache is on main;
-until then the row says it was not measured.
+slot for the result cache (issue 16 item 1, another branch): once the cache is on main, the placeholder row in
+`main` becomes a second run of the serial contender against a cache warmed by the first (then expect only the
+pass manager and the timing rounds); until then the row says it was not measured.
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ def main() -> None:
         start = warm(pool)
         d, total, evals = run(pool, args.images)
         row(f"pool ({pool.describe()})", d, total, evals, round(start, 2))
+    # SLOT: the result cache (issue 16 item 1). Replace with run(SerialExecutor(), ...) on a warm cache.
     rows.append({"contender": "warm-cache", "note": "not measured: the result cache (issue 16 item 1) is not on this branch"})
     if not args.no_ray:
         t0 = time.perf_counter()
