@@ -246,6 +246,7 @@ def test_ray_local_cluster_equals_serial():
         ray.put = lambda x: put.append(x) or real_put(x)
         try:
             got = executor.map(run_eval_unit, units)
+            executor.map(run_eval_unit, units[1:])  # a later call reuses what is in the store already
         finally:
             ray.put = real_put
         parallel = _decide(executor)
@@ -255,7 +256,7 @@ def test_ray_local_cluster_equals_serial():
             executor.map(run_eval_unit, [bad])
     finally:
         executor.close()
-    # six model references, two distinct models: each put in the object store once
+    # eleven model references over two calls, two distinct models: each put in the object store once
     assert sorted(put) == sorted([m.SerializeToString(), other.SerializeToString()])
     assert [r.metrics for r in got] == [run_eval_unit(u).metrics for u in units]
     assert _decisions(parallel) == _decisions(_decide(None))

@@ -297,7 +297,8 @@ class RayExecutor(_Base):
     data is a description (dataset root and shard range, or the synthetic seed), so a dataset on disk must be
     readable at the same path on every node, and onnxforge installed on every node of a cluster (a local
     cluster's workers import it from where this process does). Each task asks Ray for `threads` CPUs (its
-    session's threads).
+    session's threads); how many run at once is the cluster's CPU count (a local cluster gets
+    ``workers x threads``), and `workers` is also the shard count of a sharded evaluation.
 
     Raises:
         BackendUnavailable: ray is not installed.
@@ -329,12 +330,13 @@ class RayExecutor(_Base):
                                  f"{' at ' + address if address else ''}: {str(exc).splitlines()[0][:200]}") from None
             self._started = True
         self._remote = self.ray.remote(num_cpus=self.threads)(_ray_call)
+        self._refs: dict[str, Any] = {}  # blob key -> ObjectRef, kept across `map` calls until `close`
 
     def map(self, fn: Callable[[U], R], units: Sequence[U], progress: Progress | None = None) -> list[R]:
         if not units:
             return []
         ray = self.ray
-        refs: dict[str, Any] = {}
+        refs = self._refs
         calls = []
         for u in units:
             if isinstance(u, Shareable):
@@ -365,6 +367,7 @@ class RayExecutor(_Base):
         return ray.get(calls)
 
     def close(self) -> None:
+        self._refs.clear()
         if self._started and self.ray.is_initialized():
             self.ray.shutdown()
         self._started = False
