@@ -1,3 +1,4 @@
 from onnxforge.cli.app import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # guarded: spawned evaluation workers import this module as __mp_main__
+    raise SystemExit(main())

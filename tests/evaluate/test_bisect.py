@@ -85,16 +85,40 @@ def test_ddmin_minimal():
     assert sorted(ddmin(list("abcdefgh"), fails)) == ["c", "f"]
 
 
-def test_scorer_judges_on_the_dataset_metric_not_agreement(tmp_path):
+def test_scorer_judges_on_the_dataset_metric_where_it_means_something(tmp_path):
     from onnxforge.evaluate.bisect import make_scorer
-    from onnxforge.evaluate.evaluator import evaluate
+    from tests.evaluate.test_evaluator import CITY_SPEC, oracle
+
+    root = _city(tmp_path)
+    model = oracle(19, (8, 16))
+    scorer, name, _ = make_scorer(model, "cityscapes", root, CITY_SPEC)
+    assert name == "mIoU" and scorer(model) == pytest.approx(3 / 19)  # not its agreement with itself (1.0)
+
+
+def test_scorer_judges_on_agreement_where_the_baseline_is_at_chance(tmp_path, caplog):
+    from onnxforge.evaluate.bisect import make_scorer
     from onnxforge.evaluate.synthetic import write_synthetic
     from tests.evaluate.test_report import C, H, W, tiny_segmenter
 
     root = tmp_path / "synth"
     write_synthetic(root, n=3, size=(H, W), classes=C)
     model = tiny_segmenter()
-    scorer, _, _ = make_scorer(model, "synthetic", root)
-    expected = evaluate(model, "synthetic", root).metrics["mIoU"]
-    assert expected < 1.0  # an untrained model: its mIoU differs from its agreement with itself (1.0)
-    assert scorer(model) == pytest.approx(expected)
+    scorer, name, _ = make_scorer(model, "synthetic", root)
+    assert name == "miou_vs_reference" and scorer(model) == pytest.approx(1.0)
+    assert "chance level" in caplog.text
+
+
+def _city(tmp_path):
+    """Three 8x16 Cityscapes images labelled so that `oracle` is right on 3 of the 19 classes."""
+    from tests.evaluate.builders import rand_image, write_png
+    from tests.evaluate.test_evaluator import TRAIN_TO_ID, _norm01
+
+    root = tmp_path / "cityscapes"
+    for k, city_name in enumerate(("aachen", "bonn", "koeln")):
+        prefix = f"{city_name}_000000_{k:06d}"
+        img = rand_image(8, 16, k)
+        write_png(root / "leftImg8bit" / "val" / city_name / f"{prefix}_leftImg8bit.png", img)
+        ids = TRAIN_TO_ID[_norm01(img).argmax(-1)]
+        ids[0, :5] = 0
+        write_png(root / "gtFine" / "val" / city_name / f"{prefix}_gtFine_labelIds.png", ids)
+    return root

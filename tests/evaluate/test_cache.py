@@ -436,3 +436,25 @@ def test_a_reference_run_is_recorded_for_the_next_comparison():
     first = evaluate(stage, "synthetic", None, limit=3, reference=rec)
     second = evaluate(stage, "synthetic", None, limit=3, reference=rec)
     assert first.reference_s > 0 and second.reference_s == 0.0 and first.agreement == second.agreement
+
+
+def test_a_pool_report_reads_and_writes_the_same_cache(tmp_path):
+    from onnxforge.evaluate.executor import PoolExecutor
+
+    model = tiny_segmenter()
+    data = DataSource("synthetic", None, None, 3)
+    serial_cache = EvalCache(tmp_path / "c")
+    serial = decide_pipeline(model, "simplify,transdata-align", data, timing=FAST, clock=fake_clock(),
+                             candidates_factory=fake_candidates(), cache=serial_cache)
+    runs = []
+    with PoolExecutor(2, threads=1, cores=2) as ex:
+        for _ in range(2):
+            cache = EvalCache(tmp_path / "c")
+            runs.append((cache, decide_pipeline(model, "simplify,transdata-align", data, timing=FAST, clock=fake_clock(),
+                                                candidates_factory=fake_candidates(), cache=cache, executor=ex)))
+    (first, _), (second, pooled) = runs
+    # the workers' sessions run 1 thread, part of the backend in the key: the first pool run stores its own
+    # results (counted here, from the workers' notes), the second reuses every one of them
+    assert first.stats.lookups == first.stats.stores >= 3 and first.stats.hits == 0
+    assert second.stats.lookups == second.stats.hits == first.stats.lookups
+    assert [(s.name, s.accuracy, s.agreement) for s in pooled.stages] == [(s.name, s.accuracy, s.agreement) for s in serial.stages]

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from onnxforge.cli import console
 from onnxforge.cli.common import cache_dir_option, cache_line, cache_size_option, no_cache_option, open_cache
+from onnxforge.cli.common import executor_from_cli, executor_option, ray_address_option, workers_option
 from onnxforge.errors import ForgeError
 
 
@@ -27,10 +28,15 @@ def bisect(
     no_cache: bool = no_cache_option(),
     cache_dir: Optional[Path] = cache_dir_option(),
     cache_size: str = cache_size_option(),
+    workers: int = workers_option(),
+    executor: str = executor_option(),
+    ray_address: Optional[str] = ray_address_option(),
 ) -> None:
     """Find the first pass that puts the model over the accuracy budget, then its smallest node set; write a reproducer.
 
-    Evaluations are cached by content and reused on a rerun (--no-cache to evaluate all again)."""
+    Evaluations are cached by content and reused on a rerun (--no-cache to evaluate all again). The search
+    is sequential; with --workers N each evaluation's images are split into N shards scored in parallel and
+    merged (the same scores)."""
     from onnxforge.cli.report_cmd import data_source
     from onnxforge.evaluate import bisect as bs
     from onnxforge.modelio import load_model
@@ -41,8 +47,10 @@ def bisect(
     src = data_source(dataset, data_root, synthetic, preset, limit)
     cache = open_cache(no_cache, cache_dir, cache_size)
     proto = load_model(model)
-    scorer, metric, plan = bs.make_scorer(proto, src.dataset, src.data_root, src.preset, limit=src.limit, cache=cache)
-    result = bs.bisect(proto, passes, scorer, want, metric)
+    with executor_from_cli(executor, workers, ray_address) as ex:
+        scorer, metric, plan = bs.make_scorer(proto, src.dataset, src.data_root, src.preset, limit=src.limit, cache=cache,
+                                              executor=ex)
+        result = bs.bisect(proto, passes, scorer, want, metric)
     table = Table(title=f"{model.name}: bisect {passes} (budget {want})")
     for col in ("stage", metric, "delta", "verdict"):
         table.add_column(col, overflow="fold")

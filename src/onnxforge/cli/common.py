@@ -114,3 +114,41 @@ def cache_line(cache, what: str = "evaluations") -> Optional[str]:
     if cache is None or cache.stats.lookups == 0 or cache.disabled_reason is not None:
         return None
     return cache.summary(what)
+
+
+#: what --workers/--executor say about timing, in every command's help
+PARALLEL_NOTE = ("Only accuracy evaluations run in parallel; timing runs stay serial and interleaved in this "
+                 "process, never concurrent with evaluations or with each other.")
+
+
+def workers_option():
+    import typer
+
+    return typer.Option(1, "--workers", help="Evaluations (stages, per-node variants, dataset shards) run on N worker "
+                        "processes, each with its own session and cores // N threads (workers x threads <= cores); "
+                        "1: serially in this process. " + PARALLEL_NOTE)
+
+
+def executor_option():
+    import typer
+
+    from onnxforge.evaluate.executor import executor_names
+
+    return typer.Option("serial", "--executor", help=f"Where evaluations run: {' | '.join(executor_names())} "
+                        "(serial with --workers > 1 means pool; ray needs the ray extra: pip install 'onnxforge\\[ray]').")
+
+
+def ray_address_option():
+    import typer
+
+    return typer.Option(None, "--ray-address", help="Ray cluster to run evaluations on (HOST:PORT, ray://HOST:PORT or auto; "
+                        "with --executor ray; default: a local cluster started for this run). Models go to the "
+                        "object store once; a dataset on disk must be at the same path on every node.")
+
+
+def executor_from_cli(name: str, workers: int, ray_address: Optional[str], threads: Optional[int] = None):
+    """The executor of --executor/--workers/--ray-address (--threads: each worker's threads, 0/None: its default);
+    a ForgeError naming the flag for a bad value (--workers 0, a budget over the cores, an unreachable address)."""
+    from onnxforge.evaluate.executor import make_executor
+
+    return make_executor(name, workers=workers, threads=threads or None, address=ray_address)

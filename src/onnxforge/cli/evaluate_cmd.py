@@ -10,7 +10,10 @@ import typer
 from rich.table import Table
 
 from onnxforge.cli import console
-from onnxforge.cli.common import cache_dir_option, cache_latency_option, cache_line, cache_size_option, no_cache_option, open_cache
+from onnxforge.cli.common import (
+    cache_dir_option, cache_latency_option, cache_line, cache_size_option, executor_from_cli, executor_option, no_cache_option,
+    open_cache, ray_address_option, workers_option,
+)
 from onnxforge.errors import ForgeError
 from onnxforge.evaluate.catalog import dataset_help
 from onnxforge.frontends import MODELS
@@ -111,6 +114,9 @@ def evaluate(
     cache_dir: Optional[Path] = cache_dir_option(),
     cache_size: str = cache_size_option(),
     cache_latency: bool = cache_latency_option(),
+    workers: int = workers_option(),
+    executor: str = executor_option(),
+    ray_address: Optional[str] = ray_address_option(),
 ) -> None:
     """Score a model on a dataset with the metric its upstream used (mIoU, pixAcc, top-1/5, IoU).
 
@@ -119,7 +125,9 @@ def evaluate(
     fractions in [0, 1]. --threads, --device and --soc-version fill the backend spec's options; one
     that contradicts the spec, or that the backend has no option for, is an error. The result is cached
     by content (model, data, backend, metric, reference, version) and reused on a rerun; its timings
-    only with --cache-latency (--no-cache to evaluate again).
+    only with --cache-latency (--no-cache to evaluate again). With --workers N (or --executor ray) the
+    image list is split into N contiguous shards scored in parallel and merged (mIoU from the summed
+    confusion statistics: the same numbers as one run, and the same cache entry).
     """
     from onnxforge.evaluate.evaluator import evaluate as run_evaluate
 
@@ -131,14 +139,26 @@ def evaluate(
 
         check_output_path(model, json_path)
     cache = open_cache(no_cache, cache_dir, cache_size)
-    bar, update = _progress(f"evaluating {model.name}")
-    with bar:
-        result = run_evaluate(
-            model, dataset, data_root, preset=preset, backend=be, limit=limit, batch_size=batch_size,
-            progress=update, reference=reference, predictions=predictions, num_classes=num_classes,
-            gears=_comma_list(gears, "--gears") or (), gear_policy=gear_policy,
-            cache=cache, cache_latency=cache_latency,
-        )
+    with executor_from_cli(executor, workers, ray_address, be.non_default_options().get("threads")) as ex:
+        sharded = not getattr(ex, "in_process", False)
+        if sharded and (predictions is not None or be.is_artifact(model) or gears):
+            raise ForgeError("--workers/--executor shard the images of an ONNX model run here: not with --predictions, "
+                             "--gears or a compiled artifact")
+        bar, update = _progress(f"evaluating {model.name}" + (f" ({ex.describe()})" if sharded else ""))
+        with bar:
+            if sharded:
+                from onnxforge.evaluate.executor import evaluate_sharded
+
+                result = evaluate_sharded(model, dataset, data_root, ex, preset=preset, backend=be, limit=limit,
+                                          reference=reference, num_classes=num_classes, progress=update,
+                                          batch_size=batch_size, cache=cache)
+            else:
+                result = run_evaluate(
+                    model, dataset, data_root, preset=preset, backend=be, limit=limit, batch_size=batch_size,
+                    progress=update, reference=reference, predictions=predictions, num_classes=num_classes,
+                    gears=_comma_list(gears, "--gears") or (), gear_policy=gear_policy,
+                    cache=cache, cache_latency=cache_latency,
+                )
     console.out.print(render_result(result))
     for note in result.notes:
         console.out.print(f"note: {note}")

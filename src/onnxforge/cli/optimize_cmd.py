@@ -10,6 +10,7 @@ from rich.table import Table
 
 from onnxforge.cli import console
 from onnxforge.cli.common import cache_dir_option, cache_latency_option, cache_size_option, no_cache_option
+from onnxforge.cli.common import executor_option, ray_address_option, workers_option
 
 
 def passes(
@@ -73,6 +74,9 @@ def optimize(
     cache_dir: Optional[Path] = cache_dir_option(),
     cache_size: str = cache_size_option(),
     cache_latency: bool = cache_latency_option(),
+    workers: int = workers_option(),
+    executor: str = executor_option(),
+    ray_address: Optional[str] = ray_address_option(),
     fmt: console.OutputFormat = console.format_option(),
     quiet: bool = console.quiet_option(),
 ) -> None:
@@ -96,11 +100,12 @@ def optimize(
     verifier = Verifier(shapes=shapes, inputs=arrays, atol=atol, rtol=rtol)
     auto_record = None
     if auto:
-        from onnxforge.cli.common import data_source, open_cache, parse_budget, timing_policy
+        from onnxforge.cli.common import data_source, executor_from_cli, open_cache, parse_budget, timing_policy
 
-        pipeline, auto_record = _optimize_auto(proto, model, pipeline, parse_budget(budget), timing_policy(min_rounds, max_rounds, max_seconds),
-                                  data_source(dataset, data_root, synthetic, preset, limit, num_classes), backend, threads,
-                                  not no_verify, open_cache(no_cache, cache_dir, cache_size), cache_latency)
+        with executor_from_cli(executor, workers, ray_address, threads) as ex:
+            pipeline, auto_record = _optimize_auto(proto, model, pipeline, parse_budget(budget), timing_policy(min_rounds, max_rounds, max_seconds),
+                                                   data_source(dataset, data_root, synthetic, preset, limit, num_classes), backend, threads,
+                                                   not no_verify, open_cache(no_cache, cache_dir, cache_size), cache_latency, ex)
     out = console.Output(fmt, quiet)
     with out.progress(f"optimize {model.name}") as reporter:
         instruments = [_PassProgress(reporter)] + ([DumpStages(dump_dir)] if dump_dir else [])
@@ -123,7 +128,8 @@ def optimize(
         write_text_atomic(json_path, json.dumps(payload, indent=2, default=str))
 
 
-def _optimize_auto(proto, model, pipeline, budget, policy, source, backend, threads, verify, cache=None, cache_latency=False):
+def _optimize_auto(proto, model, pipeline, budget, policy, source, backend, threads, verify, cache=None, cache_latency=False,
+                   executor=None):
     """--auto: decide every pass on evidence (`evaluate.ab.decide_pipeline`, cumulative), print the
     decision table, and return the kept pipeline (which the plain path then applies and writes, so
     --dump-dir, --json and --no-verify apply to exactly what is stored) and the decisions for --json."""
@@ -134,7 +140,7 @@ def _optimize_auto(proto, model, pipeline, budget, policy, source, backend, thre
     with console.progress("--auto") as update:
         decision = decide_pipeline(proto, pipeline, source, backend=backend, budget=budget, threads=threads,
                                    timing=policy, verify=verify, progress=update, cache=cache,
-                                   cache_latency=cache_latency)
+                                   cache_latency=cache_latency, executor=executor)
     console.Output().table(decision_table(decision.stages, f"{model.name}: --auto over {pipeline}", decision.judged_on, full=False))
     for w in decision.warnings:
         console.err.print(f"warning: {w}", style="bold yellow", markup=False)

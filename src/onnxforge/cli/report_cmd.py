@@ -11,8 +11,8 @@ import typer
 
 from onnxforge.cli import console
 from onnxforge.cli.common import (
-    cache_dir_option, cache_latency_option, cache_line, cache_size_option, data_source, decision_table, no_cache_option,
-    open_cache, parse_budget, timing_policy,
+    cache_dir_option, cache_latency_option, cache_line, cache_size_option, data_source, decision_table, executor_from_cli,
+    executor_option, no_cache_option, open_cache, parse_budget, ray_address_option, timing_policy, workers_option,
 )
 from onnxforge.cli.console import OutputFormat, format_option, quiet_option
 
@@ -44,6 +44,9 @@ def report(
     cache_dir: Optional[Path] = cache_dir_option(),
     cache_size: str = cache_size_option(),
     cache_latency: bool = cache_latency_option(),
+    workers: int = workers_option(),
+    executor: str = executor_option(),
+    ray_address: Optional[str] = ray_address_option(),
     fmt: OutputFormat = format_option(),
     quiet: bool = quiet_option(),
 ) -> None:
@@ -56,6 +59,9 @@ def report(
     Writes report.json, report.md, a self-contained report.html and the plot, all or nothing.
     Evaluations are cached by content (model, data, backend, metric, version): a rerun, or a run after
     Ctrl-C, reuses those already done and says how many (--no-cache to evaluate all again).
+
+    With --workers N (or --executor ray) the stages' and per-node variants' evaluations run in parallel,
+    with results identical to a serial run; timing stays serial and interleaved in this process.
     """
     from onnxforge.cli.console import parse_int_list
     from onnxforge.evaluate.ab import run_report
@@ -72,11 +78,11 @@ def report(
     cache = open_cache(no_cache, cache_dir, cache_size)
     command = "onnxforge " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     out = console.Output(fmt, quiet)
-    with out.progress("report") as update:
+    with executor_from_cli(executor, workers, ray_address, threads) as ex, out.progress("report") as update:
         result = run_report(model, passes, output, source, backend=backend, batch_sizes=sizes, isolated=isolated,
                             budget=parse_budget(budget), per_node=per_node, threads=threads, timing=policy,
                             keep_stages=keep_stages, progress=update, command=command, cache=cache,
-                            cache_latency=cache_latency)
+                            cache_latency=cache_latency, executor=ex)
     print_result(result, out)
     line = cache_line(cache)
     if line:

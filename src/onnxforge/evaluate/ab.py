@@ -2,7 +2,7 @@
 
 Contract of `run_report` (and `decide_pipeline`, its file-less core):
 - The baseline and every stage run on the same inputs and backend. Stages are cumulative by default
-  (one pass-manager run with `ABInstrument` measuring after each pass: stage i = passes 1..i) or
+  (one pass-manager run with `ABInstrument` keeping the model after each pass: stage i = passes 1..i) or
   isolated (each pass alone on the baseline). `per_node=PASS` adds one stage per node PASS selects
   (`PASS.candidates(model)`, `PASS.with_nodes(names)`), alone on the baseline, and a stage of the nodes
   whose accuracy stayed within budget. For ``fp16`` and ``quantize`` it is a keep-set search instead
@@ -13,9 +13,13 @@ Contract of `run_report` (and `decide_pipeline`, its file-less core):
   own, judged like any stage; `Decision.searches` holds the per-node tables, and `run_report` writes
   the fp16 keep-set for atc under ``precision/``. Without it, an over-budget fp16/quantize stage adds a
   warning naming the flag.
-- Each stage is verified by the pass manager (exact passes numerically), evaluated for accuracy and
-  agreement with the baseline; then all stages are timed together, serially, in interleaved rounds
-  with an A/A copy of the baseline measuring the noise floor (`evaluate.timing`), adaptively.
+- Each stage is verified by the pass manager (exact passes numerically). Every stage model is produced
+  first; then the baseline, the stages and the per-node variants are evaluated for accuracy and agreement
+  with the baseline as independent work units on an executor (`evaluate.executor`: serial by default, a
+  process pool or Ray; results in input order, identical whichever runs them), each looked up in the
+  evaluation cache first where one is given. Then all stages are timed together, serially in this
+  process, in interleaved rounds with an A/A copy of the baseline measuring the noise floor
+  (`evaluate.timing`), adaptively; never concurrent with an evaluation.
 - Verdicts follow `history.judge_accuracy` + `history.decide`: two axes (accuracy within/over budget;
   speed faster/same/slower than the parent, with its interval). Deterministic for the same samples.
 - The combined stage is the pipeline of every kept pass, applied to the baseline, measured against it;
@@ -48,7 +52,11 @@ import onnx
 from onnxforge.backends import Backend
 from onnxforge.errors import ForgeError, OutputPathError, PassError
 from onnxforge.evaluate.cache import EvalCache
-from onnxforge.evaluate.history import Budget, StageEval, decide, fill_deltas, judge_accuracy, model_sha256, primary_metric
+from onnxforge.evaluate.evaluator import REUSED_NOTE
+from onnxforge.evaluate.executor import EvalUnit, Executor, ModelBlob, SerialExecutor, run_eval_unit
+from onnxforge.evaluate.history import (
+    AGREEMENT_FOR, Budget, StageEval, decide, fill_deltas, judge_accuracy, meaningless_reasons, model_sha256, primary_metric,
+)
 from onnxforge.evaluate.timing import TimingPolicy, Timings, analyse, measure_interleaved
 from onnxforge.modelio import load_model
 from onnxforge.numerics import DEFAULT_SEED
@@ -61,8 +69,6 @@ log = logging.getLogger(__name__)
 #: (phase, done, total) — e.g. ("evaluate 2-resize-nearest", 3, 10)
 Progress = Callable[[str, int, int], None]
 
-#: Export writes this metadata key; "none" means deterministic weights (no checkpoint given).
-CHECKPOINT_METADATA_KEY = "onnxforge.checkpoint"
 #: The A/A copy of the baseline timed in the same rounds (its ratio to the baseline is the noise floor).
 AA_NAME = "baseline (A/A copy)"
 #: Default timing for reports: adaptive, bounded (the demo passes a tighter time limit).
@@ -72,8 +78,7 @@ KEEP_STAGES = ("best", "all", "none")
 PRECISION_DIR = "precision"
 
 #: Agreement metric a meaningless baseline is judged on, by the primary metric it replaces.
-_AGREEMENT_FOR = {"mIoU": "miou_vs_reference", "top1": "top1_agreement", "IoU": "pixel_agreement",
-                  "pixAcc": "pixel_agreement"}
+_AGREEMENT_FOR = AGREEMENT_FOR
 
 
 @dataclass
@@ -137,13 +142,19 @@ def _classes_of(model: onnx.ModelProto) -> int | None:
 
 
 class StageRunner:
-    """Evaluates stage models against one baseline (kept for agreement), through `cache` where given.
+    """Evaluates stage models against one baseline (kept for agreement), through `cache` where given, as
+    work units on an executor.
 
-    The baseline's outputs are recorded while it is evaluated (`evaluator.RecordedOutputs`, bounded in
-    memory) and serve as the reference of every stage, so the baseline runs once, not once per stage."""
+    `measure_all` scores many stages in input order, so results do not depend on the executor. In this
+    process (the serial executor) the baseline's outputs are recorded while it is evaluated
+    (`evaluator.RecordedOutputs`, bounded in memory) and serve as the reference of every stage, so the
+    baseline runs once. On a pool or Ray each stage is an `executor.EvalUnit` (the stage's bytes, the
+    baseline's bytes as reference, the data description, the backend spec, the thread budget and the
+    cache, which the worker reads and writes; the counts come back here from the results)."""
 
     def __init__(self, baseline: onnx.ModelProto, data: DataSource, backend: str | Backend, threads: int,
-                 progress: Progress | None, cache: EvalCache | None = None, cache_latency: bool = False) -> None:
+                 progress: Progress | None, cache: EvalCache | None = None, cache_latency: bool = False,
+                 executor: Executor | None = None) -> None:
         self.baseline = baseline
         self.cache = cache
         self.cache_latency = cache_latency
@@ -154,23 +165,59 @@ class StageRunner:
         self.backend = backend
         self.threads = threads
         self.progress = progress
+        self.executor = executor if executor is not None else SerialExecutor()
         self.model_classes = _classes_of(baseline)
         self.num_classes = data.num_classes or self.model_classes
         self.per_image: dict[str, object] = {}  # stage name -> EvalResult.per_image (for the bootstrap)
         self.compiled: dict[str, dict] = {}  # stage name -> Backend.compile_record() of its evaluation
         self.device_runs: dict[str, dict] = {}  # stage name -> EvalResult.devices (evaluation split across devices)
         self.dataset_classes: int | None = None  # as the baseline's evaluation reported it
+        self._reference = ModelBlob.of(baseline)
+
+    def unit(self, stage: StageEval, model: onnx.ModelProto, with_reference: bool) -> EvalUnit:
+        """The evaluation of `model` as a pure work unit (what an executor runs and a cache can key)."""
+        d = self.data
+        return EvalUnit(model=self._reference if model is self.baseline else ModelBlob.of(model), dataset=d.dataset,
+                        data_root=None if d.data_root is None else str(d.data_root), preset=d.preset, limit=d.limit,
+                        num_classes=self.num_classes, backend=str(self.backend), threads=self.executor.threads,
+                        reference=self._reference if with_reference else None, per_image=True, label=stage.name,
+                        cache=self.cache)
 
     def measure(self, stage: StageEval, model: onnx.ModelProto, with_reference: bool) -> None:
+        self.measure_all([(stage, model, with_reference)])
+
+    def _evaluate_here(self, stage: StageEval, model: onnx.ModelProto, with_reference: bool):
         from onnxforge.evaluate.evaluator import evaluate
 
         cb = (lambda d, t: self.progress(f"evaluate {stage.name}", d, t)) if self.progress else None
-        result = evaluate(
+        return evaluate(
             model, self.data.dataset, self.data.data_root, preset=self.data.preset, backend=self.backend,
             limit=self.data.limit, progress=cb, reference=self.reference if with_reference else None,
             num_classes=self.num_classes, per_image=True, cache=self.cache, cache_latency=self.cache_latency,
             record=None if with_reference else self.reference,
         )
+
+    def measure_all(self, items: Sequence[tuple[StageEval, onnx.ModelProto, bool]]) -> None:
+        """Scores every (stage, model, with_reference) and fills the stages' accuracy and agreement.
+
+        The baseline's unit (with_reference False) must be among the first call's items: it sets the
+        dataset's and model's class counts the judging reads."""
+        if not items:
+            return
+        if getattr(self.executor, "in_process", False):  # per-image progress, the recorded baseline, the cache here
+            results = [self._evaluate_here(s, m, r) for s, m, r in items]
+        else:
+            units = [self.unit(s, m, r) for s, m, r in items]
+            phase = f"evaluate {len(units)} stages on {self.executor.describe()}"
+            cb = (lambda d, t: self.progress(phase, d, t)) if self.progress else None
+            results = self.executor.map(run_eval_unit, units, cb)
+            if self.cache is not None:
+                for result in results:
+                    self.cache.count(hit=any(n.startswith(REUSED_NOTE) for n in result.notes))
+        for (stage, _, with_reference), result in zip(items, results):
+            self._fill(stage, result, with_reference)
+
+    def _fill(self, stage: StageEval, result, with_reference: bool) -> None:
         if result.per_image is not None:
             self.per_image[stage.name] = result.per_image
         if result.compiled:
@@ -208,11 +255,12 @@ def _failed_stage(name: str, p: Pass, pipeline: str, parent: str, parent_model: 
 
 
 class ABInstrument(Instrument):
-    """The A/B evaluator as a pass-manager instrument: after each pass, the model becomes a stage
-    (named `{index}-{pass}`, parent the previous stage) whose accuracy and agreement are measured.
+    """The A/B evaluator's pass-manager instrument: after each pass, the model becomes a stage (named
+    `{index}-{pass}`, parent the previous stage) with its model kept for measuring.
 
-    One manager run with this instrument is a cumulative report's measurement; timing comes after, for
-    all stages together (never one at a time while the manager runs)."""
+    Stages are measured after the manager run, all together (`StageRunner.measure_all`: one executor map,
+    so independent stages can run in parallel); timing comes after that, for all stages together (never
+    one at a time while the manager runs)."""
 
     def __init__(self, runner: StageRunner, parent: str = "baseline", offset: int = 0,
                  pipeline_prefix: Sequence[str] = (), parent_model: onnx.ModelProto | None = None) -> None:
@@ -230,7 +278,6 @@ class ABInstrument(Instrument):
         name = f"{self.offset + record.index}-{p.name}"
         self.applied.append(str(p))
         stage = _stage_from(name, p, ",".join(self.applied), self.parent, model, record)
-        self.runner.measure(stage, model, with_reference=True)
         self.stages.append(stage)
         self.models[name], self.passes[name] = model, p
         self.parent, self.parent_model = name, model
@@ -255,20 +302,9 @@ def _node_protocol(pass_name: str):
 
 
 def _meaningless(base: StageEval, model: onnx.ModelProto, runner: StageRunner) -> list[str]:
-    """Why the baseline's accuracy says nothing (empty when it is meaningful)."""
-    why = []
-    meta = {p.key: p.value for p in model.metadata_props}
-    if meta.get(CHECKPOINT_METADATA_KEY) == "none":
-        why.append("the model was exported without a checkpoint (deterministic weights)")
-    data_classes = runner.data.num_classes or runner.dataset_classes
-    if data_classes and runner.model_classes and data_classes != runner.model_classes and data_classes > 1:
-        why.append(f"the model predicts {runner.model_classes} classes but the data has {data_classes}")
-    metric = primary_metric(base.accuracy)
-    k = runner.num_classes
-    if metric and k and k >= 3 and base.accuracy[metric] <= 1.0 / k:
-        why.append(f"baseline {metric} {base.accuracy[metric]:.4f} is at chance level for {k} classes "
-                   f"(<= 1/{k}: no better than one class everywhere)")
-    return why
+    """Why the baseline's accuracy says nothing (empty when it is meaningful): `history.meaningless_reasons`."""
+    return meaningless_reasons(model, base.accuracy, runner.num_classes, runner.data.num_classes or runner.dataset_classes,
+                               runner.model_classes)
 
 
 def decide_pipeline(
@@ -288,8 +324,13 @@ def decide_pipeline(
     candidates_factory: Callable[..., dict] | None = None,
     cache: EvalCache | None = None,
     cache_latency: bool = False,
+    executor: Executor | None = None,
 ) -> Decision:
     """Measures the baseline and every stage, decides each, and measures the combined stage.
+
+    Every stage model is produced first (pass manager), then the baseline, the stages and the per-node
+    variants are scored in one `executor` map (default: serially in this process); results and decisions
+    do not depend on the executor. Timing runs after that, serially, in this process.
 
     Args:
         backend: a backend spec (``onnxruntime{device=cuda,threads=2}``) or Backend; every stage is
@@ -299,6 +340,7 @@ def decide_pipeline(
         cache: reuse and store every evaluation by content (see the module docstring); None: evaluate all.
         cache_latency: also reuse and store the interleaved timing runs (keyed by the timed models, the
             backend, the policy and the seed).
+        executor: where accuracy evaluations run (`evaluate.executor`; the caller closes it).
 
     Raises:
         ForgeError: bad budget, timing policy or per-node pass; the backend cannot run a model.
@@ -311,13 +353,13 @@ def decide_pipeline(
     if searched:
         node_pass = None  # a keep-set search replaces the one-stage-per-node measurement
     backend = resolve_backend(backend, threads)
-    runner = StageRunner(model, data, backend, threads, progress, cache, cache_latency)
+    runner = StageRunner(model, data, backend, threads, progress, cache, cache_latency, executor)
     timing_cache = (cache, str(backend)) if cache is not None and cache_latency else None
     base = _stage_from("baseline", None, "", None, model)
     base.verdict, base.reason = "baseline", "the input model"
-    runner.measure(base, model, with_reference=False)
     stages, models, passes, node_of = [base], {"baseline": model}, {}, {}  # node_of: per-node stage -> node
 
+    # every stage model first (the pass manager, serially), then all of them scored in one executor map
     if isolated:
         for i, p in enumerate(pipe.passes, start=1):
             inst = ABInstrument(runner, offset=i - 1)
@@ -345,6 +387,9 @@ def decide_pipeline(
                 parent, parent_model, prefix = good[-1].name, inst.models[good[-1].name], good[-1].pipeline.split(",")
             offset += done
             remaining = remaining[done:]
+    node_stages = _node_variants(node_pass, model, seed, verify) if node_pass is not None else []
+    runner.measure_all([(base, model, False)] + [(s, models[s.name], True) for s in stages[1:] if s.name in models]
+                       + [(s, m, True) for s, m, _, _ in node_stages])
 
     warnings = _meaningless(base, model, runner)
     meaningless = bool(warnings)
@@ -358,7 +403,7 @@ def decide_pipeline(
             judge_accuracy(s, base, budget, judged["metric"] or None, judged["source"])
 
     if node_pass is not None:
-        stages += _per_node(node_pass, model, base, runner, budget, judged, seed, verify, models, passes, node_of)
+        stages += _per_node(node_pass, model, node_stages, base, runner, budget, judged, seed, verify, models, passes, node_of)
     searches: list[dict] = []
     precision = None
     if searched:
@@ -531,27 +576,32 @@ def _stat_feeds(model: onnx.ModelProto, data: "DataSource", count: int) -> list[
     return [{name: rows[i:i + b]} for i in range(0, len(rows) - b + 1, b)]
 
 
-def _per_node(node_pass, model, base, runner, budget, judged, seed, verify, models, passes, node_of) -> list[StageEval]:
-    """One stage per node the pass selects (that node alone, on the baseline), then the nodes within budget."""
-    out: list[StageEval] = []
-    keep: list[str] = []
-    names = list(node_pass.candidates(model))
-    for node in names:
+def _node_variants(node_pass, model, seed, verify) -> list[tuple[StageEval, onnx.ModelProto, Pass, str]]:
+    """One (stage, model, pass, node) per node the pass selects and changes: that node alone, on the baseline."""
+    out = []
+    for node in list(node_pass.candidates(model)):
         p = node_pass.with_nodes([node])
-        name = f"node-{_slug(node)}"
         try:
             result = PassManager([p], verify=verify, seed=seed).run(model)
         except PassError as exc:
             log.warning("per-node %s: %s", node, exc)
             continue
-        stage = _stage_from(name, p, str(p), "baseline", result.model, result.stages[0])
-        if not stage.modified:
-            continue
-        runner.measure(stage, result.model, with_reference=True)
+        stage = _stage_from(f"node-{_slug(node)}", p, str(p), "baseline", result.model, result.stages[0])
+        if stage.modified:
+            out.append((stage, result.model, p, node))
+    return out
+
+
+def _per_node(node_pass, model, variants, base, runner, budget, judged, seed, verify, models, passes, node_of) -> list[StageEval]:
+    """Judges the measured per-node `variants` (`_node_variants`), then measures the nodes within budget together."""
+    out: list[StageEval] = []
+    keep: list[str] = []
+    names = list(node_pass.candidates(model))
+    for stage, stage_model, p, node in variants:
         judge_accuracy(stage, base, budget, judged["metric"] or None, judged["source"])
         out.append(stage)
-        models[name], passes[name] = result.model, p
-        node_of[name] = node
+        models[stage.name], passes[stage.name] = stage_model, p
+        node_of[stage.name] = node
         if stage.accuracy_verdict == "within":
             keep.append(node)
     if keep and len(keep) != len(names):
@@ -854,6 +904,7 @@ def run_report(
     candidates_factory: Callable[..., dict] | None = None,
     cache: EvalCache | None = None,
     cache_latency: bool = False,
+    executor: Executor | None = None,
 ) -> ReportResult:
     """Decides every stage (`decide_pipeline`) and writes the report directory all or nothing.
 
@@ -886,7 +937,7 @@ def run_report(
     t0 = time.perf_counter()
     d = decide_pipeline(baseline_model, pipe, data, backend, budget, isolated, per_node, threads, seed, timing,
                         progress=progress, clock=clock, candidates_factory=candidates_factory, cache=cache,
-                        cache_latency=cache_latency)
+                        cache_latency=cache_latency, executor=executor)
     stages, best = d.stages, d.best
     for bi, b in enumerate(batch_sizes):
         if bi == 0:

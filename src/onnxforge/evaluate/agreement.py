@@ -7,6 +7,10 @@ Functions compare one pair; `Agreement` accumulates over a dataset with bounded 
 - ``top1_agreement``: fraction of samples whose top-1 class is the same;
 - ``max_abs_error`` / ``mean_abs_error`` / ``cosine_similarity``: on the raw first outputs, when they
   have the same shape (not when one model emits labels and the other logits).
+
+`Agreement.merge` adds the statistics of later images (another shard) exactly: counts add, the maximum is
+taken, and the float sums are replayed image by image in order (each image's four partial sums are kept,
+32 bytes an image), so a sharded evaluation's agreement is bit-identical to the unsharded one.
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ class Agreement:
         self.norm_a = 0.0
         self.norm_b = 0.0
         self.raw_compared = True
+        self.raw_parts: list[tuple[float, float, float, float]] = []  # per image: (|d| sum, x.y, x.x, y.y)
 
     def update_labels(self, pred: np.ndarray, ref: np.ndarray) -> None:
         """Adds one pair of label maps (same shape)."""
@@ -108,11 +113,36 @@ class Agreement:
         d = np.abs(x - y)
         if d.size:
             self.raw_max = max(self.raw_max, float(d.max()))
-        self.raw_sum += float(d.sum())
+        # einsum, not `@`: BLAS splits a dot product by its thread count (Ray workers run with
+        # OMP_NUM_THREADS=1), which changes the last digits; einsum's own loop gives the same sum everywhere
+        part = (float(d.sum()), float(np.einsum("i,i->", x, y)), float(np.einsum("i,i->", x, x)),
+                float(np.einsum("i,i->", y, y)))
         self.raw_count += d.size
-        self.dot += float(x @ y)
-        self.norm_a += float(x @ x)
-        self.norm_b += float(y @ y)
+        self._add_raw(part)
+        self.raw_parts.append(part)
+
+    def _add_raw(self, part: tuple[float, float, float, float]) -> None:
+        self.raw_sum += part[0]
+        self.dot += part[1]
+        self.norm_a += part[2]
+        self.norm_b += part[3]
+
+    def merge(self, other: Agreement) -> None:
+        """Adds `other` (the statistics of later images) into this one, in place (see the module docstring)."""
+        if other.num_classes != self.num_classes:
+            raise ValueError(f"agreement over {other.num_classes} classes cannot merge into {self.num_classes}")
+        self.pixels += other.pixels
+        self.equal_pixels += other.equal_pixels
+        self.inter = self.inter + other.inter
+        self.union = self.union + other.union
+        self.samples += other.samples
+        self.top1_equal += other.top1_equal
+        self.raw_count += other.raw_count
+        self.raw_max = max(self.raw_max, other.raw_max)
+        for part in other.raw_parts:
+            self._add_raw(part)
+        self.raw_parts.extend(other.raw_parts)
+        self.raw_compared = self.raw_compared and other.raw_compared
 
     def result(self) -> dict[str, float | None]:
         out: dict[str, float | None] = {}

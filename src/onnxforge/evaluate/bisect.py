@@ -77,41 +77,70 @@ Scorer = Callable[[onnx.ModelProto], float]
 
 
 def make_scorer(model: onnx.ModelProto, dataset: str, data_root: str | Path | None, preset: str | None = None, *,
-                limit: int | None = None, backend: str = "onnxruntime", cache: Any = None) -> tuple[Scorer, str, Any]:
-    """A scorer for models like `model` on one evaluation plan (planned once).
+                limit: int | None = None, backend: str = "onnxruntime", cache: Any = None,
+                executor: Any = None) -> tuple[Scorer, str, Any]:
+    """A scorer for models like `model` on one evaluation plan (planned once; `model` is evaluated here).
 
-    The score is the dataset's headline metric (`history.primary_metric`: mIoU, top1, IoU or pixAcc, as the
-    report judges); where the data has no labels, the agreement with `model`. With an
-    `EvalCache` (`cache`), each candidate's evaluation is looked up by content first and stored after.
-    Returns (scorer, metric name, plan).
+    The score is what `report` judges on: the dataset's headline metric (`history.primary_metric`: mIoU,
+    top1, IoU or pixAcc), or, where the data has no labels or the baseline's accuracy says nothing
+    (`history.meaningless_reasons`: no checkpoint, a class mismatch, chance level), the agreement with
+    `model` (`history.AGREEMENT_FOR`). With an `EvalCache` (`cache`), each candidate's evaluation is looked
+    up by content first and stored after. With an `executor` (`evaluate.executor`, not serial) each
+    evaluation's images are split into one shard per worker and the shards merged: the same score, sooner
+    (bisection itself is sequential). Returns (scorer, the name of what it scores, plan).
+
+    Raises:
+        ForgeError: the data gives neither a metric nor an agreement to compare.
     """
     from onnxforge.backends import parse_backend
     from onnxforge.evaluate.evaluator import ModelRunner, cache_key, cached_result, plan_evaluation, score, store_result
-    from onnxforge.evaluate.history import model_sha256, primary_metric
+    from onnxforge.evaluate.history import AGREEMENT_FOR, meaningless_reasons, model_sha256, primary_metric
 
     plan = plan_evaluation(model, dataset, data_root, preset, limit=limit, label="baseline")
     spec = str(parse_backend(backend))
     reference_sha = model_sha256(model) if cache is not None else None
 
-    def scorer(candidate: onnx.ModelProto) -> float:
+    def evaluated(candidate: onnx.ModelProto):
         key = result = None
         if cache is not None:
             key = cache_key(cache, plan, data_root, model_sha256(candidate), spec, reference_sha, {"per_image": False})
             result = cached_result(cache, key, plan)
         if result is None:
-            with ModelRunner(candidate, backend, label="candidate") as run, ModelRunner(model, backend, label="baseline") as ref:
-                result = score(plan, run, reference=ref)
+            if executor is not None and not getattr(executor, "in_process", False):
+                from onnxforge.evaluate.executor import score_sharded
+
+                result = score_sharded(plan, candidate, executor, backend, reference=model)
+            else:
+                with ModelRunner(candidate, backend, label="candidate") as run, ModelRunner(model, backend, label="baseline") as ref:
+                    result = score(plan, run, reference=ref)
             if cache is not None:
                 store_result(cache, key, result)
-        labelled = {k: v for k, v in result.metrics.items() if v is not None}
-        value = labelled[primary_metric(labelled)] if labelled else None
-        if value is None and result.agreement:
-            value = next((v for v in result.agreement.values() if v is not None), None)
+        return result
+
+    base = evaluated(model)
+    accuracy = {k: float(v) for k, v in base.metrics.items() if v is not None}
+    metric = primary_metric(accuracy)
+    why = meaningless_reasons(model, accuracy, plan.spec.num_classes or base.dataset_classes, base.dataset_classes,
+                              base.model_classes) if metric else []
+    agreement = {a: v for a, v in (base.agreement or {}).items() if v is not None}
+    if metric and not why:
+        name, on_agreement = metric, False
+    elif AGREEMENT_FOR.get(metric or "") in agreement or agreement:
+        name, on_agreement = (AGREEMENT_FOR[metric] if AGREEMENT_FOR.get(metric or "") in agreement else next(iter(agreement))), True
+        if why:
+            log.warning("bisect judges on %s (agreement with the input model): %s", name, "; ".join(why))
+    else:
+        raise ForgeError(f"bisect: {dataset} gives no {plan.spec.metric} and no agreement to compare")
+
+    def scorer(candidate: onnx.ModelProto) -> float:
+        result = base if candidate is model else evaluated(candidate)
+        values = result.agreement if on_agreement else result.metrics
+        value = (values or {}).get(name)
         if value is None:
-            raise ForgeError(f"bisect: {dataset} gives no {result.metric} and no agreement to compare")
+            raise ForgeError(f"bisect: {candidate.graph.name or 'a stage'} gives no {name} to compare")
         return float(value)
 
-    return scorer, plan.spec.metric, plan
+    return scorer, name, plan
 
 
 def _run(model: onnx.ModelProto, passes: Sequence[Any]) -> onnx.ModelProto:

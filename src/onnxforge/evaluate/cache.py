@@ -439,6 +439,15 @@ class EvalCache:
             log.info("evaluation cache: evicted %d least recently used entries (limit %d bytes)", removed, self.max_bytes)
         return removed
 
+    def count(self, hit: bool) -> None:
+        """Counts a lookup made by another process on this cache's directory (a worker given a copy of this
+        object): a hit, or a miss the worker then stored."""
+        self.stats.lookups += 1
+        if hit:
+            self.stats.hits += 1
+        else:
+            self.stats.stores += 1
+
     def summary(self, what: str = "evaluations") -> str:
         """One line for a command to show, e.g. ``reused 5 of 7 evaluations from the cache (DIR)``."""
         if self.disabled_reason is not None:

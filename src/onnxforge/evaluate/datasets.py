@@ -27,6 +27,8 @@ DatasetError naming both files); classification labels as ints.
 
 from __future__ import annotations
 
+import copy
+import itertools
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -97,6 +99,40 @@ class Dataset(ABC):
         """(name, (H, W)) of every image in order; this default decodes the samples (file datasets read headers)."""
         for sample in self:
             yield sample.name, tuple(int(d) for d in sample.image.shape[:2])
+    def shard(self, start: int, stop: int) -> Dataset:
+        """Samples start..stop-1 (in order) as a dataset of the same labels, for sharded evaluation.
+
+        The default skips the first `start` samples while iterating (decoding them); datasets that list their
+        files slice the list instead."""
+        if not 0 <= start <= stop <= len(self):
+            raise DatasetError(f"{self.name}: shard {start}..{stop} outside 0..{len(self)}")
+        return _Slice(self, start, stop)
+
+
+class _Slice(Dataset):
+    """`Dataset.shard`'s generic form: a contiguous window of another dataset."""
+
+    def __init__(self, base: Dataset, start: int, stop: int) -> None:
+        self.base, self.start, self.stop = base, start, stop
+        self.name, self.task, self.num_classes, self.ignore_index = base.name, base.task, base.num_classes, base.ignore_index
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def names(self) -> list[str]:
+        return self.base.names()[self.start:self.stop]
+
+    def __iter__(self) -> Iterator[Sample]:
+        return itertools.islice(iter(self.base), self.start, self.stop)
+
+
+def _sliced(ds: Dataset, start: int, stop: int) -> Dataset:
+    """A copy of a file-listing dataset (`_items`) with its list cut to start..stop-1."""
+    if not 0 <= start <= stop <= len(ds):
+        raise DatasetError(f"{ds.name}: shard {start}..{stop} outside 0..{len(ds)}")
+    part = copy.copy(ds)
+    part._items = ds._items[start:stop]
+    return part
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -210,6 +246,8 @@ class _PairDataset(Dataset):
     def image_sizes(self) -> Iterator[tuple[str, tuple[int, int]]]:
         for name, img_path, _ in self._items:
             yield name, read_image_size(img_path)
+    def shard(self, start: int, stop: int) -> Dataset:
+        return _sliced(self, start, stop)
 
     def __iter__(self) -> Iterator[Sample]:
         for name, img_path, lab_path in self._items:
@@ -303,6 +341,8 @@ class ImageNetVal(Dataset):
     def image_sizes(self) -> Iterator[tuple[str, tuple[int, int]]]:
         for name, path, _ in self._items:
             yield name, read_image_size(path)
+    def shard(self, start: int, stop: int) -> Dataset:
+        return _sliced(self, start, stop)
 
 
 @register_dataset

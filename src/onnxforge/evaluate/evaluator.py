@@ -139,6 +139,8 @@ class EvalResult:
     compiled: dict[str, Any] | None = None
     #: a run split across devices (ais_bench ``devices``): per-device commands and throughputs, their sum
     devices: dict[str, Any] | None = None
+    #: the metric and agreement accumulators (`Metric`, `Agreement` or None), for `merge_results`; not serialised
+    state: tuple[Any, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def overhead_s(self) -> float:
@@ -1008,6 +1010,49 @@ def score(plan: EvalPlan, source: PredictionSource, *, reference: PredictionSour
         per_image=kept,
         compiled=source.compiled,
         devices=source.devices,
+        state=(metric, agree),
+    )
+
+
+def merge_results(parts: Sequence[EvalResult], note: str | None = None) -> EvalResult:
+    """One result from the results of contiguous shards of one evaluation, given in dataset order.
+
+    The metric is recomputed from the merged accumulators (`Metric.merge`: segmentation from the summed
+    per-class areas / confusion matrices, never a mean of the shards' mIoU), agreement likewise
+    (`Agreement.merge`), per-image contributions are concatenated in order; times add up (`total_s` is the
+    caller's to set to the wall time). Equal to the unsharded result in every metric.
+
+    Raises:
+        EvaluationError: no parts, or a part without its accumulators (`state`).
+    """
+    import copy
+
+    if not parts:
+        raise EvaluationError("merge_results: no shard results")
+    if any(p.state is None for p in parts):
+        raise EvaluationError("merge_results: a shard result has no accumulators (made by score)")
+    first = parts[0]
+    metric, agree = copy.deepcopy(first.state[0]), copy.deepcopy(first.state[1])
+    for p in parts[1:]:
+        metric.merge(p.state[0])
+        if agree is not None:
+            agree.merge(p.state[1])
+    per_image = None
+    if all(p.per_image is not None for p in parts):
+        pis = [p.per_image for p in parts]
+        per_image = PerImage(names=[n for pi in pis for n in pi.names], kind=pis[0].kind,
+                             values=np.concatenate([np.asarray(pi.values) for pi in pis]) if pis[0].values is not None else None,
+                             keys=pis[0].keys,
+                             agreement=(np.concatenate([pi.agreement for pi in pis]) if pis[0].agreement is not None else None),
+                             metric=metric)
+    notes = list(dict.fromkeys(n for p in parts for n in p.notes))
+    if note:
+        notes.append(note)
+    return replace(
+        first, metrics=metric.result(), images=sum(p.images for p in parts), total_s=sum(p.total_s for p in parts),
+        inference_s=sum(p.inference_s for p in parts), setup_s=sum(p.setup_s for p in parts),
+        reference_s=sum(p.reference_s for p in parts), per_class_iou=metric.per_class(),
+        agreement=agree.result() if agree is not None else None, notes=notes, per_image=per_image, state=(metric, agree),
     )
 
 
@@ -1034,6 +1079,7 @@ def evaluate(
     cache: EvalCache | None = None,
     cache_latency: bool = False,
     record: RecordedOutputs | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> EvalResult:
     """Evaluates a model on `dataset` (read from `data_root`): `plan_evaluation`, then `score`.
 
@@ -1058,6 +1104,8 @@ def evaluate(
         cache: reuse (and store) the result under its content key (`cache_key`); None: always evaluate.
         cache_latency: also store and reuse the timings (by default a reused result carries none).
         record: keep the model's first outputs in this `RecordedOutputs` (bounded), to serve as a reference later.
+        shard: ``(start, stop)``: score images start..stop-1 of the planned dataset only (planned, checked and
+            noted as the whole dataset; `merge_results` joins the shards).
 
     Raises:
         EvaluationError: the model does not fit the preset, or predictions are missing/wrong.
@@ -1065,6 +1113,8 @@ def evaluate(
         BackendError / BackendUnavailable: the backend cannot compile or run the model.
     """
     t_start = time.perf_counter()
+    if shard is not None:
+        cache = None
     options = dict(limit=limit, batch_size=batch_size, num_classes=num_classes, synthetic_seed=synthetic_seed,
                    label=model_label, gears=tuple(gears), gear_policy=gear_policy)
     be = parse_backend(backend, backend_options or None)
@@ -1134,6 +1184,8 @@ def evaluate(
             if hit is not None:
                 took = hit.total_s if cache_latency and hit.total_s else time.perf_counter() - t_start
                 return replace(hit, model=plan.label, total_s=took)
+        if shard is not None:  # a shard of the planned dataset (never cached: the caller caches the merged result)
+            plan = replace(plan, dataset=plan.dataset.shard(*shard))
         if source is None:
             source = DeviceSplit(proto, be, plan, _split_workdir(be, stack), label=plan.label)
             if ref_proto is not None:
@@ -1208,6 +1260,8 @@ def cache_key(cache: EvalCache, plan: EvalPlan, data_root: str | Path | None, mo
 
 
 _TIMING_FIELDS = ("total_s", "inference_s", "setup_s", "reference_s")
+#: how a result reused from the cache says so in its notes (also how a worker's hit is counted by its caller)
+REUSED_NOTE = "result reused from the evaluation cache"
 
 
 def store_result(cache: EvalCache, key: str, result: EvalResult, cache_latency: bool = False) -> bool:
@@ -1242,6 +1296,6 @@ def cached_result(cache: EvalCache, key: str, plan: EvalPlan, cache_latency: boo
         kept = PerImage(names=list(pi["names"]), kind=pi["kind"], values=entry.arrays["values"], keys=tuple(pi["keys"]),
                         agreement=entry.arrays.get("agreement"),
                         metric=make_metric(spec.metric, spec.num_classes, spec.ignore_index))
-    notes = list(v.pop("notes", [])) + ["result reused from the evaluation cache (no inference ran; --no-cache evaluates again)"]
+    notes = list(v.pop("notes", [])) + [f"{REUSED_NOTE} (no inference ran; --no-cache evaluates again)"]
     times = {k: (float(timings.get(k, 0.0)) if cache_latency else 0.0) for k in _TIMING_FIELDS}
     return EvalResult(**v, **times, notes=notes, per_image=kept)

@@ -71,6 +71,32 @@ def primary_metric(accuracy: dict[str, float]) -> str | None:
     return next(iter(accuracy), None)
 
 
+#: metadata key the frontends write: "none" when the model was exported without a checkpoint
+CHECKPOINT_METADATA_KEY = "onnxforge.checkpoint"
+#: the agreement metric judged instead of each accuracy metric when the baseline's accuracy says nothing
+AGREEMENT_FOR = {"mIoU": "miou_vs_reference", "top1": "top1_agreement", "IoU": "pixel_agreement",
+                 "pixAcc": "pixel_agreement"}
+
+
+def meaningless_reasons(model: onnx.ModelProto, accuracy: dict[str, float], num_classes: int | None,
+                        data_classes: int | None = None, model_classes: int | None = None) -> list[str]:
+    """Why a baseline's accuracy says nothing (empty when it is meaningful): a model exported without a
+    checkpoint, a model predicting another number of classes than the data has, or a headline metric at
+    chance level (<= 1/k for k >= 3 classes). `report` and `bisect` then judge on agreement instead."""
+    why = []
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get(CHECKPOINT_METADATA_KEY) == "none":
+        why.append("the model was exported without a checkpoint (deterministic weights)")
+    if data_classes and model_classes and data_classes != model_classes and data_classes > 1:
+        why.append(f"the model predicts {model_classes} classes but the data has {data_classes}")
+    metric = primary_metric(accuracy)
+    k = num_classes
+    if metric and k and k >= 3 and accuracy[metric] <= 1.0 / k:
+        why.append(f"baseline {metric} {accuracy[metric]:.4f} is at chance level for {k} classes "
+                   f"(<= 1/{k}: no better than one class everywhere)")
+    return why
+
+
 def fill_deltas(stage: StageEval, baseline: StageEval) -> None:
     """Accuracy (absolute and relative) and speed deltas of `stage` against the baseline, as far as measured."""
     metric = primary_metric(baseline.accuracy)

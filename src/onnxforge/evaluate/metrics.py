@@ -27,6 +27,12 @@ Per-image contributions (``per_image=True``), so that a bootstrap over images ca
 segmentation metrics keep one confusion matrix per image (rows: target class, columns: predicted
 class, over pixels whose target and prediction are both in 0..C-1), ``topk`` one row of hits per image
 (top-k for each k), ``binary-iou`` each image's IoU.
+
+Sharded evaluation (`Metric.merge`): a metric accumulated over one shard of the images merges into the
+same metric over another shard by adding its accumulators (the segmentation metrics' per-class areas or
+confusion matrix, top-k hit counts), so mIoU over the merged shards is computed from the summed
+confusion statistics, exactly the unsharded value, never a mean of per-shard mIoU. Float accumulators
+(``binary-iou``'s sum of per-image IoUs) are replayed image by image in order, so they are bit-identical too.
 """
 
 from __future__ import annotations
@@ -73,6 +79,8 @@ class Metric(ABC):
     summary: str = ""
     keys: tuple[str, ...] = ()
     per_image_kind: str = ""  # "confusion" | "hits" | "score"
+    #: accumulator attributes (integer counts or arrays) that add across shards, see `merge`
+    summed: tuple[str, ...] = ()
 
     @classmethod
     def create(cls, num_classes: int, ignore_index: int | None = None) -> Metric:
@@ -85,6 +93,23 @@ class Metric(ABC):
     def _record(self, prediction: np.ndarray, target: np.ndarray) -> None:
         if getattr(self, "_per_image", None) is not None:
             self._per_image.append(confusion(prediction, target, self.num_classes))
+
+    def merge(self, other: Metric) -> None:
+        """Adds `other` (this metric accumulated over later images) into this one, in place: `result()` is then
+        the metric over both sets of images, as if they had been updated in order into one metric.
+
+        Raises:
+            EvaluationError: `other` is another metric or has another class count.
+        """
+        if type(other) is not type(self) or getattr(other, "num_classes", None) != getattr(self, "num_classes", None):
+            raise EvaluationError(f"cannot merge metric {other.name} into {self.name} (different metric or class count)")
+        for attr in self.summed:
+            setattr(self, attr, getattr(self, attr) + getattr(other, attr))
+        mine, theirs = getattr(self, "_per_image", None), getattr(other, "_per_image", None)
+        if mine is not None and theirs is not None:
+            mine.extend(theirs)
+        elif mine is not None:
+            self._per_image = None  # the other shard kept none: a partial list would be wrong
 
     def per_image(self) -> np.ndarray | None:
         """The kept contributions stacked over images (None unless `keep_per_image` was called)."""
@@ -120,6 +145,7 @@ class SegmentronMIoU(Metric):
     summary = "SegmenTron mIoU (void -1, plain mean over all classes) and pixAcc"
     keys = ("mIoU", "pixAcc")
     per_image_kind = "confusion"
+    summed = ("inter", "union", "correct", "labeled")
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
@@ -165,6 +191,12 @@ class MmsegMIoU(Metric):
     summary = "mmseg mIoU (ignore 255, nanmean over classes) and aAcc"
     keys = ("mIoU", "pixAcc")
     per_image_kind = "confusion"
+    summed = ("inter", "union", "area_pred", "area_label")
+
+    def merge(self, other: Metric) -> None:
+        if getattr(other, "ignore_index", None) != self.ignore_index:
+            raise EvaluationError(f"cannot merge {self.name} with ignore index {other.ignore_index} into {self.ignore_index}")
+        super().merge(other)
 
     def __init__(self, num_classes: int, ignore_index: int | None = 255) -> None:
         self.num_classes = num_classes
@@ -221,6 +253,7 @@ class DensetorchMIoU(Metric):
     summary = "densetorch mIoU (confusion over gt < C, mean over classes with IU <= 1) and pixAcc"
     keys = ("mIoU", "pixAcc")
     per_image_kind = "confusion"
+    summed = ("cm",)
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
@@ -290,6 +323,13 @@ class TopK(Metric):
         if getattr(self, "_per_image", None) is not None:
             self._per_image.append(np.array(row, dtype=bool))
 
+    def merge(self, other: Metric) -> None:
+        if not isinstance(other, TopK) or other.ks != self.ks:
+            raise EvaluationError(f"cannot merge metric {other.name} into {self.name}")
+        self.hits = {k: self.hits[k] + other.hits[k] for k in self.ks}
+        self.count += other.count
+        Metric.merge(self, other)
+
     def result_from(self, per_image: np.ndarray) -> dict[str, float | None]:
         hits = np.asarray(per_image, bool).reshape(-1, len(self.ks))
         m = TopK(self.ks)
@@ -311,6 +351,7 @@ class BinaryIoU(Metric):
     def __init__(self) -> None:
         self.total = 0.0
         self.count = 0
+        self.scores: list[float] = []  # each image's IoU, so that a merge replays the float sum in order
 
     @classmethod
     def create(cls, num_classes: int, ignore_index: int | None = None) -> Metric:
@@ -325,8 +366,18 @@ class BinaryIoU(Metric):
         iou = (inter + BINARY_SMOOTH) / (union + BINARY_SMOOTH)
         self.total += iou
         self.count += 1
+        self.scores.append(iou)
         if getattr(self, "_per_image", None) is not None:
             self._per_image.append(np.array(iou))
+
+    def merge(self, other: Metric) -> None:
+        if not isinstance(other, BinaryIoU):
+            raise EvaluationError(f"cannot merge metric {other.name} into {self.name}")
+        for iou in other.scores:  # the serial sum's order: bit-identical to one metric over all images
+            self.total += iou
+        self.count += other.count
+        self.scores.extend(other.scores)
+        Metric.merge(self, other)
 
     def result_from(self, per_image: np.ndarray) -> dict[str, float | None]:
         scores = np.asarray(per_image, np.float64).ravel()

@@ -13,6 +13,8 @@ One generator serves every task (`task=`):
 
 from __future__ import annotations
 
+import copy
+
 import json
 from pathlib import Path
 from typing import Iterator
@@ -101,6 +103,13 @@ class SyntheticDataset(Dataset):
     def image_sizes(self) -> Iterator[tuple[str, tuple[int, int]]]:
         for name in self.names():  # every generated image has the set's size
             yield name, (int(self.size[0]), int(self.size[1]))
+    def shard(self, start: int, stop: int) -> Dataset:
+        """Samples start..stop-1: the same scenes (each is generated from its index and the seed)."""
+        if not 0 <= start < stop <= self.count:
+            raise DatasetError(f"synthetic: shard {start}..{stop} outside 0..{self.count}")
+        part = copy.copy(self)
+        part.start, part.count = self.start + start, stop - start
+        return part
 
 
 def write_synthetic(root: str | Path, n: int = DEFAULT_COUNT, size: tuple[int, int] = DEFAULT_SIZE,
