@@ -23,6 +23,7 @@ Contract of `run_report` (and `decide_pipeline`, its file-less core):
 from __future__ import annotations
 
 import logging
+import tempfile
 import platform
 import shlex
 import time
@@ -357,6 +358,27 @@ def decide_pipeline(
 
 def _per_node(node_pass, model, base, runner, budget, judged, seed, verify, models, passes, node_of) -> list[StageEval]:
     """One stage per node the pass selects (that node alone, on the baseline), then the nodes within budget."""
+    with tempfile.TemporaryDirectory(prefix="onnxforge-per-node-") as tmp:
+        return _per_node_stages(node_pass, _shared(node_pass, model, tmp), model, base, runner, budget, judged, seed, verify,
+                                models, passes, node_of)
+
+
+def _shared(node_pass, model, directory):
+    """The pass the per-node variants run: `node_pass.sharing_calibration(model, directory)` where the pass
+    has that hook (quantize: one calibration for every variant), else `node_pass` itself."""
+    share = getattr(node_pass, "sharing_calibration", None)
+    if share is None:
+        return node_pass
+    try:
+        return share(model, directory)
+    except PassError as exc:  # nothing to calibrate, bad data: each variant reports it as before
+        log.warning("per-node %s: no shared calibration: %s", node_pass.name, exc)
+        return node_pass
+
+
+def _per_node_stages(node_pass, runs, model, base, runner, budget, judged, seed, verify, models, passes, node_of) -> list[StageEval]:
+    """`_per_node` with `runs` the pass the variants execute (a calibration-sharing copy of `node_pass`);
+    stages record `node_pass`'s selections, which name no temporary file."""
     out: list[StageEval] = []
     keep: list[str] = []
     names = list(node_pass.candidates(model))
@@ -364,10 +386,11 @@ def _per_node(node_pass, model, base, runner, budget, judged, seed, verify, mode
         p = node_pass.with_nodes([node])
         name = f"node-{_slug(node)}"
         try:
-            result = PassManager([p], verify=verify, seed=seed).run(model)
+            result = PassManager([runs.with_nodes([node])], verify=verify, seed=seed).run(model)
         except PassError as exc:
             log.warning("per-node %s: %s", node, exc)
             continue
+        _restamp(result.model, runs.with_nodes([node]), p)
         stage = _stage_from(name, p, str(p), "baseline", result.model, result.stages[0])
         if not stage.modified:
             continue
@@ -381,16 +404,28 @@ def _per_node(node_pass, model, base, runner, budget, judged, seed, verify, mode
     if keep and len(keep) != len(names):
         p = node_pass.with_nodes(keep)
         try:
-            result = PassManager([p], verify=verify, seed=seed).run(model)
+            result = PassManager([runs.with_nodes(keep)], verify=verify, seed=seed).run(model)
         except PassError as exc:
             log.warning("per-node combination %s: %s", p, exc)
             return out
+        _restamp(result.model, runs.with_nodes(keep), p)
         stage = _stage_from("nodes-within-budget", p, str(p), "baseline", result.model, result.stages[0])
         runner.measure(stage, result.model, with_reference=True)
         judge_accuracy(stage, base, budget, judged["metric"] or None, judged["source"])
         out.append(stage)
         models[stage.name], passes[stage.name] = result.model, p
     return out
+
+
+def _restamp(model: onnx.ModelProto, ran: Pass, recorded: Pass) -> None:
+    """The model's pipeline metadata names `recorded` where `ran` (its calibration-sharing copy) ran."""
+    if str(ran) == str(recorded):
+        return
+    from onnxforge.passes.manager import PIPELINE_METADATA_KEY
+
+    for prop in model.metadata_props:
+        if prop.key == PIPELINE_METADATA_KEY and prop.value.endswith(str(ran)):
+            prop.value = prop.value[: len(prop.value) - len(str(ran))] + str(recorded)
 
 
 def _kept_passes(pipe: Pipeline, stages: list[StageEval], passes: dict[str, Pass], node_pass, node_of: dict[str, str]) -> list[Pass]:
