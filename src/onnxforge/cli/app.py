@@ -59,9 +59,9 @@ def _root(
 
 
 def _register() -> None:
-    from onnxforge.cli import bisect_cmd, evaluate_cmd, export_cmd, optimize_cmd, report_cmd
+    from onnxforge.cli import bisect_cmd, calibrate_cmd, evaluate_cmd, export_cmd, optimize_cmd, report_cmd
 
-    for module in (optimize_cmd, export_cmd, evaluate_cmd, report_cmd, bisect_cmd):
+    for module in (optimize_cmd, export_cmd, evaluate_cmd, report_cmd, bisect_cmd, calibrate_cmd):
         module.register(app)
     for info in app.registered_commands:  # every command, whoever registered it, accepts -v after its name
         if info.callback is not None:
