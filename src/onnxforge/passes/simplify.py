@@ -33,6 +33,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 
 from onnxforge.errors import ForgeError, PassError
@@ -72,6 +73,9 @@ class Simplify(Pass):
         else:
             sim_error = ""
         if self.options.slim:
+            if tools:  # what onnxslim's export does after onnxsim, without its cost
+                held = _constants_as_initializers(best)
+                best, tools = held, tools + (["initializers"] if held is not best else [])
             # two orders, because neither wins everywhere: onnxslim after onnxsim reuses onnxsim's inferred
             # shapes (fast), onnxslim alone runs its symbolic shape inference, which on dynamic
             # transformer exports folds what onnxsim leaves (timm deit: 342 nodes vs 399)
@@ -79,9 +83,11 @@ class Simplify(Pass):
                 dynamic = any(not spec.is_static for spec in input_specs(model))
             except ForgeError:  # an input type numpy cannot hold: try both
                 dynamic = True
-            runs = [(best, not tools, tools + ["onnxslim"])] + ([(model, True, ["onnxslim"])] if tools and dynamic else [])
+            runs = [(best, not tools, tools + ["onnxslim"])] if not tools or self._slim_finds_more(best) else []
             errors = []
-            for source, infer, label in runs:
+            for source, infer, label in runs + [(model, True, ["onnxslim"])]:
+                if label == ["onnxslim"] and tools and not (dynamic and _has_shape_ops(best)):
+                    continue  # onnxslim alone: only its symbolic shape inference can win, on Shape ops left
                 try:
                     slimmed = self._onnxslim(source, shape_infer=infer)
                 except Exception as exc:  # onnxslim raises whatever its graph code raises
@@ -131,6 +137,87 @@ class Simplify(Pass):
         if out is None:
             raise RuntimeError("onnxslim returned no model")
         return out
+
+
+    def _slim_finds_more(self, model: onnx.ModelProto) -> bool:
+        """Whether onnxslim's graph optimizations (its fusion patterns, dead-node and common-subexpression
+        elimination, weight tying) change onnxsim's result: one pass of them, a fraction of onnxslim's
+        whole loop (up to 10 rounds of constant folding on a copied graph and all of these). On onnxsim's
+        output, onnxslim's wins on the corpus are these and constants turned into initializers (done by
+        `_constants_as_initializers`); when this finds nothing, the full run is skipped. Any doubt (the
+        internals moved, an exception) answers True: the full run decides."""
+        try:
+            import onnxslim.third_party.onnx_graphsurgeon as slim_gs
+            from onnxslim.core.optimization import (
+                dead_node_elimination, get_fusion_patterns, graph_fusion, subexpression_elimination, tie_weights,
+            )
+        except ImportError:
+            return True
+        try:  # onnxslim's optimize_model, on the imported graph (no copy of the model, no export of its weights)
+            before = _gs_signature(slim_gs.import_onnx(model))
+            graph = slim_gs.import_onnx(model)
+            graph_fusion(graph, get_fusion_patterns(None if self.options.fuse_bn else list(_BN_FUSIONS)))
+            dead_node_elimination(graph)
+            graph.cleanup(remove_unused_graph_inputs=True).toposort()
+            subexpression_elimination(graph)
+            graph.cleanup(remove_unused_graph_inputs=True).toposort()
+            tie_weights(graph)
+            return _gs_signature(graph) != before
+        except Exception:  # noqa: BLE001 - onnxslim raises whatever its graph code raises; the full run reports it
+            return True
+
+
+def _gs_signature(graph) -> tuple:
+    """An onnx-graphsurgeon graph's structure, order-free: each node's op, input and output names and
+    plain attributes (what fusions, eliminations and weight tying change)."""
+    def plain(v):
+        return v if isinstance(v, (int, float, str, bytes, bool)) or v is None else (
+            tuple(plain(x) for x in v) if isinstance(v, (list, tuple)) else type(v).__name__)
+
+    nodes = sorted((n.op, tuple(t.name for t in n.inputs), tuple(t.name for t in n.outputs),
+                    tuple(sorted((k, plain(v)) for k, v in n.attrs.items()))) for n in graph.nodes)
+    return tuple(nodes), tuple(t.name for t in graph.inputs), tuple(t.name for t in graph.outputs)
+
+
+def _constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Top-level Constant nodes (tensor, float(s), int(s) values) become initializers, as onnxslim's export
+    does: exact, and on the corpus most of what onnxslim removes after onnxsim. Left alone: IR < 4 (an
+    initializer must then be a graph input), a Constant that is a graph output, sparse and string values."""
+    from onnx import helper, numpy_helper
+
+    if model.ir_version < 4:
+        return model
+    outputs = {o.name for o in model.graph.output}
+    inits = {}
+    for i, node in enumerate(model.graph.node):
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attribute) != 1 or node.output[0] in outputs:
+            continue
+        a = node.attribute[0]
+        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR and a.t.data_type != onnx.TensorProto.STRING:
+            t = onnx.TensorProto()
+            t.CopyFrom(a.t)
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                continue
+        elif a.name in ("value_float", "value_floats"):
+            t = numpy_helper.from_array(np.asarray(helper.get_attribute_value(a), np.float32))
+        elif a.name in ("value_int", "value_ints"):
+            t = numpy_helper.from_array(np.asarray(helper.get_attribute_value(a), np.int64))
+        else:
+            continue
+        t.name = node.output[0]
+        inits[i] = t
+    if not inits:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for i in sorted(inits, reverse=True):
+        del out.graph.node[i]
+    out.graph.initializer.extend(inits[i] for i in sorted(inits))
+    return out
+
+
+def _has_shape_ops(model: onnx.ModelProto) -> bool:
+    return any(n.op_type in ("Shape", "Size") for n in model.graph.node)
 
 
 def _one_line(exc: Exception) -> str:
