@@ -154,8 +154,8 @@ class Simplify(Pass):
         except ImportError:
             return True
         try:  # onnxslim's optimize_model, on the imported graph (no copy of the model, no export of its weights)
-            before = _gs_signature(slim_gs.import_onnx(model))
             graph = slim_gs.import_onnx(model)
+            before = _gs_signature(graph)
             graph_fusion(graph, get_fusion_patterns(None if self.options.fuse_bn else list(_BN_FUSIONS)))
             dead_node_elimination(graph)
             graph.cleanup(remove_unused_graph_inputs=True).toposort()
@@ -168,14 +168,9 @@ class Simplify(Pass):
 
 
 def _gs_signature(graph) -> tuple:
-    """An onnx-graphsurgeon graph's structure, order-free: each node's op, input and output names and
-    plain attributes (what fusions, eliminations and weight tying change)."""
-    def plain(v):
-        return v if isinstance(v, (int, float, str, bytes, bool)) or v is None else (
-            tuple(plain(x) for x in v) if isinstance(v, (list, tuple)) else type(v).__name__)
-
-    nodes = sorted((n.op, tuple(t.name for t in n.inputs), tuple(t.name for t in n.outputs),
-                    tuple(sorted((k, plain(v)) for k, v in n.attrs.items()))) for n in graph.nodes)
+    """An onnx-graphsurgeon graph's structure, order-free: each node's op and input and output names
+    (what onnxslim's fusions, eliminations and weight tying change: a fused or removed node, new weights)."""
+    nodes = sorted((n.op, tuple(t.name for t in n.inputs), tuple(t.name for t in n.outputs)) for n in graph.nodes)
     return tuple(nodes), tuple(t.name for t in graph.inputs), tuple(t.name for t in graph.outputs)
 
 
