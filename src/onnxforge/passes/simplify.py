@@ -13,12 +13,20 @@ Two stages, each a peer's own implementation, so the pass is never weaker than e
    weights among the graph inputs, and onnxsim only folds BatchNormalization into Conv once those are
    constants; the old `initializers_as_constants=False` left 27 BN nodes of a classifier unfolded);
 2. onnxslim (`slim=True`): its pattern fusions (Conv+BN, Conv+Add, Conv+Mul, Pad+Conv, MatMul+Add ->
-   Gemm, Reduce and Concat+Reshape chains), constants as initializers, and its own constant folding,
-   run twice: on onnxsim's result (reusing its shapes) and on the input (with onnxslim's symbolic shape
-   inference, which folds more on dynamic transformer exports; only for graphs with dynamic inputs,
-   where onnxsim's shapes are incomplete). The graph with the fewest nodes of
-   onnxsim's, onnxslim-after-onnxsim's and onnxslim's wins (earlier on ties), so the result is never
-   larger than either peer's output.
+   Gemm, Reduce and Concat+Reshape chains, Reshape/Transpose eliminations), constants as initializers,
+   and its own constant folding, considered twice: on onnxsim's result (reusing its shapes) and on the
+   input (with onnxslim's symbolic shape inference, which folds more on dynamic transformer exports).
+   The graph with the fewest nodes of onnxsim's, onnxslim-after-onnxsim's and onnxslim's wins (earlier
+   on ties), so the result is never larger than either peer's output.
+   onnxslim is pure Python and several times slower than onnxsim, so each run happens only where it can
+   still win (measured on the third-party corpus, benchmarks/RESULTS.md section 7):
+   - onnxsim leaves folded weights as Constant nodes; they become initializers here (what onnxslim's
+     export does: on the corpus most of what onnxslim removed after onnxsim);
+   - onnxslim after onnxsim runs only when one pass of its graph optimizations (fusions, dead-node and
+     common-subexpression elimination, weight tying, on its imported graph) changes onnxsim's result;
+   - onnxslim alone runs only for dynamic inputs when Shape/Size ops are left: its symbolic shape
+     inference is what it has that onnxsim lacks, and with no shape computation left it has nothing
+     to fold (static inputs: onnxsim's shapes are complete).
 Either tool failing on a graph leaves the other's result (with a note); both failing is a PassError.
 
 Legal whenever the tools can infer the graph: every rewrite preserves outputs to float rounding, so the
