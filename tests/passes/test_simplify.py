@@ -196,9 +196,11 @@ g (float[2,4,6] x) => (float[2,24] y) {
     result = PassManager("simplify").run(model)
     assert ops(result.model) == ["Reshape", "Relu"] and result.stages[0].stats["by"] == "onnxsim+onnxslim"
     assert runs == [False] and result.stages[0].verification.status == "passed"
+    assert result.stages[0].stats["onnxslim_runs"] == "after onnxsim"
     runs.clear()
     done = PassManager("simplify").run(parse(FOLDABLE))
     assert ops(done.model) == ["Conv"] and runs == []  # nothing left for onnxslim: not run
+    assert done.stages[0].stats["onnxslim_runs"].startswith("none")
 
 
 def test_onnxslim_alone_runs_on_dynamic_graphs_only_while_shape_ops_are_left(monkeypatch):

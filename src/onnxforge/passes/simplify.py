@@ -91,11 +91,17 @@ class Simplify(Pass):
                 dynamic = any(not spec.is_static for spec in input_specs(model))
             except ForgeError:  # an input type numpy cannot hold: try both
                 dynamic = True
-            runs = [(best, not tools, tools + ["onnxslim"])] if not tools or self._slim_finds_more(best) else []
-            errors = []
-            for source, infer, label in runs + [(model, True, ["onnxslim"])]:
-                if label == ["onnxslim"] and tools and not (dynamic and _has_shape_ops(best)):
+            sim_ok = bool(tools)
+            if not sim_ok:
+                runs = [(model, True, ["onnxslim"])]  # onnxslim only, with its own shape inference
+            else:
+                runs = [(best, False, tools + ["onnxslim"])] if self._slim_finds_more(best) else []
+                runs.append((model, True, ["onnxslim"]))  # decided at its turn, on the best graph so far
+            errors, ran = [], []
+            for source, infer, label in runs:
+                if sim_ok and source is model and not (dynamic and _has_shape_ops(best)):
                     continue  # onnxslim alone: only its symbolic shape inference can win, on Shape ops left
+                ran.append("alone" if source is model else "after onnxsim")
                 try:
                     slimmed = self._onnxslim(source, shape_infer=infer)
                 except Exception as exc:  # onnxslim raises whatever its graph code raises
@@ -121,6 +127,8 @@ class Simplify(Pass):
             "nodes_removed": sum(before.values()) - sum(after.values()),
             "by": "+".join(tools),
         }
+        if self.options.slim:
+            stats["onnxslim_runs"] = ", ".join(ran) or "none (nothing left it could win)"
         if removed:
             stats["ops_removed"] = ", ".join(f"{op}x{n}" for op, n in removed.most_common())
         if added:
