@@ -51,7 +51,9 @@ def sizes(case: build.Case) -> dict:
         row["forge"] = result.nodes_after
         row["verified"] = "/".join(s.verification.status for s in result.stages)
         row["forge_passes_s"] = sum(s.seconds for s in result.stages)  # the rest of forge_s is verification
-        row["slim_runs"] = next((str(s.stats.get("onnxslim_runs", "")) for s in result.stages if s.name == "simplify"), "")
+        simplify = next((s for s in result.stages if s.name == "simplify"), None)
+        row["slim_runs"] = str(simplify.stats.get("onnxslim_runs", "")) if simplify else ""
+        row["by"] = str(simplify.stats.get("by", "")) if simplify else ""
     except ForgeError as exc:
         row["forge"], row["forge_error"] = None, str(exc)[:200]
     try:
@@ -137,8 +139,7 @@ def render(payload: dict) -> str:
     timed = [r for r in payload["sizes"] if all(k in r for k in ("forge_s", "onnxsim_s", "onnxslim_s", "forge_passes_s"))]
     if timed and ts:
         alone = [r for r in timed if "alone" in r.get("slim_runs", "")]
-        won = [r for r in alone if r.get("forge") is not None and r.get("onnxsim") is not None and r["forge"] < r["onnxsim"]
-               and r["forge"] == r.get("onnxslim")]
+        won = [r for r in alone if r.get("by") == "onnxslim"]
         verify = sum(r["forge_s"] - r["forge_passes_s"] for r in timed)
         alone_s = sum(r["onnxslim_s"] for r in alone)  # onnxslim alone is the peer's own run: its time is that column
         lines.append(f"Where the time goes: verification {verify:.1f} s ({verify / ts:.2f}x onnxsim), the passes {tf - verify:.1f} s; "
