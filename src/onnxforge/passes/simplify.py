@@ -154,7 +154,6 @@ class Simplify(Pass):
             raise RuntimeError("onnxslim returned no model")
         return out
 
-
     def _slim_finds_more(self, model: onnx.ModelProto) -> bool:
         """Whether onnxslim's graph optimizations (its fusion patterns, dead-node and common-subexpression
         elimination, weight tying) change onnxsim's result: one pass of them, a fraction of onnxslim's
