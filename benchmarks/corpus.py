@@ -50,6 +50,10 @@ def sizes(case: build.Case) -> dict:
         result, row["forge_s"] = _timed(lambda: PassManager(EXACT_PIPELINE, verifier=Verifier(inputs=case.inputs)).run(model))
         row["forge"] = result.nodes_after
         row["verified"] = "/".join(s.verification.status for s in result.stages)
+        row["forge_passes_s"] = sum(s.seconds for s in result.stages)  # the rest of forge_s is verification
+        simplify = next((s for s in result.stages if s.name == "simplify"), None)
+        row["slim_runs"] = str(simplify.stats.get("onnxslim_runs", "")) if simplify else ""
+        row["by"] = str(simplify.stats.get("by", "")) if simplify else ""
     except ForgeError as exc:
         row["forge"], row["forge_error"] = None, str(exc)[:200]
     try:
@@ -132,6 +136,16 @@ def render(payload: dict) -> str:
     lines.append(f"\nTotals over cases where all three ran: onnxforge {tf:.1f} s (with verification), onnxsim {ts:.1f} s, "
                  f"onnxslim {tl:.1f} s; onnxforge / onnxsim = {tf / ts if ts else float('nan'):.2f}x. "
                  f"Cases where onnxforge's graph is larger than a peer's: {', '.join(worse) or 'none'}.")
+    timed = [r for r in payload["sizes"] if all(k in r for k in ("forge_s", "onnxsim_s", "onnxslim_s", "forge_passes_s"))]
+    if timed and ts:
+        alone = [r for r in timed if "alone" in r.get("slim_runs", "")]
+        won = [r for r in alone if r.get("by") == "onnxslim"]
+        verify = sum(r["forge_s"] - r["forge_passes_s"] for r in timed)
+        alone_s = sum(r["onnxslim_s"] for r in alone)  # onnxslim alone is the peer's own run: its time is that column
+        lines.append(f"Where the time goes: verification {verify:.1f} s ({verify / ts:.2f}x onnxsim), the passes {tf - verify:.1f} s; "
+                     f"onnxslim alone ran on {len(alone)} dynamic graphs with Shape ops left (it gave the result on {len(won)}: "
+                     f"{', '.join(r['case'] for r in won) or 'none'}), about {alone_s:.1f} s by the peer column; without it the "
+                     f"ratio would be about {(tf - alone_s) / ts:.2f}x.")
     if payload["outcomes"]:
         by = {}
         for o in payload["outcomes"]:

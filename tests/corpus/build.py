@@ -318,7 +318,8 @@ def run_pass(case: Case, item: str, model: onnx.ModelProto | None = None) -> Out
         chain, e = [], exc
         while e is not None:
             chain.append(e)
-            e = e.__cause__ or e.__context__
+            # `raise PassError(...) from None` is a deliberate refusal: its suppressed context is not a crash
+            e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
         crash = next((c for c in chain if not isinstance(c, ForgeError)), None)
         if crash is not None:
             return Outcome(case.name, item, "crash", f"{type(crash).__name__}: {str(crash).splitlines()[0][:200] if str(crash) else ''}", seconds=seconds)

@@ -16,8 +16,6 @@ pytestmark = pytest.mark.slow
 
 #: (case, pipeline item) -> why it is known to fail today, with the owner. Cleared as fixes land.
 KNOWN: dict[tuple[str, str], str] = {
-    ("onnx-node/test_ai_onnx_ml_tree_ensemble_single_tree", "target-opset"):
-        "topset: onnx's version converter asserts (ai.onnx.ml opset out of range) and the RuntimeError escapes instead of a PassError",
 }
 
 #: Zoo cases of the test: every smp architecture from one dynamic TorchScript export (the verifier's

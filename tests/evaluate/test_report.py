@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxforge.evaluate.ab import DataSource, decide_pipeline, run_report
 from onnxforge.modelio import load_model, save_model
 from onnxforge.numerics import run_model, seeded_inputs
-from onnxforge.passes import Pass, PassKind, PassResult, Pipeline, parse_pipeline
+from onnxforge.passes import Pass, PassKind, PassManager, PassResult, Pipeline, parse_pipeline
 from tests.conftest import assert_one_line_error
 
 from onnxforge.evaluate.timing import TimingPolicy
@@ -296,3 +296,37 @@ def test_same_graph_is_recognised_when_constants_were_marked():
     assert _graph_sha256(marked) == _graph_sha256(m)  # ... but the same graph
     marked.graph.node[0].attribute[0].t.float_data[:] = [1.0]
     assert _graph_sha256(marked) != _graph_sha256(m)
+
+
+def test_per_node_quantize_calibrates_once_and_each_variant_is_what_a_fresh_calibration_writes(monkeypatch):
+    """`--per-node quantize`: the float model runs over the calibration data once (ranges shared by every
+    per-node variant and the nodes-within-budget stage), each variant's graph is byte for byte what
+    quantizing that node alone with its own calibration gives, and no stage names the temporary ranges."""
+    from onnxforge.passes import quantize as qmod
+
+    calibrations = []
+    real = qmod._quantize
+
+    def counting(model, feeds, nodes, o, cache=""):
+        if not o.ranges:
+            calibrations.append(tuple(nodes))
+        return real(model, feeds, nodes, o, cache)
+
+    monkeypatch.setattr(qmod, "_quantize", counting)
+    model = tiny_segmenter()  # a second Conv after the first: two per-node variants
+    rng = np.random.default_rng(1)
+    model.graph.initializer.append(numpy_helper.from_array(np.eye(C, dtype=np.float32).reshape(C, C, 1, 1) + 0.05 * rng.standard_normal((C, C, 1, 1)).astype(np.float32), "w2"))
+    model.graph.node[1].CopyFrom(helper.make_node("Conv", ["feat", "w2"], ["feat2"], name="conv2"))
+    d = decide_pipeline(model, parse_pipeline("simplify"), DataSource("synthetic", None, None, 2), budget="50%", timing=FAST,
+                        per_node="quantize", clock=fake_clock(), candidates_factory=fake_candidates())
+    nodes = [s for s in d.stages if s.name.startswith("node-") or s.name == "nodes-within-budget"]
+    assert len([s for s in nodes if s.name.startswith("node-")]) >= 2
+    assert len(calibrations) == 1, calibrations
+    for s in nodes:
+        assert "ranges" not in s.pass_ and "ranges" not in s.pipeline, s.pass_
+        meta = {p.key: p.value for p in d.models[s.name].metadata_props}
+        assert "ranges" not in meta["onnxforge.pipeline"], meta
+    monkeypatch.setattr(qmod, "_quantize", real)
+    for s in nodes:
+        fresh = PassManager(s.pass_).run(model).model
+        assert d.models[s.name].graph.SerializeToString() == fresh.graph.SerializeToString(), s.name

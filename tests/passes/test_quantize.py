@@ -329,3 +329,14 @@ def test_ranges_file_reused_gives_the_same_model(tmp_path):
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     with pytest.raises(PassError, match="no such file"):
         _apply(Quantize(ranges=str(tmp_path / "none.json")), _convnet())
+
+
+def test_sharing_calibration_copies_keep_the_ranges_through_with_nodes(tmp_path):
+    shared = Quantize(images=4, method="entropy").sharing_calibration(_convnet(), tmp_path)
+    assert shared.options.ranges == str(tmp_path / "ranges.json") and (tmp_path / "ranges.json").is_file()
+    assert shared.options.method == "entropy" and shared.options.images == 4
+    variant = shared.with_nodes(["conv1"])
+    assert variant.options.ranges == shared.options.ranges and variant.options.nodes == ("conv1",)
+    assert shared.sharing_calibration(_convnet(), tmp_path / "elsewhere") is shared  # ranges given: nothing to do
+    with pytest.raises(PassError, match="nothing to calibrate"):
+        Quantize().sharing_calibration(_elementwise(), tmp_path)

@@ -137,7 +137,8 @@ def test_statistics_add_up():
 
 def test_onnxslim_stage_is_kept_where_it_is_smaller():
     """onnxsim folds Conv + Add(bias) but leaves the folded weights as Constant nodes; onnxslim's output
-    holds them as initializers, so the pass keeps onnxslim's, and `slim=false` is plain onnxsim."""
+    holds them as initializers, and so does the pass (its own conversion, what onnxslim's export does,
+    without running onnxslim's whole loop); `slim=false` is plain onnxsim."""
     import onnxsim
 
     model = parse("""
@@ -150,7 +151,7 @@ g (float[1,2,4,4] x) => (float[1,2,4,4] y) {
     sim, _ = onnxsim.simplify(model, check_n=0)
     assert ops(sim) == ["Constant", "Constant", "Conv"]
     result = PassManager("simplify").run(model)
-    assert ops(result.model) == ["Conv"] and result.stages[0].stats["by"] == "onnxsim+onnxslim"
+    assert ops(result.model) == ["Conv"] and result.stages[0].stats["by"] == "onnxsim+initializers"
     assert result.stages[0].verification.status == "passed"
     off = PassManager("simplify{slim=false}").run(model)
     assert ops(off.model) == ops(sim) and off.stages[0].stats["by"] == "onnxsim"
@@ -163,3 +164,81 @@ g (float[1,3,8,8] x) => (float[1,3,8,8] y) {
 }""")
     result, _ = apply(Simplify(), model)
     assert not result.modified and result.why_nothing() == "already simplified: onnxsim and onnxslim found nothing to fold, fuse or remove"
+
+
+def _count_onnxslim_runs(monkeypatch) -> list[bool]:
+    """Records each full onnxslim run of the pass (its shape_infer flag)."""
+    runs: list[bool] = []
+    real = Simplify._onnxslim
+
+    def counting(self, model, shape_infer):
+        runs.append(shape_infer)
+        return real(self, model, shape_infer)
+
+    monkeypatch.setattr(Simplify, "_onnxslim", counting)
+    return runs
+
+
+def test_onnxslim_runs_after_onnxsim_only_where_its_optimizations_find_more(monkeypatch):
+    """A Transpose that only moves a size-1 axis between two Reshapes: onnxsim keeps all three, onnxslim's
+    elimination patterns leave one Reshape; the probe (one pass of onnxslim's optimizations) sees it and the
+    full run happens. On a graph onnxsim finishes (Conv folded with its bias), the full run is skipped."""
+    runs = _count_onnxslim_runs(monkeypatch)
+    model = parse("""
+g (float[2,4,6] x) => (float[2,24] y) {
+  s1 = Constant<value = int64[4] {2,4,1,6}>()
+  a = Reshape(x, s1)
+  t = Transpose<perm=[0,2,1,3]>(a)
+  s2 = Constant<value = int64[2] {2,24}>()
+  r = Reshape(t, s2)
+  y = Relu(r)
+}""")
+    result = PassManager("simplify").run(model)
+    assert ops(result.model) == ["Reshape", "Relu"] and result.stages[0].stats["by"] == "onnxsim+onnxslim"
+    assert runs == [False] and result.stages[0].verification.status == "passed"
+    assert result.stages[0].stats["onnxslim_runs"] == "after onnxsim"
+    runs.clear()
+    done = PassManager("simplify").run(parse(FOLDABLE))
+    assert ops(done.model) == ["Conv"] and runs == []  # nothing left for onnxslim: not run
+    assert done.stages[0].stats["onnxslim_runs"].startswith("none")
+
+
+def test_onnxslim_alone_runs_on_dynamic_graphs_only_while_shape_ops_are_left(monkeypatch):
+    """onnxslim alone (its symbolic shape inference) can only win by folding shape computations: on a
+    dynamic graph whose simplified form has no Shape op it is skipped; with one left it runs."""
+    runs = _count_onnxslim_runs(monkeypatch)
+    no_shapes = parse("""
+g (float[N,3,H,W] x) => (float[N,3,H,W] y) {
+  y = Relu(x)
+}""")
+    PassManager("simplify").run(no_shapes)
+    assert runs == []
+    with_shapes = parse("""
+g (float[N,3,H,W] x) => (float[N,3,H,W] y) {
+  s = Shape(x)
+  one = Constant<value = float[1] {1.5}>()
+  e = Expand(one, s)
+  y = Mul(x, e)
+}""")
+    PassManager("simplify").run(with_shapes)
+    assert True in runs  # the onnxslim-alone run (shape_infer=True)
+
+
+def test_constants_become_initializers_but_not_graph_outputs_or_ir3():
+    from onnx import helper
+
+    from onnxforge.passes.simplify import _constants_as_initializers
+
+    model = parse("""
+g (float[2] x) => (float[2] y, float[2] k) {
+  c = Constant<value_floats = [1.0, 2.0]>()
+  k = Constant<value = float[2] {3, 4}>()
+  y = Add(x, c)
+}""")
+    out = _constants_as_initializers(model)
+    assert ops(out) == ["Constant", "Add"] and [t.name for t in out.graph.initializer] == ["c"]
+    from onnxforge.numerics import run_model
+
+    np.testing.assert_array_equal(run_model(out, {"x": np.ones(2, np.float32)})["y"], [2.0, 3.0])
+    old = helper.make_model(model.graph, opset_imports=list(model.opset_import), ir_version=3)
+    assert _constants_as_initializers(old) is old

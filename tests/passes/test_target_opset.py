@@ -385,3 +385,34 @@ def test_default_target_follows_the_installed_cann(tmp_path, monkeypatch):
     monkeypatch.setenv("ASCEND_TOOLKIT_HOME", str(info.parent))
     assert TargetOpset().target() == 17
     assert str(TargetOpset()) == "target-opset"  # the canonical form stays the same; the result records the target
+
+
+def test_a_model_without_a_default_domain_opset_is_refused_with_the_reason():
+    """An ai.onnx.ml-only graph (the onnx package's TreeEnsemble node tests): onnx's version converter
+    asserts on it (a RuntimeError); the pass refuses with a PassError naming the opset imports instead."""
+    from onnx import helper
+
+    node = helper.make_node("Binarizer", ["x"], ["y"], domain="ai.onnx.ml", threshold=0.5)
+    graph = helper.make_graph([node], "ml", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("ai.onnx.ml", 3)])
+    with pytest.raises(PassError, match=r"no default-domain \(ai.onnx\) opset \(opset imports: ai.onnx.ml 3\)") as info:
+        PassManager("target-opset{opset=13}").run(model)
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # a refusal, not a crash
+
+
+def test_a_version_converter_failure_upward_is_a_refusal_not_a_crash(monkeypatch):
+    """Whatever onnx raises while converting up (its RuntimeError asserts, an InferenceError) is a PassError."""
+    from onnx import helper, version_converter
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    for error in (RuntimeError("convert.h:96: assertInVersionRange failed"), onnx.shape_inference.InferenceError("[ShapeInferenceError] bad")):
+        def fail(m, target, error=error):
+            raise error
+        monkeypatch.setattr(version_converter, "convert_version", fail)
+        with pytest.raises(PassError, match="onnx.version_converter cannot convert opset 11 -> 13") as info:
+            PassManager("target-opset{opset=13}").run(model)
+        assert type(info.value) is PassError  # not PassCrash: the converter's refusal is not a bug of the pass

@@ -172,3 +172,32 @@ g (float[1,3,H,W] x) => (float[1,3,H,W] y) {
             load_input_arrays(model, [tmp_path / name])
     with pytest.raises(InputSpecError, match="non-negative"):
         Verifier(atol=-1.0)
+
+
+def test_verification_sessions_take_large_weights_as_inputs_not_serialised(monkeypatch):
+    """The verifier's sessions are built from the model without its large weights (fed as arrays):
+    the serialised graph onnxruntime loads is small, and the verdict is the same."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import onnxforge.passes.manager as manager
+    from onnxforge.passes import PassManager
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Identity", ["m"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 32])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    loaded = []
+    real = manager.make_session
+
+    def recording(m, **kw):
+        loaded.append(m.ByteSize() if isinstance(m, onnx.ModelProto) else len(m))
+        return real(m, **kw)
+
+    monkeypatch.setattr(manager, "make_session", recording)
+    result = PassManager("simplify").run(model)
+    assert result.stages[0].modified and result.stages[0].verification.status == "passed"
+    assert loaded and max(loaded) < 64 * 32 * 4, loaded  # the 8 KB weight never went into a session

@@ -59,9 +59,11 @@ def _root(
 
 
 def _register() -> None:
-    from onnxforge.cli import bisect_cmd, compare_cmd, evaluate_cmd, export_cmd, optimize_cmd, report_cmd, shapes_cmd
+    from onnxforge.cli import (
+        bisect_cmd, calibrate_cmd, compare_cmd, evaluate_cmd, export_cmd, optimize_cmd, report_cmd, shapes_cmd,
+    )
 
-    for module in (optimize_cmd, export_cmd, evaluate_cmd, report_cmd, bisect_cmd, shapes_cmd, compare_cmd):
+    for module in (optimize_cmd, export_cmd, evaluate_cmd, report_cmd, bisect_cmd, shapes_cmd, compare_cmd, calibrate_cmd):
         module.register(app)
     for info in app.registered_commands:  # every command, whoever registered it, accepts -v after its name
         if info.callback is not None:

@@ -205,7 +205,7 @@ class Verifier(Instrument):
         self._numeric, self._why_not, self._feeds, self._inputs_note = False, "", {}, ""
         specs = input_specs(model)
         try:
-            sess = make_session(model, threads=self.threads, optimize=False)
+            sess = _Session(model, self.threads)
         except ForgeError as exc:  # custom ops onnxruntime cannot run, until a pass rewrites them
             self._why_not = f"numeric check off, structural checks only: onnxruntime cannot load the graph ({exc})"
             return
@@ -238,7 +238,7 @@ class Verifier(Instrument):
             feeds.update({k: v for k, v in self.inputs.items() if k in feeds})
             tried.append(", ".join(f"{k}:{format_dims(v.shape)}" for k, v in feeds.items()))
             try:
-                outputs = _run(sess, model, feeds)
+                outputs = sess.run(feeds)
             except ForgeError as exc:
                 last_error = str(exc)
                 continue
@@ -289,7 +289,7 @@ class Verifier(Instrument):
     def _run_model(self, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One run without onnxruntime's graph optimizations: both sides of a comparison run the graph
         as written, and a session loads several times faster, which is most of the cost on small inputs."""
-        return _run(make_session(model, threads=self.threads, optimize=False), model, feeds)
+        return _Session(model, self.threads).run(feeds)
 
     def _enable_numeric(self, model: onnx.ModelProto) -> None:
         """Turns the numeric check on once a pass made it possible (static shapes, custom ops rewritten):
@@ -326,13 +326,55 @@ class Verifier(Instrument):
         return self._feeds
 
 
-def _run(sess, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    names = [o.name for o in sess.get_outputs()]
-    try:
-        values = sess.run(names, dict(cast_feeds(model, feeds)))
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument types
-        raise ForgeError(f"onnxruntime failed to run the model: {str(exc).splitlines()[0][:200]}") from None
-    return dict(zip(names, values))
+class _Session:
+    """One verification session of `model`, without onnxruntime's graph optimizations (both sides of a
+    comparison run the graph as written, and such a session loads several times faster).
+
+    The session is built from the model without its large weights (`_graph.weightless`: they become
+    graph inputs) and the weights are fed as arrays at every run: serialising tens of MB of weights
+    into onnxruntime, twice per verified stage, cost more than onnxsim itself on weight-heavy graphs
+    (smp's resnet18 encoders). Without graph optimizations an initializer and an input holding the same
+    array compute the same. Where onnxruntime refuses that form, the whole model is loaded instead.
+    """
+
+    def __init__(self, model: onnx.ModelProto, threads: int = 0) -> None:
+        from onnx import numpy_helper
+
+        from onnxforge.passes._graph import weightless
+
+        self.model, self.weights, self.threads, self._full = model, {}, threads, None
+        light = weightless(model)
+        if light is not model:
+            kept = {t.name for t in light.graph.initializer}
+            try:
+                self.weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name not in kept}
+                self.sess = make_session(light, threads=threads, optimize=False)
+                return
+            except Exception:  # noqa: BLE001 - any refusal of the light form: load the model as it is
+                self.weights = {}
+        self.sess = make_session(model, threads=threads, optimize=False)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            return self._run(self.sess, feeds, self.weights)
+        except ForgeError:
+            if not self.weights:
+                raise
+        # the light form failed: the whole model decides (a kernel may want its weight constant; a
+        # shape the graph does not accept fails there too, and the light form stays for the next shape)
+        if self._full is None:
+            self._full = make_session(self.model, threads=self.threads, optimize=False)
+        out = self._run(self._full, feeds, {})
+        self.sess, self.weights = self._full, {}
+        return out
+
+    def _run(self, sess, feeds: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [o.name for o in sess.get_outputs()]
+        try:
+            values = sess.run(names, {**cast_feeds(self.model, feeds), **weights})
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument types
+            raise ForgeError(f"onnxruntime failed to run the model: {str(exc).splitlines()[0][:200]}") from None
+        return dict(zip(names, values))
 
 
 def _history_shapes(model: onnx.ModelProto, pipeline: Pipeline, applied: str | None) -> dict[str, tuple[int, ...]]:

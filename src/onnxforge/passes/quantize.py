@@ -171,6 +171,23 @@ class Quantize(Pass):
         """A copy of this pass quantizing only `names` (the other options kept)."""
         return Quantize(dataclasses.replace(self.options, nodes=tuple(names), exclude=()))
 
+    def sharing_calibration(self, model: onnx.ModelProto | ModelState, directory: str | Path) -> "Quantize":
+        """A copy of this pass that quantizes from ranges calibrated once on `model` (written to
+        `directory`/ranges.json by `calibrate_ranges`): its `with_nodes` copies keep `ranges=`, so a
+        per-node report runs the float model over the calibration data once instead of once per node.
+        Every tensor's range is calibrated on the same data whatever the node selection, so each copy
+        writes the same model a fresh calibration would. `directory` must outlive the copies' runs;
+        a pass that already has `ranges=` is returned as it is.
+
+        Raises:
+            PassError: as `calibrate_ranges` (nothing to calibrate, already quantized, calibration data).
+        """
+        if self.options.ranges:
+            return self
+        proto = model.view() if isinstance(model, ModelState) else model
+        path = calibrate_ranges(proto, Path(directory) / "ranges.json", self.options)
+        return Quantize(dataclasses.replace(self.options, ranges=str(path)))
+
     # -- the rewrite -------------------------------------------------------------------------------
 
     def run(self, state: ModelState) -> PassResult:

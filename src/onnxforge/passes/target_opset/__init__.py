@@ -91,6 +91,10 @@ class TargetOpset(Pass):
 
     def run(self, state: ModelState) -> PassResult:
         source, target = state.opset, self.target()
+        if source == 0:  # no ai.onnx import at all (e.g. an ai.onnx.ml-only graph): nothing the converters know
+            domains = ", ".join(f"{d.domain} {d.version}" for d in state.to_model().opset_import) or "none"
+            raise PassError(f"cannot convert to opset {target}: the model imports no default-domain (ai.onnx) opset "
+                            f"(opset imports: {domains}); target-opset converts ai.onnx nodes only")
         if source == target:
             return PassResult(False, {"opset": target}, notes=[f"already at opset {target}"])
         if source < target:
@@ -105,7 +109,8 @@ class TargetOpset(Pass):
         before = Counter(n.op_type for n in model.graph.node)
         try:
             converted = version_converter.convert_version(model, target)
-        except (RuntimeError, onnx.checker.ValidationError) as exc:
+        except (RuntimeError, onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+            # the converter asserts (RuntimeError) or its inference rejects a node: a refusal with its reason
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise PassError(f"onnx.version_converter cannot convert opset {source} -> {target}: {first[:300]}") from None
         _raise_ir_version(converted, target)
