@@ -298,10 +298,13 @@ def test_same_graph_is_recognised_when_constants_were_marked():
     assert _graph_sha256(marked) != _graph_sha256(m)
 
 
-def test_per_node_quantize_calibrates_once_and_each_variant_is_what_a_fresh_calibration_writes(monkeypatch):
-    """`--per-node quantize`: the float model runs over the calibration data once (ranges shared by every
-    per-node variant and the nodes-within-budget stage), each variant's graph is byte for byte what
-    quantizing that node alone with its own calibration gives, and no stage names the temporary ranges."""
+def test_per_node_variants_of_quantize_calibrate_once_and_each_is_what_a_fresh_calibration_writes(monkeypatch):
+    """The per-node variants (`ab._node_variants`, what `report --per-node` measures for a node-selecting
+    pass) of a pass with `sharing_calibration` (quantize): the float model runs over the calibration data
+    once, each variant's graph is byte for byte what quantizing that node alone with its own calibration
+    gives, and no stage names the temporary ranges. (`report --per-node quantize` itself runs the keep-set
+    search, which calibrates once as well: tests/evaluate/test_keep_search_report.py.)"""
+    from onnxforge.evaluate.ab import _node_variants
     from onnxforge.passes import quantize as qmod
 
     calibrations = []
@@ -317,16 +320,14 @@ def test_per_node_quantize_calibrates_once_and_each_variant_is_what_a_fresh_cali
     rng = np.random.default_rng(1)
     model.graph.initializer.append(numpy_helper.from_array(np.eye(C, dtype=np.float32).reshape(C, C, 1, 1) + 0.05 * rng.standard_normal((C, C, 1, 1)).astype(np.float32), "w2"))
     model.graph.node[1].CopyFrom(helper.make_node("Conv", ["feat", "w2"], ["feat2"], name="conv2"))
-    d = decide_pipeline(model, parse_pipeline("simplify"), DataSource("synthetic", None, None, 2), budget="50%", timing=FAST,
-                        per_node="quantize", clock=fake_clock(), candidates_factory=fake_candidates())
-    nodes = [s for s in d.stages if s.name.startswith("node-") or s.name == "nodes-within-budget"]
-    assert len([s for s in nodes if s.name.startswith("node-")]) >= 2
+    variants = _node_variants(qmod.Quantize(), model, seed=0, verify=True)
+    assert len(variants) >= 2
     assert len(calibrations) == 1, calibrations
-    for s in nodes:
-        assert "ranges" not in s.pass_ and "ranges" not in s.pipeline, s.pass_
-        meta = {p.key: p.value for p in d.models[s.name].metadata_props}
+    for stage, stage_model, _, _ in variants:
+        assert "ranges" not in stage.pass_ and "ranges" not in stage.pipeline, stage.pass_
+        meta = {p.key: p.value for p in stage_model.metadata_props}
         assert "ranges" not in meta["onnxforge.pipeline"], meta
     monkeypatch.setattr(qmod, "_quantize", real)
-    for s in nodes:
-        fresh = PassManager(s.pass_).run(model).model
-        assert d.models[s.name].graph.SerializeToString() == fresh.graph.SerializeToString(), s.name
+    for stage, stage_model, _, _ in variants:
+        fresh = PassManager(stage.pass_, seed=0).run(model).model
+        assert stage_model.graph.SerializeToString() == fresh.graph.SerializeToString(), stage.name
