@@ -91,3 +91,17 @@ def test_bad_arguments(budget, feeds, match):
     model = _sensitive()
     with pytest.raises(ForgeError, match=match):
         keep_in_float(model, _feeds(model) if feeds is None else feeds, budget=budget)
+
+
+def test_the_search_calibrates_once_and_builds_what_a_fresh_calibration_writes(monkeypatch):
+    """Every candidate keep-set is quantized from one calibration (`Quantize.sharing_calibration`); the
+    model of the chosen keep-set is byte for byte what its pipeline item writes with its own calibration."""
+    from onnxforge.passes import quantize as qmod
+
+    calls = []
+    real = qmod.calibrate_ranges
+    monkeypatch.setattr(qmod, "calibrate_ranges", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = _sensitive()
+    found = keep_in_float(model, _feeds(model), budget=0.02, quantize=Quantize(per_channel=False))
+    assert len(calls) == 1 and found.quantizations > 1
+    assert "ranges" not in found.item

@@ -296,38 +296,3 @@ def test_same_graph_is_recognised_when_constants_were_marked():
     assert _graph_sha256(marked) == _graph_sha256(m)  # ... but the same graph
     marked.graph.node[0].attribute[0].t.float_data[:] = [1.0]
     assert _graph_sha256(marked) != _graph_sha256(m)
-
-
-def test_per_node_variants_of_quantize_calibrate_once_and_each_is_what_a_fresh_calibration_writes(monkeypatch):
-    """The per-node variants (`ab._node_variants`, what `report --per-node` measures for a node-selecting
-    pass) of a pass with `sharing_calibration` (quantize): the float model runs over the calibration data
-    once, each variant's graph is byte for byte what quantizing that node alone with its own calibration
-    gives, and no stage names the temporary ranges. (`report --per-node quantize` itself runs the keep-set
-    search, which calibrates once as well: tests/evaluate/test_keep_search_report.py.)"""
-    from onnxforge.evaluate.ab import _node_variants
-    from onnxforge.passes import quantize as qmod
-
-    calibrations = []
-    real = qmod._quantize
-
-    def counting(model, feeds, nodes, o, cache=""):
-        if not o.ranges:
-            calibrations.append(tuple(nodes))
-        return real(model, feeds, nodes, o, cache)
-
-    monkeypatch.setattr(qmod, "_quantize", counting)
-    model = tiny_segmenter()  # a second Conv after the first: two per-node variants
-    rng = np.random.default_rng(1)
-    model.graph.initializer.append(numpy_helper.from_array(np.eye(C, dtype=np.float32).reshape(C, C, 1, 1) + 0.05 * rng.standard_normal((C, C, 1, 1)).astype(np.float32), "w2"))
-    model.graph.node[1].CopyFrom(helper.make_node("Conv", ["feat", "w2"], ["feat2"], name="conv2"))
-    variants = _node_variants(qmod.Quantize(), model, seed=0, verify=True)
-    assert len(variants) >= 2
-    assert len(calibrations) == 1, calibrations
-    for stage, stage_model, _, _ in variants:
-        assert "ranges" not in stage.pass_ and "ranges" not in stage.pipeline, stage.pass_
-        meta = {p.key: p.value for p in stage_model.metadata_props}
-        assert "ranges" not in meta["onnxforge.pipeline"], meta
-    monkeypatch.setattr(qmod, "_quantize", real)
-    for stage, stage_model, _, _ in variants:
-        fresh = PassManager(stage.pass_, seed=0).run(model).model
-        assert stage_model.graph.SerializeToString() == fresh.graph.SerializeToString(), stage.name

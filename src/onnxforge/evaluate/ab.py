@@ -38,7 +38,6 @@ Contract of `run_report` (and `decide_pipeline`, its file-less core):
 from __future__ import annotations
 
 import logging
-import tempfile
 import platform
 import shlex
 import time
@@ -578,37 +577,19 @@ def _stat_feeds(model: onnx.ModelProto, data: "DataSource", count: int) -> list[
 
 
 def _node_variants(node_pass, model, seed, verify) -> list[tuple[StageEval, onnx.ModelProto, Pass, str]]:
-    """One (stage, model, pass, node) per node the pass selects and changes: that node alone, on the baseline.
-    The variants share one calibration where the pass offers it (`_shared`); stages record `node_pass`'s
-    selections, which name no temporary file."""
+    """One (stage, model, pass, node) per node the pass selects and changes: that node alone, on the baseline."""
     out = []
-    with tempfile.TemporaryDirectory(prefix="onnxforge-per-node-") as tmp:
-        runs = _shared(node_pass, model, tmp)
-        for node in list(node_pass.candidates(model)):
-            p, ran = node_pass.with_nodes([node]), runs.with_nodes([node])
-            try:
-                result = PassManager([ran], verify=verify, seed=seed).run(model)
-            except PassError as exc:
-                log.warning("per-node %s: %s", node, exc)
-                continue
-            _restamp(result.model, ran, p)
-            stage = _stage_from(f"node-{_slug(node)}", p, str(p), "baseline", result.model, result.stages[0])
-            if stage.modified:
-                out.append((stage, result.model, p, node))
+    for node in list(node_pass.candidates(model)):
+        p = node_pass.with_nodes([node])
+        try:
+            result = PassManager([p], verify=verify, seed=seed).run(model)
+        except PassError as exc:
+            log.warning("per-node %s: %s", node, exc)
+            continue
+        stage = _stage_from(f"node-{_slug(node)}", p, str(p), "baseline", result.model, result.stages[0])
+        if stage.modified:
+            out.append((stage, result.model, p, node))
     return out
-
-
-def _shared(node_pass, model, directory):
-    """The pass the per-node variants run: `node_pass.sharing_calibration(model, directory)` where the pass
-    has that hook (quantize: one calibration for every variant), else `node_pass` itself."""
-    share = getattr(node_pass, "sharing_calibration", None)
-    if share is None:
-        return node_pass
-    try:
-        return share(model, directory)
-    except PassError as exc:  # nothing to calibrate, bad data: each variant reports it as before
-        log.warning("per-node %s: no shared calibration: %s", node_pass.name, exc)
-        return node_pass
 
 
 def _per_node(node_pass, model, variants, base, runner, budget, judged, seed, verify, models, passes, node_of) -> list[StageEval]:
@@ -636,17 +617,6 @@ def _per_node(node_pass, model, variants, base, runner, budget, judged, seed, ve
         out.append(stage)
         models[stage.name], passes[stage.name] = result.model, p
     return out
-
-
-def _restamp(model: onnx.ModelProto, ran: Pass, recorded: Pass) -> None:
-    """The model's pipeline metadata names `recorded` where `ran` (its calibration-sharing copy) ran."""
-    if str(ran) == str(recorded):
-        return
-    from onnxforge.passes.manager import PIPELINE_METADATA_KEY
-
-    for prop in model.metadata_props:
-        if prop.key == PIPELINE_METADATA_KEY and prop.value.endswith(str(ran)):
-            prop.value = prop.value[: len(prop.value) - len(str(ran))] + str(recorded)
 
 
 def _kept_passes(pipe: Pipeline, stages: list[StageEval], passes: dict[str, Pass], node_pass, node_of: dict[str, str]) -> list[Pass]:

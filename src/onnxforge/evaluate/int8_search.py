@@ -2,7 +2,7 @@
 
 The idea of OpenVINO NNCF's ``quantize_with_accuracy_control``, on onnxruntime QDQ models:
 
-1. Calibrate once (`calibrate_ranges`), quantize every candidate node, and score the INT8 model
+1. Calibrate once (`Quantize.sharing_calibration`), quantize every candidate node, and score the INT8 model
    against the float model on evaluation inputs (not the calibration inputs). Within budget: done,
    nothing is kept in float.
 2. Rank the compute nodes (Conv, ConvTranspose, MatMul, Gemm among `Quantize.candidates`) by
@@ -30,7 +30,6 @@ import dataclasses
 import logging
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -40,7 +39,7 @@ from onnxforge.errors import ForgeError
 from onnxforge.evaluate.history import Budget
 from onnxforge.evaluate.keep_search import Group, Outputs, Scorer, agreement_score, first_outputs, search_keep_set
 from onnxforge.passes.base import ModelState
-from onnxforge.passes.quantize import COMPUTE_OPS, Quantize, calibrate_ranges, name_nodes
+from onnxforge.passes.quantize import COMPUTE_OPS, Quantize, name_nodes
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +120,10 @@ def keep_in_float(
     elif baseline is None:
         baseline = float(scorer(model))
     with tempfile.TemporaryDirectory(prefix="onnxforge-keep-") as tmp:
-        ranges = calibrate_ranges(model, Path(tmp) / "ranges.json", base.options)
+        shared = base.sharing_calibration(model, tmp)  # one calibration for every candidate keep-set
 
         def build(keep: Sequence[str]) -> onnx.ModelProto:
-            p = Quantize(dataclasses.replace(base.options, ranges=str(ranges), exclude=tuple(base.options.exclude) + tuple(keep)))
+            p = Quantize(dataclasses.replace(shared.options, exclude=tuple(base.options.exclude) + tuple(keep)))
             state = ModelState(model)
             p.run(state)
             return state.release()
