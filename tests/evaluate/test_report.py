@@ -155,7 +155,7 @@ def test_lossy_pass_rejected_under_tight_budget_accepted_under_loose(model_path,
 
 def test_isolated_mode_applies_each_pass_to_the_baseline(model_path, tmp_path):
     result = run_report(model_path, "resize-nearest,fp16-output", tmp_path / "iso", DataSource("synthetic", None, None, 2),
-                        isolated=True, timing=FAST)
+                        isolated=True, timing=FAST, clock=fake_clock(), candidates_factory=fake_candidates())
     assert [s.parent for s in result.stages[1:]] == ["baseline", "baseline"]
     assert result.stages[2].pipeline == "fp16-output"
 
