@@ -14,19 +14,20 @@ from onnxforge.passes import parse_pipeline
 from onnxforge.passes.quantize import Quantize
 
 
-def _sensitive() -> onnx.ModelProto:
-    """x -> conv0 -> relu0 -> conv1 -> relu1 -> head -> logits (N,5,8,8).
+def sensitive_convnet(size: int = 8, scales: tuple[float, float, float] = (0.3, 0.2, 0.3)) -> onnx.ModelProto:
+    """x -> conv0 -> relu0 -> conv1 -> relu1 -> head -> logits (1,5,size,size); `scales`: of the random
+    weights of conv0, conv1 and head.
 
     conv1's channel 0 is dead (bias -100, ReLU'd to zero) and `head` has a huge weight on exactly that
     input channel: harmless in float, but with one scale per weight tensor (per_channel=false) it
     rounds every other weight of `head` to zero. Keeping `head` in float is the fix.
     """
     rng = np.random.default_rng(3)
-    w0 = rng.standard_normal((6, 3, 3, 3)) * 0.3
-    w1 = rng.standard_normal((6, 6, 3, 3)) * 0.2
+    w0 = rng.standard_normal((6, 3, 3, 3)) * scales[0]
+    w1 = rng.standard_normal((6, 6, 3, 3)) * scales[1]
     b1 = rng.standard_normal(6) * 0.1
     b1[0] = -100.0
-    wh = rng.standard_normal((5, 6, 1, 1)) * 0.3
+    wh = rng.standard_normal((5, 6, 1, 1)) * scales[2]
     wh[:, 0] = 500.0
     inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in {"w0": w0, "w1": w1, "b1": b1, "wh": wh}.items()]
     nodes = [
@@ -36,8 +37,8 @@ def _sensitive() -> onnx.ModelProto:
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
         helper.make_node("Conv", ["r1", "wh"], ["logits"], name="head"),
     ]
-    graph = helper.make_graph(nodes, "sensitive", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5, 8, 8])], inits)
+    graph = helper.make_graph(nodes, "sensitive", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5, size, size])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -49,7 +50,7 @@ def _feeds(model, n=4):
 
 
 def test_keeps_the_sensitive_node_in_float():
-    model = _sensitive()
+    model = sensitive_convnet()
     found = keep_in_float(model, _feeds(model), budget=0.02, quantize=Quantize(per_channel=False))
     assert found.score_all < 0.98  # every node quantized: outside the budget
     assert found.keep == ["head"] and found.within_budget and found.score >= 0.98
@@ -60,7 +61,7 @@ def test_keeps_the_sensitive_node_in_float():
 
 
 def test_within_budget_keeps_nothing():
-    model = _sensitive()
+    model = sensitive_convnet()
     loose = keep_in_float(model, _feeds(model), budget=0.02, quantize=Quantize(per_channel=False))
     found = keep_in_float(model, _feeds(model), budget=1 - loose.score_all, quantize=Quantize(per_channel=False))
     assert found.keep == [] and found.within_budget and found.ranking == [] and found.quantizations == 1
@@ -68,7 +69,7 @@ def test_within_budget_keeps_nothing():
 
 
 def test_gives_up_after_max_keep_and_says_so():
-    model = _sensitive()
+    model = sensitive_convnet()
     found = keep_in_float(model, _feeds(model), budget=0.0, quantize=Quantize(per_channel=False), max_keep=1,
                           score=lambda ref, got: 0.5)
     assert not found.within_budget and found.keep == [found.ranking[0][0]] and len(found.keep) == 1
@@ -88,7 +89,7 @@ def test_agreement_score_forms():
 
 @pytest.mark.parametrize("budget,feeds,match", [(1.0, None, "budget"), (0.01, [], "no evaluation inputs")])
 def test_bad_arguments(budget, feeds, match):
-    model = _sensitive()
+    model = sensitive_convnet()
     with pytest.raises(ForgeError, match=match):
         keep_in_float(model, _feeds(model) if feeds is None else feeds, budget=budget)
 
@@ -101,7 +102,7 @@ def test_the_search_calibrates_once_and_builds_what_a_fresh_calibration_writes(m
     calls = []
     real = qmod.calibrate_ranges
     monkeypatch.setattr(qmod, "calibrate_ranges", lambda *a, **k: calls.append(1) or real(*a, **k))
-    model = _sensitive()
+    model = sensitive_convnet()
     found = keep_in_float(model, _feeds(model), budget=0.02, quantize=Quantize(per_channel=False))
     assert len(calls) == 1 and found.quantizations > 1
     assert "ranges" not in found.item

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from onnxforge.evaluate.ab import DataSource, run_report
@@ -39,29 +38,10 @@ def labelled_by(model, root, n=6, classes=5):
 
 
 def sensitive_segmenter(size: int = 16) -> onnx.ModelProto:
-    """x -> conv0 -> relu0 -> conv1 -> relu1 -> head -> logits (1,5,size,size): conv1's channel 0 is dead
-    (bias -100) and `head` weighs it 500, so one scale per weight tensor (per_channel=false) rounds every
-    other head weight to zero: `head` is the node to keep in float (as in test_int8_search)."""
-    rng = np.random.default_rng(3)
-    w0 = rng.standard_normal((6, 3, 3, 3)) * 0.5
-    w1 = rng.standard_normal((6, 6, 3, 3)) * 0.3
-    b1 = rng.standard_normal(6) * 0.1
-    b1[0] = -100.0
-    wh = rng.standard_normal((5, 6, 1, 1))
-    wh[:, 0] = 500.0
-    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in {"w0": w0, "w1": w1, "b1": b1, "wh": wh}.items()]
-    nodes = [
-        helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
-        helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "wh"], ["logits"], name="head"),
-    ]
-    graph = helper.make_graph(nodes, "sensitive", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5, size, size])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    """test_int8_search's model (`head` is the node to keep in float) at `size` with larger weights."""
+    from tests.evaluate.test_int8_search import sensitive_convnet
+
+    return sensitive_convnet(size, (0.5, 0.3, 1.0))
 
 
 def test_int8_keep_set_judged_on_the_task_metric(tmp_path):
