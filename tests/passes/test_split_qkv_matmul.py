@@ -167,7 +167,7 @@ def _attention(unbind: bool):
 @pytest.fixture(scope="module", params=[(False, False), (False, True), (True, False), (True, True)],
                 ids=["torchscript-index", "torchscript-unbind", "dynamo-index", "dynamo-unbind"])
 def exported(request, tmp_path_factory):
-    torch = pytest.importorskip("torch")
+    import torch
     from tests.passes.torch_export import export
 
     dynamo, unbind = request.param
