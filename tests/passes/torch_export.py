@@ -21,11 +21,13 @@ def export(
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     opset: int | None = None,
+    dynamic_axes: dict | None = None,
 ) -> onnx.ModelProto:
     """Exports `module` in eval mode at the static shapes of `inputs` and returns the loaded model.
 
     dynamo=True is torch 2.x's default exporter (opset 18 unless given); dynamo=False the TorchScript one
-    (opset 17 unless given). The exporters' progress chatter is silenced.
+    (opset 17 unless given); `dynamic_axes` as torch.onnx.export takes it. The exporters' progress chatter
+    is silenced.
     """
     import torch
 
@@ -41,7 +43,7 @@ def export(
                 module, inputs, str(path), dynamo=dynamo, opset_version=opset, verbose=False,
                 input_names=list(input_names) if input_names else None,
                 output_names=list(output_names) if output_names else None,
-                external_data=False,
+                external_data=False, dynamic_axes=dynamic_axes,
             )
     finally:
         quiet.setLevel(level)
