@@ -179,10 +179,10 @@ def _count_onnxslim_runs(monkeypatch) -> list[bool]:
     return runs
 
 
-def test_onnxslim_runs_after_onnxsim_only_where_its_optimizations_find_more(monkeypatch):
-    """A Transpose that only moves a size-1 axis between two Reshapes: onnxsim keeps all three, onnxslim's
-    elimination patterns leave one Reshape; the probe (one pass of onnxslim's optimizations) sees it and the
-    full run happens. On a graph onnxsim finishes (Conv folded with its bias), the full run is skipped."""
+def test_transposes_of_size_1_axes_become_one_reshape_without_running_onnxslim(monkeypatch):
+    """A Transpose that only moves a size-1 axis between two Reshapes: onnxsim keeps all three; onnxslim's
+    eliminations leave one Reshape, and so does `transpose-to-reshape` inside simplify, without onnxslim's
+    loop. `thorough=true` runs onnxslim after onnxsim anyway (nothing left for it here)."""
     runs = _count_onnxslim_runs(monkeypatch)
     model = parse("""
 g (float[2,4,6] x) => (float[2,24] y) {
@@ -194,34 +194,68 @@ g (float[2,4,6] x) => (float[2,24] y) {
   y = Relu(r)
 }""")
     result = PassManager("simplify").run(model)
-    assert ops(result.model) == ["Reshape", "Relu"] and result.stages[0].stats["by"] == "onnxsim+onnxslim"
-    assert runs == [False] and result.stages[0].verification.status == "passed"
-    assert result.stages[0].stats["onnxslim_runs"] == "after onnxsim"
-    runs.clear()
-    done = PassManager("simplify").run(parse(FOLDABLE))
-    assert ops(done.model) == ["Conv"] and runs == []  # nothing left for onnxslim: not run
-    assert done.stages[0].stats["onnxslim_runs"].startswith("none")
+    stage = result.stages[0]
+    assert ops(result.model) == ["Reshape", "Relu"] and "transpose-to-reshape" in stage.stats["by"]
+    assert runs == [] and stage.verification.status == "passed"
+    assert stage.stats["onnxslim_runs"].startswith("none")
+    thorough = PassManager("simplify{thorough=true}").run(model)
+    assert runs == [False] and ops(thorough.model) == ["Reshape", "Relu"]
+    assert thorough.stages[0].stats["onnxslim_runs"] == "after onnxsim"
 
 
-def test_onnxslim_alone_runs_on_dynamic_graphs_only_while_shape_ops_are_left(monkeypatch):
-    """onnxslim alone (its symbolic shape inference) can only win by folding shape computations: on a
-    dynamic graph whose simplified form has no Shape op it is skipped; with one left it runs."""
+def _lost_rank(opset: int):
+    """x.view(n, 3, -1) then a view on its dim 1: the first Reshape's target is computed, so ONNX shape
+    inference loses its rank and onnxsim cannot fold the Shape -> Gather(1) of it (it is 3)."""
+    unsq = "Unsqueeze<axes=[0]>({})" if opset < 13 else "Unsqueeze({}, zero)"
+    return parse(f"""
+g (float[N,3,H,W] x) => (float[N,3,?] y) {{
+  s = Shape(x)
+  i = Constant<value = int64 {{0}}>()
+  zero = Constant<value = int64[1] {{0}}>()
+  g = Gather(s, i)
+  u = {unsq.format("g")}
+  k = Constant<value = int64[1] {{3}}>()
+  m1 = Constant<value = int64[1] {{-1}}>()
+  c = Concat<axis=0>(u, k, m1)
+  r = Reshape(x, c)
+  s2 = Shape(r)
+  j = Constant<value = int64 {{1}}>()
+  g2 = Gather(s2, j)
+  u2 = {unsq.format("g2")}
+  c2 = Concat<axis=0>(u, u2, m1)
+  y = Reshape(x, c2)
+}}""", opset=opset)
+
+
+def test_onnxslim_shape_inference_runs_only_where_onnx_inference_lost_a_shape_inputs_rank(monkeypatch):
+    """onnxslim's symbolic shape inference can only win where ONNX's own inference (onnxsim's, and
+    fold-shapes') does not know what a Shape reads: at opset 11 the computed Reshape target loses the
+    rank, onnxslim runs on onnxsim's result with its shape inference and folds the view; at opset 17 ONNX's
+    data propagation keeps the rank, onnxsim folds it itself and onnxslim is not run. A dynamic graph
+    without Shape ops never runs it."""
+    from onnxforge.passes.simplify import _rank_lost
+
     runs = _count_onnxslim_runs(monkeypatch)
-    no_shapes = parse("""
+    old = _lost_rank(11)
+    assert _rank_lost(onnxsim_simplified(old))
+    result = PassManager("simplify").run(old)
+    stage = result.stages[0]
+    assert runs == [True] and stage.stats["onnxslim_runs"] == "after onnxsim, with its symbolic shape inference"
+    assert ops(result.model) == ["Shape", "Gather", "Unsqueeze", "Concat", "Reshape"] and stage.verification.status == "passed"
+    runs.clear()
+    new = PassManager("simplify").run(_lost_rank(17))
+    assert runs == [] and ops(new.model) == ops(result.model)
+    PassManager("simplify").run(parse("""
 g (float[N,3,H,W] x) => (float[N,3,H,W] y) {
   y = Relu(x)
-}""")
-    PassManager("simplify").run(no_shapes)
+}"""))
     assert runs == []
-    with_shapes = parse("""
-g (float[N,3,H,W] x) => (float[N,3,H,W] y) {
-  s = Shape(x)
-  one = Constant<value = float[1] {1.5}>()
-  e = Expand(one, s)
-  y = Mul(x, e)
-}""")
-    PassManager("simplify").run(with_shapes)
-    assert True in runs  # the onnxslim-alone run (shape_infer=True)
+
+
+def onnxsim_simplified(model):
+    import onnxsim
+
+    return onnxsim.simplify(model, check_n=0)[0]
 
 
 def test_constants_become_initializers_but_not_graph_outputs_or_ir3():

@@ -184,9 +184,19 @@ def test_torch_export_is_split_and_exact(exported):
     assert op_counts(result.model)["MatMul"] == op_counts(exported)["MatMul"] + 2
 
 
-def test_torch_export_after_simplify_is_split_as_gemms(exported):
-    simplified = PassManager("simplify").run(exported).model  # at batch 1: Reshape -> Gemm -> Reshape
+def test_torch_export_after_onnxsim_is_split_as_gemms(exported):
+    simplified = PassManager("simplify{slim=false}").run(exported).model  # plain onnxsim: Reshape -> Gemm -> Reshape
     result = PassManager("split-qkv-matmul").run(simplified)
     stage = result.stages[0]
     assert stage.modified and stage.verification.status == "passed", stage.verification.detail
     assert op_counts(result.model)["Gemm"] == op_counts(simplified)["Gemm"] + 2
+
+
+def test_torch_export_after_simplify_is_split_as_matmuls(exported):
+    """simplify gives onnxsim's Reshape -> Gemm -> Reshape back as MatMul + Add (unflatten-gemm): the
+    projection is split in that form."""
+    simplified = PassManager("simplify").run(exported).model
+    result = PassManager("split-qkv-matmul").run(simplified)
+    stage = result.stages[0]
+    assert stage.modified and stage.verification.status == "passed", stage.verification.detail
+    assert op_counts(result.model)["MatMul"] == op_counts(simplified)["MatMul"] + 2

@@ -164,6 +164,8 @@ class AdaptivePool(Pass):
     def run(self, state: ModelState) -> PassResult:
         model = state.view()  # read-only: regions are confirmed numerically on subgraphs of the input model
         infos = _tensor_infos(state.types())
+        if not _may_pool(model, infos):  # checked on the ModelProto: no import of the graph
+            return PassResult(False, {}, notes=["no adaptive average pooling found"])
         graph = state.graph
         ctx = _Context(
             graph=graph,
@@ -491,6 +493,23 @@ def _reduce_axes(node: gs.Node, rank: int) -> list[int] | None:
     if axes is None:
         return [] if int(node.attrs.get("noop_with_empty_axes", 0)) else list(range(rank))
     return sorted(int(a) % rank for a in axes)
+
+
+def _may_pool(model, infos: dict[str, _TensorInfo]) -> bool:
+    """Whether the graph can hold a region at all: a custom adaptive-pool node, or two 4-D float tensors
+    with the same known N and C and different static spatial sizes (a pooling's input and output, as
+    `_pooled_info` and `_fits` require). Most dynamic-size graphs have neither."""
+    if any(n.op_type in CUSTOM_OPS for n in model.graph.node):
+        return True
+    sizes: dict[tuple, set] = {}
+    for info in infos.values():
+        dims = info.dims
+        if len(dims) == 4 and _static(dims[2:]) and None not in dims[:2] and info.dtype is not None and info.dtype.kind == "f":
+            seen = sizes.setdefault(tuple(dims[:2]), set())
+            seen.add(tuple(dims[2:]))
+            if len(seen) > 1:
+                return True
+    return False
 
 
 def _tensor_infos(types: dict) -> dict[str, _TensorInfo]:

@@ -13,7 +13,7 @@ import pkgutil
 from pathlib import Path
 
 ORDER = (
-    "simplify", "static-shape", "target-opset", "adaptive-pool", "drop-softmax-argmax", "resize-nearest",
+    "simplify", "unflatten-gemm", "whole-shape", "transpose-to-reshape", "static-shape", "target-opset", "adaptive-pool", "drop-softmax-argmax", "resize-nearest",
     "label-upsample", "argmax-output", "transdata-align",
     # the Ascend knowledges, in the order the `ascend` shortcut applies them: explicit shapes and types
     # first, then the merges they enable, then the splits of what atc cannot run in one piece; fix-topk

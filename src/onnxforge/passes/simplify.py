@@ -1,33 +1,35 @@
-"""simplify: onnxsim's constant folding, shape inference and dead-code removal, then onnxslim's fusions.
+"""simplify: onnxsim's constant folding, shape inference and dead-code removal, then what onnxslim adds.
 
 Before -> After::
 
     Shape -> Gather -> Unsqueeze -> Concat -> Reshape(x, ·)     Reshape(x, const)
     Conv -> BatchNormalization                               ->  Conv (BN folded)
     Conv -> Add(bias) / Mul(scale), Pad -> Conv                  Conv (folded into weights, pads)
-    MatMul -> Add                                                Gemm
+    MatMul -> Add (2-D)                                          Gemm
     Identity / Dropout(eval) / unused nodes                      (removed)
 
-Two stages, each a peer's own implementation, so the pass is never weaker than either peer:
+onnxsim, then what onnxslim would still add, mostly done by onnxforge's own passes (onnxslim is pure
+Python and several times slower than onnxsim; what it adds after onnxsim was measured on the
+third-party corpus, benchmarks/RESULTS.md section 7):
 1. onnxsim with its defaults (`initializers_as_constants` on: paddle2onnx and other exporters list
    weights among the graph inputs, and onnxsim only folds BatchNormalization into Conv once those are
    constants; the old `initializers_as_constants=False` left 27 BN nodes of a classifier unfolded);
-2. onnxslim (`slim=True`): its pattern fusions (Conv+BN, Conv+Add, Conv+Mul, Pad+Conv, MatMul+Add ->
-   Gemm, Reduce and Concat+Reshape chains, Reshape/Transpose eliminations), constants as initializers,
-   and its own constant folding, considered twice: on onnxsim's result (reusing its shapes) and on the
-   input (with onnxslim's symbolic shape inference, which folds more on dynamic transformer exports).
-   The graph with the fewest nodes of onnxsim's, onnxslim-after-onnxsim's and onnxslim's wins (earlier
-   on ties), so the result is never larger than either peer's output.
-   onnxslim is pure Python and several times slower than onnxsim, so each run happens only where it can
-   still win (measured on the third-party corpus, benchmarks/RESULTS.md section 7):
-   - onnxsim leaves folded weights as Constant nodes; they become initializers here (what onnxslim's
-     export does: on the corpus most of what onnxslim removed after onnxsim);
-   - onnxslim after onnxsim runs only when one pass of its graph optimizations (fusions, dead-node and
-     common-subexpression elimination, weight tying, on its imported graph) changes onnxsim's result;
-   - onnxslim alone runs only for dynamic inputs when Shape/Size ops are left: its symbolic shape
-     inference is what it has that onnxsim lacks, and with no shape computation left it has nothing
-     to fold (static inputs: onnxsim's shapes are complete).
-Either tool failing on a graph leaves the other's result (with a note); both failing is a PassError.
+2. (`slim=true`, the default) onnxsim's folded weights, left as Constant nodes, become initializers
+   (what onnxslim's export does); `whole-shape` (a Concat rebuilding a tensor's shape from its
+   dims is that tensor's Shape; onnxsim then runs again to fold what that makes foldable);
+   `unflatten-gemm` (onnxsim 0.8.1 rewrites an N-D MatMul + Add into Reshape -> Gemm -> Reshape, with
+   Shape -> Slice -> Concat for dynamic dims: MatMul + Add again, as onnxslim keeps it);
+   `transpose-to-reshape` (Transposes of size-1 axes next to Reshapes, Reshape chains: onnxslim's
+   EliminationTransposeAsReshape, the only one of its 20 patterns that still fired after onnxsim on
+   the corpus);
+3. onnxslim itself (its whole loop, on step 2's result, with its symbolic shape inference) only where
+   that inference can still fold something: a dynamic graph in which a Shape or Size reads a tensor
+   whose rank ONNX's shape inference lost (a Reshape to a computed target, typically at opset 11;
+   timm edgenext: 508 nodes instead of 588). `thorough=true` runs it on every graph. Its result is
+   kept when it has fewer nodes.
+On the corpus (73 graphs) the result is never larger than onnxsim's or onnxslim's own output, and
+smaller than both on NN. Where onnxsim fails on a graph, onnxslim alone (with its shape inference)
+decides. Either tool failing on a graph leaves the other's result (with a note); both failing is a PassError.
 
 Legal whenever the tools can infer the graph: every rewrite preserves outputs to float rounding, so the
 pass is exact and the manager checks it numerically. Graph input and output names are preserved;
@@ -58,13 +60,14 @@ _BN_FUSIONS = ["FusionConvBN", "FusionConvTransposeBN"]
 class SimplifyOptions:
     fuse_bn: bool = option(True, "fold BatchNormalization into the preceding Conv")
     optimize: bool = option(True, "run onnxsim's graph optimizations besides constant folding")
-    slim: bool = option(True, "then onnxslim's pattern fusions, kept where they make the graph smaller")
+    slim: bool = option(True, "then what onnxslim adds (its own passes here; onnxslim itself where ONNX shape inference lost a rank)")
+    thorough: bool = option(False, "also run onnxslim's whole loop after onnxsim on every graph, keeping the smaller (slower)")
 
 
 @register
 class Simplify(Pass):
     name = "simplify"
-    summary = "onnxsim (folding, shapes, dead code, BN) then onnxslim's fusions; the smaller graph"
+    summary = "onnxsim (folding, shapes, dead code, BN), then what onnxslim adds: never larger than either on the corpus"
     kind = PassKind.EXACT
     Options = SimplifyOptions
 
@@ -81,42 +84,38 @@ class Simplify(Pass):
         else:
             sim_error = ""
         if self.options.slim:
-            if tools:  # what onnxslim's export does after onnxsim, without its cost
-                held = _constants_as_initializers(best)
-                best, tools = held, tools + (["initializers"] if held is not best else [])
-            # two orders, because neither wins everywhere: onnxslim after onnxsim reuses onnxsim's inferred
-            # shapes (fast), onnxslim alone runs its symbolic shape inference, which on dynamic
-            # transformer exports folds what onnxsim leaves (timm deit: 342 nodes vs 399)
-            try:  # static inputs: onnxsim's shapes are complete and onnxslim alone finds nothing more
-                dynamic = any(not spec.is_static for spec in input_specs(model))
-            except ForgeError:  # an input type numpy cannot hold: try both
-                dynamic = True
             sim_ok = bool(tools)
+            if sim_ok:
+                best, tools = self._finish(best, tools, notes)
+            try:
+                dynamic = any(not spec.is_static for spec in input_specs(model))
+            except ForgeError:  # an input type numpy cannot hold: as if dynamic
+                dynamic = True
+            # one onnxslim run at most, and only where it can still win (benchmarks/RESULTS.md section 7)
             if not sim_ok:
-                runs = [(model, True, ["onnxslim"])]  # onnxslim only, with its own shape inference
+                source, infer, ran = model, True, "alone"  # onnxsim failed: onnxslim with its own shape inference
+            elif self.options.thorough or (dynamic and _rank_lost(best)):
+                source, infer = best, dynamic  # its symbolic shape inference matters only for dynamic inputs
+                ran = "after onnxsim, with its symbolic shape inference" if infer else "after onnxsim"
             else:
-                runs = [(best, False, tools + ["onnxslim"])] if self._slim_finds_more(best) else []
-                runs.append((model, True, ["onnxslim"]))  # decided at its turn, on the best graph so far
-            errors, ran = [], []
-            for source, infer, label in runs:
-                if sim_ok and source is model and not (dynamic and _has_shape_ops(best)):
-                    continue  # onnxslim alone: only its symbolic shape inference can win, on Shape ops left
-                ran.append("alone" if source is model else "after onnxsim")
+                source, ran = None, ""
+            error = ""
+            if source is not None:
                 try:
                     slimmed = self._onnxslim(source, shape_infer=infer)
                 except Exception as exc:  # onnxslim raises whatever its graph code raises
-                    errors.append(_one_line(exc))
-                    continue
-                if len(slimmed.graph.node) < len(best.graph.node) or not tools:
-                    best, tools = slimmed, label
-            if errors and not tools:
-                raise PassError(f"onnxsim failed: {sim_error}; onnxslim failed: {errors[0]}") from None
-            if errors:
-                notes.append(f"onnxslim failed ({errors[0]}); the other result kept")
+                    error = _one_line(exc)
+                else:
+                    if len(slimmed.graph.node) < len(best.graph.node) or not tools:
+                        best, tools = slimmed, tools + ["onnxslim"]
+            if error and not tools:
+                raise PassError(f"onnxsim failed: {sim_error}; onnxslim failed: {error}") from None
+            if error:
+                notes.append(f"onnxslim failed ({error}); onnxsim's result kept")
         elif sim_error:
             raise PassError(f"onnxsim failed: {sim_error}") from None
         after = Counter(n.op_type for n in best.graph.node)
-        if not tools or _computation(best) == _computation(model):
+        if not tools or (len(best.graph.node) == len(model.graph.node) and _computation(best) == _computation(model)):
             tried = "onnxsim and onnxslim" if self.options.slim else "onnxsim"
             return PassResult(False, {"nodes": sum(before.values())}, notes=[f"already simplified: {tried} found nothing to fold, fuse or remove"])
         state.replace(best)
@@ -128,12 +127,31 @@ class Simplify(Pass):
             "by": "+".join(tools),
         }
         if self.options.slim:
-            stats["onnxslim_runs"] = ", ".join(ran) or "none (nothing left it could win)"
+            stats["onnxslim_runs"] = ran or "none (nothing left it could win)"
         if removed:
             stats["ops_removed"] = ", ".join(f"{op}x{n}" for op, n in removed.most_common())
         if added:
             stats["ops_added"] = ", ".join(f"{op}x{n}" for op, n in added.most_common())
         return PassResult(True, stats, notes=notes)
+
+    def _finish(self, model: onnx.ModelProto, tools: list[str], notes: list[str]) -> tuple[onnx.ModelProto, list[str]]:
+        """What onnxslim would still find in onnxsim's result, done by onnxforge at a fraction of its
+        cost: Constant nodes as initializers (onnxslim's export), `whole-shape` (a Concat rebuilding a
+        tensor's shape is its Shape; onnxsim then runs again to fold what that makes foldable) and
+        `unflatten-gemm` (onnxsim's Reshape -> Gemm -> Reshape of an N-D Linear, MatMul + Add again)."""
+        held = _constants_as_initializers(model)
+        tools = tools + (["initializers"] if held is not model else [])
+        whole = _whole_shapes(held)
+        if whole is not held:
+            try:
+                held, tools = _constants_as_initializers(self._onnxsim(whole)), tools + ["whole-shape", "onnxsim"]
+            except Exception as exc:  # onnxsim raises RuntimeError/ValueError/its own errors
+                held, tools = whole, tools + ["whole-shape"]
+                notes.append(f"onnxsim failed after whole-shape ({_one_line(exc)}); whole-shape's result kept")
+        for step, name in ((_unflatten_gemms, "unflatten-gemm"), (_transposes_as_reshapes, "transpose-to-reshape")):
+            done = step(held)
+            held, tools = done, tools + ([name] if done is not held else [])
+        return held, tools
 
     def _onnxsim(self, model: onnx.ModelProto) -> onnx.ModelProto:
         import onnxsim
@@ -153,40 +171,6 @@ class Simplify(Pass):
         if out is None:
             raise RuntimeError("onnxslim returned no model")
         return out
-
-    def _slim_finds_more(self, model: onnx.ModelProto) -> bool:
-        """Whether onnxslim's graph optimizations (its fusion patterns, dead-node and common-subexpression
-        elimination, weight tying) change onnxsim's result: one pass of them, a fraction of onnxslim's
-        whole loop (up to 10 rounds of constant folding on a copied graph and all of these). On onnxsim's
-        output, onnxslim's wins on the corpus are these and constants turned into initializers (done by
-        `_constants_as_initializers`); when this finds nothing, the full run is skipped. Any doubt (the
-        internals moved, an exception) answers True: the full run decides."""
-        try:
-            import onnxslim.third_party.onnx_graphsurgeon as slim_gs
-            from onnxslim.core.optimization import (
-                dead_node_elimination, get_fusion_patterns, graph_fusion, subexpression_elimination, tie_weights,
-            )
-        except ImportError:
-            return True
-        try:  # onnxslim's optimize_model, on the imported graph (no copy of the model, no export of its weights)
-            graph = slim_gs.import_onnx(model)
-            before = _gs_signature(graph)
-            graph_fusion(graph, get_fusion_patterns(None if self.options.fuse_bn else list(_BN_FUSIONS)))
-            dead_node_elimination(graph)
-            graph.cleanup(remove_unused_graph_inputs=True).toposort()
-            subexpression_elimination(graph)
-            graph.cleanup(remove_unused_graph_inputs=True).toposort()
-            tie_weights(graph)
-            return _gs_signature(graph) != before
-        except Exception:  # noqa: BLE001 - onnxslim raises whatever its graph code raises; the full run reports it
-            return True
-
-
-def _gs_signature(graph) -> tuple:
-    """An onnx-graphsurgeon graph's structure, order-free: each node's op and input and output names
-    (what onnxslim's fusions, eliminations and weight tying change: a fused or removed node, new weights)."""
-    nodes = sorted((n.op, tuple(t.name for t in n.inputs), tuple(t.name for t in n.outputs)) for n in graph.nodes)
-    return tuple(nodes), tuple(t.name for t in graph.inputs), tuple(t.name for t in graph.outputs)
 
 
 def _constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -226,8 +210,52 @@ def _constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _has_shape_ops(model: onnx.ModelProto) -> bool:
-    return any(n.op_type in ("Shape", "Size") for n in model.graph.node)
+def _unflatten_gemms(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`unflatten-gemm` on onnxsim's result: a Linear on an N-D tensor that onnxsim turned into
+    Reshape -> Gemm -> Reshape (with Shape -> Slice -> Concat for dynamic dims) is MatMul + Add again,
+    as onnxslim keeps it. The model itself when there is nothing to do (checked without an import)."""
+    from onnxforge.passes.unflatten_gemm import UnflattenGemm, has_candidates
+
+    return _apply(UnflattenGemm(), model) if has_candidates(model) else model
+
+
+def _transposes_as_reshapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`transpose-to-reshape` on onnxsim's result: Transposes of size-1 axes next to Reshapes are
+    Reshapes, Reshape chains one Reshape (onnxslim's eliminations of them)."""
+    from onnxforge.passes.transpose_to_reshape import TransposeToReshape, has_candidates
+
+    return _apply(TransposeToReshape(), model) if has_candidates(model) else model
+
+
+def _whole_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`whole-shape` on onnxsim's result: a Concat rebuilding a tensor's shape from its dims (some of
+    them dynamic, so onnxsim keeps it) is that tensor's Shape, as onnxslim's symbolic inference finds."""
+    from onnxforge.passes.whole_shape import WholeShapePass, has_candidates
+
+    return _apply(WholeShapePass(), model) if has_candidates(model) else model
+
+
+def _apply(p: Pass, model: onnx.ModelProto) -> onnx.ModelProto:
+    """One graph pass on a ModelProto, dead nodes removed; the model itself when the pass changed nothing."""
+    state = ModelState(model)
+    if not p.run(state).modified:
+        return model
+    state.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return state.release()
+
+
+def _rank_lost(model: onnx.ModelProto) -> bool:
+    """Whether a Shape or Size reads a tensor whose rank ONNX shape inference (with data propagation)
+    does not know: typically a Reshape whose target is computed at run time. Only there can onnxslim's
+    symbolic shape inference still fold something onnxsim and `fold-shapes` could not (timm edgenext
+    exported at opset 11: 508 nodes instead of 588); on every other graph it only costs time."""
+    from onnxforge.passes._graph import inferred_types
+
+    readers = [n.input[0] for n in model.graph.node if n.op_type in ("Shape", "Size") and n.input]
+    if not readers:
+        return False
+    types = inferred_types(model)
+    return any(name not in types for name in readers)
 
 
 def _one_line(exc: Exception) -> str:
