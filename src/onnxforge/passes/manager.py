@@ -198,7 +198,7 @@ class Verifier(Instrument):
         resolve_shapes(self._prev_model, {k: v.shape for k, v in self.inputs.items()}, "--verify-inputs")
         self._history = _history_shapes(self._prev_model, ctx.pipeline, state.get_metadata(PIPELINE_METADATA_KEY))
         self._given = given
-        self._plan(self._prev_model)
+        self._planned = False  # inputs and reference outputs: at the first stage that changes the model
 
     def _plan(self, model: onnx.ModelProto) -> None:
         """Chooses the concrete inputs and computes the reference outputs of `model` on them."""
@@ -267,6 +267,9 @@ class Verifier(Instrument):
             return
         model = state.view()
         _check_structure(model)
+        if not self._planned:  # a pipeline that changes nothing never runs the reference
+            self._planned = True
+            self._plan(self._prev_model)
         if not self._numeric:
             self._enable_numeric(model)
         if not self._numeric:
