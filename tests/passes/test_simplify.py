@@ -183,16 +183,10 @@ def test_transposes_of_size_1_axes_become_one_reshape_without_running_onnxslim(m
     """A Transpose that only moves a size-1 axis between two Reshapes: onnxsim keeps all three; onnxslim's
     eliminations leave one Reshape, and so does `transpose-to-reshape` inside simplify, without onnxslim's
     loop. `thorough=true` runs onnxslim after onnxsim anyway (nothing left for it here)."""
+    from tests.passes.test_transpose_to_reshape import CHAIN
+
     runs = _count_onnxslim_runs(monkeypatch)
-    model = parse("""
-g (float[2,4,6] x) => (float[2,24] y) {
-  s1 = Constant<value = int64[4] {2,4,1,6}>()
-  a = Reshape(x, s1)
-  t = Transpose<perm=[0,2,1,3]>(a)
-  s2 = Constant<value = int64[2] {2,24}>()
-  r = Reshape(t, s2)
-  y = Relu(r)
-}""")
+    model = parse(CHAIN)
     result = PassManager("simplify").run(model)
     stage = result.stages[0]
     assert ops(result.model) == ["Reshape", "Relu"] and "transpose-to-reshape" in stage.stats["by"]

@@ -151,3 +151,14 @@ def _numel(dims) -> int:
     for d in dims:
         n *= int(d)
     return n
+
+
+def reshape_ends(model: "onnx.ModelProto") -> tuple[set[str], set[str]]:
+    """(outputs of Reshape nodes, data inputs of Reshape nodes) of a ModelProto: for passes' cheap
+    "anything to do?" checks before a graph import."""
+    outs, ins = set(), set()
+    for n in model.graph.node:
+        if n.op_type == "Reshape":
+            outs.update(n.output[:1])
+            ins.update(n.input[:1])
+    return outs, ins

@@ -23,6 +23,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Literal, Sequence
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxforge.errors import PassError
@@ -66,6 +67,19 @@ class RuleContext:
 
         New tensors made by earlier rewrites in this run are not in it."""
         return self.state.types()
+
+    def dims(self, tensor: gs.Tensor, inferred_first: bool = False) -> list[int | None] | None:
+        """A tensor's dims, ints where static and None where not, or None when even its rank is unknown:
+        from its annotation, else shape inference (`inferred_first`: shape inference with data
+        propagation first, which knows dims an exporter's or onnxsim's annotations leave symbolic)."""
+        found = self.types().get(tensor.name) if inferred_first else None
+        shape = found[1] if found else getattr(tensor, "shape", None)
+        if shape is None and not inferred_first:
+            found = self.types().get(tensor.name)
+            shape = found[1] if found else None
+        if shape is None:
+            return None
+        return [int(d) if isinstance(d, (int, np.integer)) and d >= 0 else None for d in shape]
 
 
 class Rule:

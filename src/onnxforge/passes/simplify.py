@@ -28,7 +28,7 @@ third-party corpus, benchmarks/RESULTS.md section 7):
    timm edgenext: 508 nodes instead of 588). `thorough=true` runs it on every graph. Its result is
    kept when it has fewer nodes.
 On the corpus (73 graphs) the result is never larger than onnxsim's or onnxslim's own output, and
-smaller than both on NN. Where onnxsim fails on a graph, onnxslim alone (with its shape inference)
+smaller than both on 13. Where onnxsim fails on a graph, onnxslim alone (with its shape inference)
 decides. Either tool failing on a graph leaves the other's result (with a note); both failing is a PassError.
 
 Legal whenever the tools can infer the graph: every rewrite preserves outputs to float rounding, so the

@@ -25,20 +25,10 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxforge.passes._build import GraphBuilder
-from onnxforge.passes._graph import const_value, node_label
+from onnxforge.passes._graph import const_value, node_label, reshape_ends
 from onnxforge.passes._rewrite import Match, Rule, RuleContext, RulePass
 from onnxforge.passes.base import PassKind, Skip
 from onnxforge.passes.registry import register
-
-
-def _dims(tensor: gs.Tensor, ctx: RuleContext) -> list[int | None] | None:
-    shape = getattr(tensor, "shape", None)
-    if shape is None:
-        found = ctx.types().get(tensor.name)
-        shape = found[1] if found else None
-    if shape is None:
-        return None
-    return [int(d) if isinstance(d, (int, np.integer)) and d >= 0 else None for d in shape]
 
 
 class TransposeAsReshape(Rule):
@@ -53,7 +43,7 @@ class TransposeAsReshape(Rule):
         x = node.inputs[0]
         if not any(p.op == "Reshape" for p in x.inputs) and not any(u.op == "Reshape" for u in node.outputs[0].outputs):
             return None
-        dims = _dims(x, ctx)
+        dims = ctx.dims(x)
         if dims is None or 0 in dims:
             return None
         perm = [int(p) for p in node.attrs.get("perm", list(reversed(range(len(dims)))))]
@@ -111,11 +101,9 @@ class TransposeToReshape(RulePass):
 
 def has_candidates(model: onnx.ModelProto) -> bool:
     """Whether a ModelProto has a Transpose next to a Reshape or a Reshape reading a Reshape (no import)."""
-    nodes = model.graph.node
-    reshaped = {n.output[0] for n in nodes if n.op_type == "Reshape" and n.output}
-    reshape_inputs = {n.input[0] for n in nodes if n.op_type == "Reshape" and n.input}
+    reshaped, reshape_inputs = reshape_ends(model)
     return any(
         (n.op_type == "Transpose" and n.input and n.output and (n.input[0] in reshaped or n.output[0] in reshape_inputs))
         or (n.op_type == "Reshape" and n.input and n.input[0] in reshaped)
-        for n in nodes
+        for n in model.graph.node
     )

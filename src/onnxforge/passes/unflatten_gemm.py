@@ -33,7 +33,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxforge.passes._build import GraphBuilder
-from onnxforge.passes._graph import const_value, node_label
+from onnxforge.passes._graph import const_value, node_label, reshape_ends
 from onnxforge.passes._rewrite import Match, Rule, RuleContext, RulePass, sole_consumer
 from onnxforge.passes.base import PassKind, Skip
 from onnxforge.passes.registry import register
@@ -48,17 +48,6 @@ class _Found(Match):
     gemm: gs.Node | None = None
     second: gs.Node | None = None
     drop_second: bool = False
-
-
-def _dims(tensor: gs.Tensor, ctx: RuleContext) -> tuple | None:
-    """The tensor's dims (ints, or None/str where unknown) from its annotation, else shape inference."""
-    shape = getattr(tensor, "shape", None)
-    if shape is None:
-        found = ctx.types().get(tensor.name)
-        shape = found[1] if found else None
-    if shape is None:
-        return None
-    return tuple(int(d) if isinstance(d, (int, np.integer)) and d >= 0 else None for d in shape)
 
 
 def _ints(tensor: gs.Tensor) -> list[int] | None:
@@ -112,7 +101,7 @@ class UnflattenLinear(Rule):
         if sole_consumer(ctx.graph, first.outputs[0]) is not node:
             return Skip(label, f"the flattened input {first.outputs[0].name} has other readers")
         x = first.inputs[0]
-        dims = _dims(x, ctx)
+        dims = ctx.dims(x)
         if dims is None or len(dims) < 3 or dims[-1] is None:
             return Skip(label, f"the rank or last dim of {x.name} is unknown" if dims is None or len(dims) >= 3 else f"{x.name} is {len(dims)}-D")
         k = dims[-1]
@@ -188,7 +177,5 @@ class UnflattenGemm(RulePass):
 def has_candidates(model: onnx.ModelProto) -> bool:
     """Whether a ModelProto has a Reshape -> Gemm -> Reshape chain (cheap: no import of the graph; a
     classifier head's Flatten -> Gemm is not one)."""
-    nodes = model.graph.node
-    reshaped = {n.output[0] for n in nodes if n.op_type == "Reshape" and n.output}
-    reshape_inputs = {n.input[0] for n in nodes if n.op_type == "Reshape" and n.input}
-    return any(n.op_type == "Gemm" and n.input and n.input[0] in reshaped and n.output and n.output[0] in reshape_inputs for n in nodes)
+    reshaped, reshape_inputs = reshape_ends(model)
+    return any(n.op_type == "Gemm" and n.input and n.input[0] in reshaped and n.output and n.output[0] in reshape_inputs for n in model.graph.node)

@@ -36,21 +36,13 @@ def _shape_source(tensor: gs.Tensor) -> tuple[gs.Tensor, int, int | None] | None
     return node.inputs[0], int(node.attrs.get("start", 0)), None if end is None else int(end)
 
 
-def _dims(x: gs.Tensor, ctx: RuleContext) -> list[int | None] | None:
-    """x's dims as shape inference (with data propagation) has them: ints where static, else None."""
-    found = ctx.types().get(x.name)
-    if found is None:
-        return None
-    return [d if isinstance(d, int) and d >= 0 else None for d in found[1]]
-
-
 def _positions(shape_out: gs.Tensor, ctx: RuleContext) -> tuple[gs.Tensor, list[int], list[int | None]] | None:
     """For a Shape output: (x, the dim positions of x it holds, in order, and x's dims), or None."""
     source = _shape_source(shape_out)
     if source is None:
         return None
     x, start, end = source
-    dims = _dims(x, ctx)
+    dims = ctx.dims(x, inferred_first=True)
     if dims is None:
         return None
     return x, list(range(len(dims)))[slice(start, end)], dims
