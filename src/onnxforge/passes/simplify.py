@@ -54,6 +54,8 @@ from onnxforge.passes.registry import register
 log = logging.getLogger(__name__)
 
 _BN_FUSIONS = ["FusionConvBN", "FusionConvTransposeBN"]
+#: What `_finish` runs after onnxsim, named in the note of a graph left as it was.
+FOLLOW_UPS = "initializers, whole-shape, unflatten-gemm, transpose-to-reshape"
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,9 @@ class Simplify(Pass):
             raise PassError(f"onnxsim failed: {sim_error}") from None
         after = Counter(n.op_type for n in best.graph.node)
         if not tools or (len(best.graph.node) == len(model.graph.node) and _computation(best) == _computation(model)):
-            tried = "onnxsim and onnxslim" if self.options.slim else "onnxsim"
+            tried = "onnxsim"
+            if self.options.slim:
+                tried += f", its follow-ups ({FOLLOW_UPS}){' and onnxslim' if ran else ''}"
             return PassResult(False, {"nodes": sum(before.values())}, notes=[f"already simplified: {tried} found nothing to fold, fuse or remove"])
         state.replace(best)
         removed, added = before - after, after - before
