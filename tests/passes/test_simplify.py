@@ -225,7 +225,7 @@ g (float[N,3,H,W] x) => (float[N,3,?] y) {{
 
 def test_onnxslim_shape_inference_runs_only_where_onnx_inference_lost_a_shape_inputs_rank(monkeypatch):
     """onnxslim's symbolic shape inference can only win where ONNX's own inference (onnxsim's, and
-    fold-shapes') does not know what a Shape reads: at opset 11 the computed Reshape target loses the
+    whole-shape's) does not know what a Shape reads: at opset 11 the computed Reshape target loses the
     rank, onnxslim runs on onnxsim's result with its shape inference and folds the view; at opset 17 ONNX's
     data propagation keeps the rank, onnxsim folds it itself and onnxslim is not run. A dynamic graph
     without Shape ops never runs it."""

@@ -324,7 +324,8 @@ def compare_dump(model: onnx.ModelProto | str | Path, dump_dir: str | Path, inpu
         feeds = load_input_arrays(proto, inputs)
     except InputSpecError as exc:
         raise InputSpecError(str(exc).replace("--verify-inputs", "--inputs")) from None
-    missing = [i.name for i in proto.graph.input if i.name not in feeds and i.name not in {t.name for t in proto.graph.initializer}]
+    weights = {t.name for t in proto.graph.initializer}
+    missing = [i.name for i in proto.graph.input if i.name not in feeds and i.name not in weights]
     if missing:
         raise InputSpecError(f"--inputs: no array for input(s) {', '.join(missing)}")
     index = _NodeIndex(proto)

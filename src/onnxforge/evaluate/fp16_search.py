@@ -110,7 +110,8 @@ def fp16_range_stats(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarra
     if not producer:
         return stats
     session = make_session(probe, threads=threads)
-    names = [n for n in producer if n in {o.name for o in session.get_outputs()}]
+    served = {o.name for o in session.get_outputs()}
+    names = [n for n in producer if n in served]
     for feed in feeds:
         try:
             values = session.run(names, cast_feeds(probe, feed))

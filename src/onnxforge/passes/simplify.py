@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -143,19 +144,20 @@ class Simplify(Pass):
         cost: Constant nodes as initializers (onnxslim's export), `whole-shape` (a Concat rebuilding a
         tensor's shape is its Shape; onnxsim then runs again to fold what that makes foldable) and
         `unflatten-gemm` (onnxsim's Reshape -> Gemm -> Reshape of an N-D Linear, MatMul + Add again)."""
+        from onnxforge.passes import transpose_to_reshape, unflatten_gemm, whole_shape
+
         held = _constants_as_initializers(model)
         tools = tools + (["initializers"] if held is not model else [])
-        whole = _whole_shapes(held)
-        if whole is not held:
+        whole, ran = _run_passes(held, [(whole_shape.WholeShapePass(), whole_shape.has_candidates)])
+        if ran:
             try:
-                held, tools = _constants_as_initializers(self._onnxsim(whole)), tools + ["whole-shape", "onnxsim"]
+                held, tools = _constants_as_initializers(self._onnxsim(whole)), tools + ran + ["onnxsim"]
             except Exception as exc:  # onnxsim raises RuntimeError/ValueError/its own errors
-                held, tools = whole, tools + ["whole-shape"]
+                held, tools = whole, tools + ran
                 notes.append(f"onnxsim failed after whole-shape ({_one_line(exc)}); whole-shape's result kept")
-        for step, name in ((_unflatten_gemms, "unflatten-gemm"), (_transposes_as_reshapes, "transpose-to-reshape")):
-            done = step(held)
-            held, tools = done, tools + ([name] if done is not held else [])
-        return held, tools
+        held, ran = _run_passes(held, [(unflatten_gemm.UnflattenGemm(), unflatten_gemm.has_candidates),
+                                       (transpose_to_reshape.TransposeToReshape(), transpose_to_reshape.has_candidates)])
+        return held, tools + ran
 
     def _onnxsim(self, model: onnx.ModelProto) -> onnx.ModelProto:
         import onnxsim
@@ -214,44 +216,25 @@ def _constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _unflatten_gemms(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`unflatten-gemm` on onnxsim's result: a Linear on an N-D tensor that onnxsim turned into
-    Reshape -> Gemm -> Reshape (with Shape -> Slice -> Concat for dynamic dims) is MatMul + Add again,
-    as onnxslim keeps it. The model itself when there is nothing to do (checked without an import)."""
-    from onnxforge.passes.unflatten_gemm import UnflattenGemm, has_candidates
-
-    return _apply(UnflattenGemm(), model) if has_candidates(model) else model
-
-
-def _transposes_as_reshapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`transpose-to-reshape` on onnxsim's result: Transposes of size-1 axes next to Reshapes are
-    Reshapes, Reshape chains one Reshape (onnxslim's eliminations of them)."""
-    from onnxforge.passes.transpose_to_reshape import TransposeToReshape, has_candidates
-
-    return _apply(TransposeToReshape(), model) if has_candidates(model) else model
-
-
-def _whole_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`whole-shape` on onnxsim's result: a Concat rebuilding a tensor's shape from its dims (some of
-    them dynamic, so onnxsim keeps it) is that tensor's Shape, as onnxslim's symbolic inference finds."""
-    from onnxforge.passes.whole_shape import WholeShapePass, has_candidates
-
-    return _apply(WholeShapePass(), model) if has_candidates(model) else model
-
-
-def _apply(p: Pass, model: onnx.ModelProto) -> onnx.ModelProto:
-    """One graph pass on a ModelProto, dead nodes removed; the model itself when the pass changed nothing."""
+def _run_passes(model: onnx.ModelProto, steps: list[tuple[Pass, Callable[[onnx.ModelProto], bool]]]) -> tuple[onnx.ModelProto, list[str]]:
+    """The passes whose cheap check finds candidates in `model` (on the ModelProto, no import), in order
+    on one ModelState: one graph import and one export for all of them, dead nodes removed. Returns the
+    model (itself when nothing changed) and the names of the passes that changed it."""
+    chosen = [p for p, has_candidates in steps if has_candidates(model)]
+    if not chosen:
+        return model, []
     state = ModelState(model)
-    if not p.run(state).modified:
-        return model
+    ran = [p.name for p in chosen if p.run(state).modified]
+    if not ran:
+        return model, []
     state.graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    return state.release()
+    return state.release(), ran
 
 
 def _rank_lost(model: onnx.ModelProto) -> bool:
     """Whether a Shape or Size reads a tensor whose rank ONNX shape inference (with data propagation)
     does not know: typically a Reshape whose target is computed at run time. Only there can onnxslim's
-    symbolic shape inference still fold something onnxsim and `fold-shapes` could not (timm edgenext
+    symbolic shape inference still fold something onnxsim and `whole-shape` could not (timm edgenext
     exported at opset 11: 508 nodes instead of 588); on every other graph it only costs time."""
     from onnxforge.passes._graph import inferred_types
 

@@ -35,6 +35,7 @@ import onnx_graphsurgeon as gs
 from onnxforge.passes._build import GraphBuilder
 from onnxforge.passes._graph import const_value, node_label, reshape_ends
 from onnxforge.passes._rewrite import Match, Rule, RuleContext, RulePass, sole_consumer
+from onnxforge.passes._shapes import dims_held
 from onnxforge.passes.base import PassKind, Skip
 from onnxforge.passes.registry import register
 
@@ -55,31 +56,14 @@ def _ints(tensor: gs.Tensor) -> list[int] | None:
     return None if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
 
 
-def _leading_dims_of(target: gs.Tensor, x: gs.Tensor, rank: int) -> bool:
-    """Whether a computed Reshape target is Concat(x's leading rank-1 dims, [M]): Shape -> Slice(0, -1 or
-    rank-1) or Shape(start=0, end=-1 or rank-1), then Concat with a constant (checked by the caller)."""
+def _leading_dims_and(target: gs.Tensor, x: gs.Tensor, rank: int, m_out: int, ctx: RuleContext) -> bool:
+    """Whether a computed Reshape target is Concat(x's leading rank-1 dims, [m_out]) (onnxsim's form:
+    Shape -> Slice, or Shape with start/end, then a constant)."""
     if len(target.inputs) != 1 or target.inputs[0].op != "Concat" or len(target.inputs[0].inputs) != 2:
         return False
-    head = target.inputs[0].inputs[0]
-    if len(head.inputs) != 1:
-        return False
-    node = head.inputs[0]
-    ends = (-1, rank - 1)
-    if node.op == "Shape":
-        return node.inputs[0] is x and int(node.attrs.get("start", 0)) == 0 and int(node.attrs.get("end", rank)) in ends
-    if node.op != "Slice" or len(node.inputs[0].inputs) != 1:
-        return False
-    shape = node.inputs[0].inputs[0]
-    if shape.op != "Shape" or shape.inputs[0] is not x or int(shape.attrs.get("start", 0)) != 0 or "end" in shape.attrs:
-        return False
-    if "starts" in node.attrs:  # opset < 10: attributes
-        starts, stops = list(node.attrs["starts"]), list(node.attrs["ends"])
-        axes, steps = list(node.attrs.get("axes", [0])), [1]
-    else:
-        starts, stops = _ints(node.inputs[1]), _ints(node.inputs[2])
-        axes = _ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else [0]
-        steps = _ints(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4].name else [1]
-    return starts == [0] and stops is not None and len(stops) == 1 and stops[0] in ends and axes == [0] and steps == [1]
+    head, tail = target.inputs[0].inputs
+    held = dims_held(head, ctx)
+    return _ints(tail) == [m_out] and held is not None and held[0] is x and held[1] == list(range(rank - 1)) and not held[2]
 
 
 class UnflattenLinear(Rule):
@@ -129,8 +113,7 @@ class UnflattenLinear(Rule):
         values = _ints(target)
         natural = False
         if values is None:
-            tail = _ints(target.inputs[0].inputs[1]) if len(target.inputs) == 1 and target.inputs[0].op == "Concat" and len(target.inputs[0].inputs) == 2 else None
-            if tail != [m_out] or not _leading_dims_of(target, x, len(dims)):
+            if not _leading_dims_and(target, x, len(dims), m_out, ctx):
                 return Skip(label, f"the target of {node_label(second)} is computed and is not {x.name}'s leading dims and {m_out}")
             natural = True
         else:

@@ -23,68 +23,9 @@ import onnx_graphsurgeon as gs
 from onnxforge.passes._build import GraphBuilder
 from onnxforge.passes._graph import const_value, node_label
 from onnxforge.passes._rewrite import Match, Rule, RuleContext, RulePass
+from onnxforge.passes._shapes import dims_held
 from onnxforge.passes.base import PassKind, Skip
 from onnxforge.passes.registry import register
-
-
-def _shape_source(tensor: gs.Tensor) -> tuple[gs.Tensor, int, int | None] | None:
-    """(x, start, end) when `tensor` is Shape(x) (opset 15's start/end attributes included), else None."""
-    if len(tensor.inputs) != 1 or tensor.inputs[0].op != "Shape" or tensor.inputs[0].domain not in (None, "", "ai.onnx"):
-        return None
-    node = tensor.inputs[0]
-    end = node.attrs.get("end")
-    return node.inputs[0], int(node.attrs.get("start", 0)), None if end is None else int(end)
-
-
-def _positions(shape_out: gs.Tensor, ctx: RuleContext) -> tuple[gs.Tensor, list[int], list[int | None]] | None:
-    """For a Shape output: (x, the dim positions of x it holds, in order, and x's dims), or None."""
-    source = _shape_source(shape_out)
-    if source is None:
-        return None
-    x, start, end = source
-    dims = ctx.dims(x, inferred_first=True)
-    if dims is None:
-        return None
-    return x, list(range(len(dims)))[slice(start, end)], dims
-
-
-def _slice_params(node: gs.Node) -> tuple[int, int, int] | None:
-    """(start, end, step) of a 1-D Slice on axis 0 with constant parameters, else None."""
-    if "starts" in node.attrs:  # before opset 10: attributes, step 1
-        starts, ends, axes, steps = list(node.attrs["starts"]), list(node.attrs["ends"]), list(node.attrs.get("axes", [0])), [1]
-    else:
-        values = [const_value(t) if t.name else None for t in node.inputs[1:]]
-        if len(values) < 2 or values[0] is None or values[1] is None:
-            return None
-        starts, ends = values[0].reshape(-1).tolist(), values[1].reshape(-1).tolist()
-        axes = values[2].reshape(-1).tolist() if len(values) > 2 and values[2] is not None else [0]
-        steps = values[3].reshape(-1).tolist() if len(values) > 3 and values[3] is not None else [1]
-        if (len(values) > 2 and node.inputs[3].name and values[2] is None) or (len(values) > 3 and node.inputs[4].name and values[3] is None):
-            return None
-    if len(starts) != 1 or len(ends) != 1 or axes not in ([0], [-1]) or len(steps) != 1 or steps[0] == 0:
-        return None
-    return int(starts[0]), int(ends[0]), int(steps[0])
-
-
-def _selected(node: gs.Node, ctx: RuleContext) -> tuple[gs.Tensor, list[int], list[int | None], bool] | None:
-    """For a Gather or Slice of a Shape: (x, the positions of x it selects, x's dims, scalar result)."""
-    found = _positions(node.inputs[0], ctx)
-    if found is None:
-        return None
-    x, held, dims = found
-    if node.op == "Gather":
-        index = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
-        if index is None or int(node.attrs.get("axis", 0)) != 0 or index.ndim > 1:
-            return None
-        picks = [int(i) for i in index.reshape(-1)]
-        if any(not -len(held) <= i < len(held) for i in picks):
-            return None
-        return x, [held[i] for i in picks], dims, index.ndim == 0
-    params = _slice_params(node)
-    if params is None:
-        return None
-    start, end, step = params
-    return x, held[slice(start, end, step)], dims, False
 
 
 class WholeShape(Rule):
@@ -96,63 +37,30 @@ class WholeShape(Rule):
     def match(self, node: gs.Node, ctx: RuleContext) -> Match | Skip | None:
         if not node.inputs or not node.outputs or int(node.attrs.get("axis", 0)) not in (0, -1):
             return None
-        pieces: list[tuple[str, object]] = []  # ("dims", (x, positions, dims)) or ("const", values)
+        pieces: list[tuple[str, list[int]]] = []  # ("dims", positions of x) or ("const", values)
         x = None
         for t in node.inputs:
             value = const_value(t)
             if value is not None:
                 pieces.append(("const", [int(v) for v in value.reshape(-1)]))
                 continue
-            found = self._piece(t, ctx)
-            if found is None:
-                return None
-            if x is not None and found[0] is not x:
-                return None
+            found = dims_held(t, ctx)
+            if found is None or found[2] or (x is not None and found[0] is not x):
+                return None  # not x's dims, or a scalar (Concat takes 1-D pieces)
             x = found[0]
-            pieces.append(("dims", found))
-        if x is None:
+            pieces.append(("dims", found[1]))
+        dims = ctx.dims(x, inferred_first=True) if x is not None else None
+        if dims is None:
             return None
-        dims = next(p[1][2] for p in pieces if p[0] == "dims")
         position = 0
-        for kind, piece in pieces:
-            if kind == "const":
-                for v in piece:
-                    if position >= len(dims) or dims[position] != v:
-                        return None
-                    position += 1
-            else:
-                for p in piece[1]:
-                    if p != position:
-                        return None
-                    position += 1
+        for kind, values in pieces:
+            for v in values:  # a constant must be x's static dim there; dims must come in order
+                if position >= len(dims) or (v != dims[position] if kind == "const" else v != position):
+                    return None
+                position += 1
         if position != len(dims):
             return None
         return Match(node_label(node), node=node, values={"x": x})
-
-    @staticmethod
-    def _piece(t: gs.Tensor, ctx: RuleContext):
-        """(x, positions, dims) for a piece made of x's Shape: Shape(x), Slice(Shape(x)), Gather(Shape(x), [i, ...])
-        or Unsqueeze(Gather(Shape(x), i))."""
-        whole = _positions(t, ctx)
-        if whole is not None:
-            return whole
-        if len(t.inputs) != 1:
-            return None
-        node = t.inputs[0]
-        if node.op in ("Slice", "Gather") and _shape_source(node.inputs[0]) is not None:
-            found = _selected(node, ctx)  # a Gather with 1-D indices is a 1-D piece as it is
-            return None if found is None or found[3] else found[:3]
-        if node.op == "Unsqueeze" and len(node.inputs[0].inputs) == 1 and node.inputs[0].inputs[0].op == "Gather":
-            axes = node.attrs.get("axes")
-            if axes is None and len(node.inputs) > 1:
-                value = const_value(node.inputs[1])
-                axes = None if value is None else value.reshape(-1).tolist()
-            gather = node.inputs[0].inputs[0]
-            if axes is None or list(axes) not in ([0], [-1]) or _shape_source(gather.inputs[0]) is None:
-                return None
-            found = _selected(gather, ctx)
-            return None if found is None or not found[3] else found[:3]
-        return None
 
     def rewrite(self, m: Match, builder: GraphBuilder) -> None:
         node, out = m.node, m.node.outputs[0]
