@@ -176,7 +176,11 @@ class StageRunner:
 
     def unit(self, stage: StageEval, model: onnx.ModelProto, with_reference: bool) -> EvalUnit:
         """The evaluation of `model` as a pure work unit (what an executor runs and a cache can key)."""
+        from onnxforge.evaluate.evaluator import data_files
+
         d = self.data
+        if self.cache is not None:
+            data_files(self.cache, d.data_root)  # once, here: the units carry it to their workers
         return EvalUnit(model=self._reference if model is self.baseline else ModelBlob.of(model), dataset=d.dataset,
                         data_root=None if d.data_root is None else str(d.data_root), preset=d.preset, limit=d.limit,
                         num_classes=self.num_classes, backend=str(self.backend), threads=self.executor.threads,

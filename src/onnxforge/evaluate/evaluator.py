@@ -1247,14 +1247,20 @@ def plan_fingerprint(plan: EvalPlan, data_root: str | Path | None, *, files: str
         "gears": [list(g) for g in plan.gears], "gear_policy": plan.gear_policy if plan.gears else None})
 
 
+def data_files(cache: EvalCache, data_root: str | Path | None) -> str | None:
+    """The fingerprint of the files under `data_root` (a stat per file: the one costly ingredient of a
+    key), once per cache object; computing it before work units are made sends it with their pickled
+    cache, so pool and Ray workers do not walk the dataset again."""
+    if data_root is None:
+        return None
+    return cache.memo(("files", str(Path(data_root).resolve())), lambda: files_fingerprint(data_root))
+
+
 def cache_key(cache: EvalCache, plan: EvalPlan, data_root: str | Path | None, model_sha: str, backend: str,
               reference_sha: str | None = None, extra: dict | None = None) -> str:
     """The content key of scoring the model hashed `model_sha` on `plan` with `backend` (and agreement with
     the reference hashed `reference_sha`); the data's fingerprint is computed once per cache object."""
-    files = None
-    if data_root is not None:  # the one costly ingredient (a stat per file): once per cache object
-        files = cache.memo(("files", str(Path(data_root).resolve())), lambda: files_fingerprint(data_root))
-    fp = plan_fingerprint(plan, data_root, files=files)
+    fp = plan_fingerprint(plan, data_root, files=data_files(cache, data_root))
     return evaluation_key(model_sha, fp, backend, f"{plan.spec.metric}/{plan.preset or 'generic'}",
                           reference_sha256=reference_sha, extra=extra)
 

@@ -38,7 +38,7 @@ import socket
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import Any, Callable, ClassVar, Protocol, Sequence, TypeVar, runtime_checkable
 
 import onnx
 
@@ -205,24 +205,22 @@ class PoolExecutor(_Base):
         pool = self._ensure()
         futures = {pool.submit(fn, u): i for i, u in enumerate(units)}
         out: list[Any] = [None] * len(units)
-        errors: dict[int, BaseException] = {}
+        failed: BaseException | None = None
         try:
             for done, f in enumerate(cf.as_completed(futures), 1):
-                i = futures[f]
-                exc = f.exception()
-                if exc is not None:
-                    errors[i] = exc
+                failed = f.exception()
+                if failed is not None:  # the first failure ends the map; the others are cancelled
                     for other in futures:
                         other.cancel()
                     break
-                out[i] = f.result()
+                out[futures[f]] = f.result()
                 if progress is not None:
                     progress(done, len(units))
         except BaseException:
             self.close()  # Ctrl-C: do not leave workers running
             raise
-        if errors:
-            raise errors[min(errors)]
+        if failed is not None:
+            raise failed
         return out
 
     def close(self) -> None:
@@ -349,22 +347,22 @@ class RayExecutor(_Base):
             else:
                 calls.append(self._remote.remote(fn, u, ()))
         index = {c: i for i, c in enumerate(calls)}
+        out: list[Any] = [None] * len(calls)
         pending, done = list(calls), 0
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             done += len(ready)
             for r in ready:
                 try:
-                    ray.get(r)
+                    out[index[r]] = ray.get(r)  # fetched once: the results carry per-image arrays
                 except ray.exceptions.RayTaskError as exc:
                     for c in pending:
                         ray.cancel(c)
                     cause = getattr(exc, "cause", None)  # the unit's own exception (a ForgeError: one line)
                     raise (cause if isinstance(cause, BaseException) else exc) from None
-                log.debug("ray unit %d done", index[r])
             if progress is not None:
                 progress(done, len(units))
-        return ray.get(calls)
+        return out
 
     def close(self) -> None:
         self._refs.clear()
@@ -472,17 +470,15 @@ class EvalUnit:
         return replace(self, model=rebind(self.model), reference=rebind(self.reference))
 
 
-def run_eval_unit(unit: EvalUnit, progress: Progress | None = None):
-    """Evaluates `unit` (the module-level function executors run); returns its `EvalResult`.
-
-    `progress(done, total)` per batch of images, where the unit runs in the caller's process."""
+def run_eval_unit(unit: EvalUnit):
+    """Evaluates `unit` (the module-level function executors run); returns its `EvalResult`."""
     from onnxforge.evaluate.evaluator import evaluate
 
     backend = _unit_backend(unit.backend, unit.threads)
     return evaluate(unit.model.proto(), unit.dataset, unit.data_root, preset=unit.preset, backend=backend,
                     limit=unit.limit, reference=unit.reference.proto() if unit.reference is not None else None,
                     num_classes=unit.num_classes, per_image=unit.per_image, model_label=unit.label, shard=unit.shard, batch_size=unit.batch_size,
-                    progress=progress, cache=unit.cache)
+                    cache=unit.cache)
 
 
 @dataclass(frozen=True)
@@ -534,19 +530,13 @@ def _unit_backend(spec: str, threads: int):
     from onnxforge.backends import parse_backend
 
     backend = parse_backend(spec)
-    if threads and "threads" in set(_option_names(backend)) and "threads" not in backend.non_default_options():
+    if threads and hasattr(backend.options, "threads") and "threads" not in backend.non_default_options():
         backend = backend.with_options(threads=threads)
     dev = worker_device()
     opt = DEVICE_OPTIONS.get(backend.name)
     if dev is not None and opt is not None:
         backend = backend.with_options(**{opt: dev})
     return backend
-
-
-def _option_names(backend) -> Iterator[str]:
-    import dataclasses
-
-    return (f.name for f in dataclasses.fields(backend.options))
 
 
 def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
