@@ -31,6 +31,12 @@ def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
     return None
 
 
+def const_ints(tensor: gs.Tensor | None) -> list[int] | None:
+    """A constant's values as a flat list of ints (shape targets, axes, indices), else None."""
+    value = const_value(tensor) if tensor is not None and tensor.name else None
+    return None if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
+
+
 def node_label(node: gs.Node) -> str:
     """How a node is named in messages: its name, else op and first output."""
     if node.name:

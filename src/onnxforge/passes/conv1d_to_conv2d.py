@@ -126,6 +126,7 @@ def find_regions(ctx: RuleContext) -> list[Region | Skip]:
     graph, ranks = ctx.graph, _Ranks(ctx)
     taken: set[int] = set()
     found: list[Region | Skip] = []
+    order = {id(n): i for i, n in enumerate(graph.nodes)}  # graph order; find_regions does not change the graph
     for node in graph.nodes:
         if node.op not in CONVS or node.domain not in (None, "", "ai.onnx") or id(node) in taken:
             continue
@@ -145,7 +146,6 @@ def find_regions(ctx: RuleContext) -> list[Region | Skip]:
                 if id(neighbour) not in taken and liftable(neighbour, ranks, graph):
                     taken.add(id(neighbour))
                     queue.append(neighbour)
-        order = {id(n): i for i, n in enumerate(graph.nodes)}
         region.nodes.sort(key=lambda n: order[id(n)])
         found.append(region)
     return found

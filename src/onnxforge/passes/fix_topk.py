@@ -61,10 +61,10 @@ class TopkToInt32(Rule):
         value = const_value(node.inputs[1])
         if value is not None and int(np.asarray(value).reshape(-1)[0]) > INT32_MAX:
             return self.skip(node, f"k = {int(np.asarray(value).reshape(-1)[0])} does not fit int32")
-        dims = ctx.types().get(node.inputs[0].name, (0, None))[1]
+        dims = ctx.dims(node.inputs[0], inferred_first=True)
         axis = int(node.attrs.get("axis", -1))
         size = dims[axis] if dims is not None and -len(dims) <= axis < len(dims) else None
-        if isinstance(size, (int, np.integer)) and size > INT32_MAX:
+        if size is not None and size > INT32_MAX:
             return self.skip(node, f"its axis has {size} elements: indices may not fit int32")
         return Match(node_label(node), node=node, values={"k": value})
 

@@ -47,7 +47,7 @@ import onnx_graphsurgeon as gs
 from onnxforge.errors import PipelineError
 from onnxforge.passes._build import GraphBuilder
 from onnxforge.passes._graph import const_value, is_graph_output, node_label
-from onnxforge.passes._rewrite import replace_options, select, take_name
+from onnxforge.passes._rewrite import replace_all_uses, replace_options, select, take_name
 from onnxforge.passes.base import ModelState, Pass, PassKind, PassResult, Skip, option
 from onnxforge.passes.registry import register
 
@@ -154,10 +154,10 @@ class Fp16(Pass):
                 out = node.outputs[j]
                 back = round_pair(out)
                 first_cast = back.inputs[0].inputs[0].inputs[0]  # Cast(out -> float16)
-                for consumer in [c for c in list(out.outputs) if c is not first_cast]:
-                    consumer.inputs = [back if x is out else x for x in consumer.inputs]
-                if is_graph_output(graph, out):
-                    graph.outputs = [back if x is out else x for x in graph.outputs]
+                output = is_graph_output(graph, out)
+                replace_all_uses(graph, out, back)
+                first_cast.inputs[0] = out  # the rounding pair itself still reads the raw output
+                if output:
                     take_name(out, back, b, "raw")
                 produced.add(id(back))
         for node in list(graph.nodes):

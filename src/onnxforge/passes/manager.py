@@ -270,14 +270,15 @@ class Verifier(Instrument):
         if not self._planned:  # a pipeline that changes nothing never runs the reference
             self._planned = True
             self._plan(self._prev_model)
-        if not self._numeric:
-            self._enable_numeric(model)
+        got = None if self._numeric else self._enable_numeric(model)
         if not self._numeric:
             record.verification = Verification("structural", self._why_not)
             self._prev_model = model
             return
+        planned = self._feeds
         feeds = self._feeds_for(model)
-        got = self._run_model(model, feeds)
+        if got is None or feeds is not planned:
+            got = self._run_model(model, feeds)
         if record.kind == PassKind.EXACT.value:
             expected = p.expected_outputs(self._prev_outputs)
             record.verification = _judge(expected, got, self.rtol, self.atol)
@@ -294,17 +295,21 @@ class Verifier(Instrument):
         as written, and a session loads several times faster, which is most of the cost on small inputs."""
         return _Session(model, self.threads).run(feeds)
 
-    def _enable_numeric(self, model: onnx.ModelProto) -> None:
+    def _enable_numeric(self, model: onnx.ModelProto) -> dict[str, np.ndarray] | None:
         """Turns the numeric check on once a pass made it possible (static shapes, custom ops rewritten):
-        the inputs are planned on the new model and the reference recomputed on the previous one."""
+        the inputs are planned on the new model and the reference recomputed on the previous one.
+        Returns the new model's outputs on those inputs (planning ran it), or None when it stays off."""
         why = self._why_not
         self._plan(model)
         if not self._numeric:
-            return
+            return None
+        got = self._prev_outputs  # what planning computed: `model` on the inputs it chose
         try:
             self._prev_outputs = self._run_model(self._prev_model, self._feeds)
         except ForgeError:
             self._numeric, self._why_not = False, why
+            return None
+        return got
 
     def _feeds_for(self, model: onnx.ModelProto) -> dict[str, np.ndarray]:
         """The reference inputs, regenerated (and the reference outputs recomputed) if a pass changed

@@ -28,7 +28,7 @@ from onnx import TensorProto as T
 
 from onnxforge.passes._build import GraphBuilder
 from onnxforge.passes._graph import is_graph_output, node_label
-from onnxforge.passes._rewrite import Match, Rule, RuleContext, RulePass
+from onnxforge.passes._rewrite import Match, Rule, RuleContext, RulePass, replace_all_uses
 from onnxforge.passes.base import ModelState, PassKind, PassResult, Skip
 from onnxforge.passes.registry import register
 
@@ -100,9 +100,8 @@ class Chain(_CastRule):
         first, source = m["first"], m.node.inputs[0]
         m.node.inputs[0] = first.inputs[0]
         if not source.outputs and not is_graph_output(builder.graph, source):
-            first.outputs.clear()
+            first.outputs.clear()  # detached: the manager's cleanup removes it (no O(n) list removal per rewrite)
             first.inputs.clear()
-            builder.graph.nodes.remove(first)
 
 
 class Siblings(_CastRule):
@@ -164,12 +163,8 @@ class MergeCasts(RulePass):
 
 
 def _drop(graph: gs.Graph, node: gs.Node, replacement: gs.Tensor) -> None:
-    """Every use of the node's output reads `replacement`; the node is removed."""
-    out = node.outputs[0]
-    for user in list(out.outputs):
-        for i, tensor in enumerate(user.inputs):
-            if tensor is out:
-                user.inputs[i] = replacement
+    """Every use of the node's output reads `replacement`; the node is detached (the manager's cleanup
+    removes it). Callers never drop a Cast whose output is a graph output."""
+    replace_all_uses(graph, node.outputs[0], replacement)
     node.outputs.clear()
     node.inputs.clear()
-    graph.nodes.remove(node)

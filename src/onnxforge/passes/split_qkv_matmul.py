@@ -41,7 +41,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxforge.passes._build import GraphBuilder
-from onnxforge.passes._graph import const_value, is_graph_output, node_label
+from onnxforge.passes._graph import const_ints, const_value, is_graph_output, node_label
 from onnxforge.passes._rewrite import Match, Rule, RuleContext, RulePass, sole_consumer
 from onnxforge.passes._slices import slice_params
 from onnxforge.passes.base import PassKind, Skip
@@ -76,16 +76,11 @@ class QkvMatch:
     reshapes: dict[int, list[gs.Node]]  # part index -> Reshapes of the part (axis kept), re-pointed to it
 
 
-def _ints(tensor: gs.Tensor | None) -> list[int] | None:
-    value = const_value(tensor) if tensor is not None and tensor.name else None
-    return None if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
-
-
 def _squeeze_axes(node: gs.Node) -> list[int] | None:
     """A Squeeze's constant axes (attribute before opset 13, input from 13), None when not known."""
     if "axes" in node.attrs:
         return [int(a) for a in node.attrs["axes"]]
-    return _ints(node.inputs[1]) if len(node.inputs) > 1 else None
+    return const_ints(node.inputs[1]) if len(node.inputs) > 1 else None
 
 
 def _projection(graph: gs.Graph, y: gs.Tensor) -> Projection | str | None:
@@ -139,7 +134,7 @@ def _parts(graph: gs.Graph, t: gs.Tensor, axis: int, rank: int, count: int, opse
             return f"part {index} is not only squeezed"
         for user in users:
             if user.op == "Reshape" and user.inputs[0] is tensor and tensor not in user.inputs[1:]:
-                target = _ints(user.inputs[1])
+                target = const_ints(user.inputs[1])
                 if target is None or 0 in target:
                     return f"part {index} feeds {node_label(user)}, whose target is not constant or has a 0"
                 reshapes.setdefault(index, []).append(user)
@@ -154,7 +149,7 @@ def _parts(graph: gs.Graph, t: gs.Tensor, axis: int, rank: int, count: int, opse
     for user in {id(n): n for n in t.outputs}.values():
         label = node_label(user)
         if user.op == "Gather":
-            index = _ints(user.inputs[1])
+            index = const_ints(user.inputs[1])
             if int(user.attrs.get("axis", 0)) % rank != axis or index is None or np.asarray(const_value(user.inputs[1])).ndim != 0:
                 return f"{label} is not a constant scalar index on axis {axis}"
             if not -count <= index[0] < count:
@@ -162,7 +157,7 @@ def _parts(graph: gs.Graph, t: gs.Tensor, axis: int, rank: int, count: int, opse
             found.setdefault(index[0] % count, []).append(user.outputs[0])
             readers.append(user)
         elif user.op == "Split":
-            sizes = _ints(user.inputs[1]) if len(user.inputs) > 1 else [int(s) for s in user.attrs.get("split", [1] * len(user.outputs))]
+            sizes = const_ints(user.inputs[1]) if len(user.inputs) > 1 else [int(s) for s in user.attrs.get("split", [1] * len(user.outputs))]
             if int(user.attrs.get("axis", 0)) % rank != axis or len(user.outputs) != count or sizes != [1] * count:
                 return f"{label} does not split axis {axis} into ones"
             for index, out in enumerate(user.outputs):
@@ -205,11 +200,11 @@ class SplitQkv(Rule):
             return self.skip(reshape, "the projection's output has other uses")
         if is_graph_output(ctx.graph, transpose.outputs[0]):
             return self.skip(reshape, "the transposed tensor is a graph output")
-        target = _ints(reshape.inputs[1])
+        target = const_ints(reshape.inputs[1])
         if target is None:
             return self.skip(reshape, "its target shape is computed at run time")
         rank = len(target)
-        split = self._split_axis(target, proj.width, ctx.types().get(y.name, (0, None))[1])
+        split = self._split_axis(target, proj.width, ctx.dims(y, inferred_first=True))
         if isinstance(split, str):
             return self.skip(reshape, split)
         s = split

@@ -33,7 +33,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxforge.passes._build import GraphBuilder
-from onnxforge.passes._graph import const_value, node_label, reshape_ends
+from onnxforge.passes._graph import const_ints, const_value, node_label, reshape_ends
 from onnxforge.passes._rewrite import Match, Rule, RuleContext, RulePass, sole_consumer
 from onnxforge.passes._shapes import dims_held
 from onnxforge.passes.base import PassKind, Skip
@@ -51,11 +51,6 @@ class _Found(Match):
     drop_second: bool = False
 
 
-def _ints(tensor: gs.Tensor) -> list[int] | None:
-    value = const_value(tensor)
-    return None if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
-
-
 def _leading_dims_and(target: gs.Tensor, x: gs.Tensor, rank: int, m_out: int, ctx: RuleContext) -> bool:
     """Whether a computed Reshape target is Concat(x's leading rank-1 dims, [m_out]) (onnxsim's form:
     Shape -> Slice, or Shape with start/end, then a constant)."""
@@ -63,7 +58,7 @@ def _leading_dims_and(target: gs.Tensor, x: gs.Tensor, rank: int, m_out: int, ct
         return False
     head, tail = target.inputs[0].inputs
     held = dims_held(head, ctx)
-    return _ints(tail) == [m_out] and held is not None and held[0] is x and held[1] == list(range(rank - 1)) and not held[2]
+    return const_ints(tail) == [m_out] and held is not None and held[0] is x and held[1] == list(range(rank - 1)) and not held[2]
 
 
 class UnflattenLinear(Rule):
@@ -89,7 +84,7 @@ class UnflattenLinear(Rule):
         if dims is None or len(dims) < 3 or dims[-1] is None:
             return Skip(label, f"the rank or last dim of {x.name} is unknown" if dims is None or len(dims) >= 3 else f"{x.name} is {len(dims)}-D")
         k = dims[-1]
-        flat = _ints(first.inputs[1])
+        flat = const_ints(first.inputs[1])
         lead = None if any(d is None for d in dims[:-1]) else int(np.prod(dims[:-1]))
         if flat is None or len(flat) != 2 or flat[1] != k or flat[0] not in (-1, lead):
             return Skip(label, f"{node_label(first)} does not flatten the leading dims of {x.name} to [-1, {k}]")
@@ -110,7 +105,7 @@ class UnflattenLinear(Rule):
                 return Skip(label, "the bias is not a constant of one value per output feature")
             bias = None if not np.any(c) else c.reshape(-1)
         target = second.inputs[1]
-        values = _ints(target)
+        values = const_ints(target)
         natural = False
         if values is None:
             if not _leading_dims_and(target, x, len(dims), m_out, ctx):
