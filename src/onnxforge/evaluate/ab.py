@@ -78,7 +78,6 @@ KEEP_STAGES = ("best", "all", "none")
 PRECISION_DIR = "precision"
 
 #: Agreement metric a meaningless baseline is judged on, by the primary metric it replaces.
-_AGREEMENT_FOR = AGREEMENT_FOR
 
 
 @dataclass
@@ -399,8 +398,8 @@ def decide_pipeline(
     meaningless = bool(warnings)
     metric = primary_metric(base.accuracy)
     judged = {"metric": metric or "", "source": "accuracy"}
-    if warnings and metric in _AGREEMENT_FOR:
-        judged = {"metric": _AGREEMENT_FOR[metric], "source": "agreement"}
+    if warnings and metric in AGREEMENT_FOR:
+        judged = {"metric": AGREEMENT_FOR[metric], "source": "agreement"}
         warnings.append(f"accuracy is not meaningful: judging on {judged['metric']} (agreement with the baseline) instead")
     for s in stages[1:]:
         if s.verdict != "rejected":
@@ -555,7 +554,7 @@ def _search_int8(p, model, scorer, budget, confirm, confirm_base, data, subset) 
     q = keep_in_float(model, [], budget, quantize=p, scorer=scorer, baseline=scorer.baseline_value, confirm=confirm,
                       confirm_baseline=confirm_base)
     record = {"pass": "quantize", "item": q.item, "keep": q.keep, "subset_images": scorer.images, "full_images": data.limit,
-              "search": q.to_dict(), "evaluations_subset": q.quantizations,
+              "search": q.to_dict(), "evaluations_subset": q.evaluations,
               "rows": [{"group": n, "nodes": [n], "score_kept": v, "kept": n in q.keep} for n, v in q.ranking]}
     return _Searched(record, q.keep, q.item, q.within_budget, q.note, q.score_all)
 

@@ -47,6 +47,7 @@ from onnxforge.backends.cann.precision import (
     KEEP_DTYPE_FILE,
     MANIFEST_FILE,
     OP_PRECISION_FILE,
+    OP_TYPE_PREFIX,
     global_mode,
     keep_dtype_text,
     op_precision_text,
@@ -145,7 +146,7 @@ def fp16_groups(model: onnx.ModelProto, candidates: Sequence[str], by: str = "ch
         types: dict[str, list[str]] = {}
         for n in nodes:
             types.setdefault(n.op_type, []).append(n.name)
-        return [Group(f"OpType::{t}", tuple(names), op_type=t) for t, names in types.items()]
+        return [Group(f"{OP_TYPE_PREFIX}{t}", tuple(names), op_type=t) for t, names in types.items()]
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in model.graph.node:
         for i in n.input:
@@ -279,9 +280,9 @@ def write_precision_config(directory: str | Path, found: MixedPrecision, cann: s
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     kept_groups = [r for r in found.rows() if r["kept"]]
-    onnx_types = [r["group"][len("OpType::"):] for r in kept_groups if r["group"].startswith("OpType::")]
+    onnx_types = [r["group"][len(OP_TYPE_PREFIX):] for r in kept_groups if r["group"].startswith(OP_TYPE_PREFIX)]
     op_types = [ASCEND_IR_TYPES[t] for t in onnx_types if t in ASCEND_IR_TYPES]
-    names = [n for r in kept_groups if not (r["group"].startswith("OpType::") and r["group"][len("OpType::"):] in ASCEND_IR_TYPES)
+    names = [n for r in kept_groups if not (r["group"].startswith(OP_TYPE_PREFIX) and r["group"][len(OP_TYPE_PREFIX):] in ASCEND_IR_TYPES)
              for n in r["nodes"]]
     header = (f"atc --keep_dtype: nodes kept in float32, chosen by onnxforge's fp16 search ({found.search.method})\n"
               f"format: one ONNX node name or OpType::TypeName per line (CANN 6.0.1 atctool_0095, 8.0.0 atlasatcparam_16_0074)\n"

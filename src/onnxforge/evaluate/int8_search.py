@@ -37,7 +37,7 @@ import onnx
 
 from onnxforge.errors import ForgeError
 from onnxforge.evaluate.history import Budget
-from onnxforge.evaluate.keep_search import Group, Outputs, Scorer, agreement_score, first_outputs, search_keep_set
+from onnxforge.evaluate.keep_search import Group, Outputs, Scorer, agreement_score, agreement_scorer, search_keep_set
 from onnxforge.passes.base import ModelState
 from onnxforge.passes.quantize import COMPUTE_OPS, Quantize, name_nodes
 
@@ -60,6 +60,7 @@ class KeepSearch:
     budget: float
     ranking: list[tuple[str, float]] = field(default_factory=list)  # node -> score with that node alone in float
     quantizations: int = 0  # how many INT8 models were built and scored (one calibration in all)
+    evaluations: int = 0  # of those, the ones scored on the search's own data (the rest: confirmations)
     baseline: float = 1.0  # the float model's score (1.0: agreement with itself)
     note: str = ""  # why the budget cannot be met, when it cannot
     budget_text: str = ""
@@ -111,12 +112,7 @@ def keep_in_float(
     ops = {n.name: n.op_type for n in model.graph.node}
     candidates = [c for c in base.candidates(model) if ops.get(c) in COMPUTE_OPS]
     if scorer is None:
-        reference = first_outputs(model, feeds, threads)
-
-        def scorer(candidate: onnx.ModelProto) -> float:
-            return float(score(reference, first_outputs(candidate, feeds, threads)))
-
-        baseline = 1.0
+        scorer, baseline = agreement_scorer(model, feeds, threads, compare=score), 1.0
     elif baseline is None:
         baseline = float(scorer(model))
     with tempfile.TemporaryDirectory(prefix="onnxforge-keep-") as tmp:
@@ -133,7 +129,8 @@ def keep_in_float(
     ranking = [(s.group, s.kept) for s in found.ranking]
     return KeepSearch(found.keep, _item(base, found.keep), found.score_all, found.score, found.within_budget,
                       budget if isinstance(budget, (int, float)) else Budget.parse(budget).value, ranking,
-                      found.evaluations + found.confirm_evaluations, baseline, found.note, str(Budget.parse(budget)))
+                      found.evaluations + found.confirm_evaluations, found.evaluations, baseline, found.note,
+                      str(Budget.parse(budget)))
 
 
 def _item(base: Quantize, keep: list[str]) -> str:

@@ -66,13 +66,6 @@ class PrecisionConfig:
     def keep_dtype(self) -> Path:
         return self.directory / KEEP_DTYPE_FILE
 
-    def atc_args(self) -> list[str]:
-        """The atc flags of this config (``--keep_dtype=...`` and, where present, ``--op_precision_mode=...``)."""
-        args = [f"--keep_dtype={self.keep_dtype}"]
-        if self.op_precision is not None:
-            args.append(f"--op_precision_mode={self.op_precision}")
-        return args
-
 
 def global_mode(profile: CannProfile) -> dict[str, str]:
     """The global precision option keep_dtype goes with, for this CANN line: {"precision_mode_v2": "fp16"} or
