@@ -839,6 +839,15 @@ class _Recording(PredictionSource):
         return out
 
 
+def score_recorded(plan: EvalPlan, source: PredictionSource, store: RecordedOutputs) -> EvalResult:
+    """`score(plan, source)` with `source`'s outputs recorded into `store`, which then serves `plan` as a
+    reference (`score(..., reference=store)`) without running the model again."""
+    store._start()
+    result = score(plan, _Recording(source, store))
+    store._finish(plan)
+    return result
+
+
 class DeviceSplit(PredictionFolder):
     """The planned dataset run on several devices at once: each sample's preprocessed input is written as
     ``<image>.bin`` into the folder of the device that runs it (`Backend.split_work`), the model is compiled

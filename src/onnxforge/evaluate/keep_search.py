@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -43,7 +44,7 @@ import onnx
 
 from onnxforge.errors import EvaluationError, ForgeError
 from onnxforge.evaluate.agreement import cosine_similarity, pixel_agreement, top1_agreement
-from onnxforge.evaluate.evaluator import ModelRunner, PredictionSource, plan_evaluation, score
+from onnxforge.evaluate.evaluator import ModelRunner, RecordedOutputs, plan_evaluation, score, score_recorded
 from onnxforge.evaluate.history import Budget, primary_metric
 from onnxforge.numerics import cast_feeds, make_session
 
@@ -292,10 +293,9 @@ def task_scorer(baseline: onnx.ModelProto, dataset: str, data_root: str | Path |
         EvaluationError / DatasetError: as planning and scoring do.
     """
     plan = plan_evaluation(baseline, dataset, data_root, preset, limit=limit, num_classes=num_classes, label="baseline")
+    replay = RecordedOutputs(baseline, max_bytes=sys.maxsize)  # the search's subset: kept whatever its size
     with ModelRunner(baseline, backend, label="baseline") as run:
-        recorder = _Recording(run)
-        first = score(plan, recorder)
-    replay = _Replay(recorder)
+        first = score_recorded(plan, run, replay)
     # the baseline against its own recorded outputs: agreement keys exist and equal 1
     own = score(plan, replay, reference=replay)
     key = metric or primary_metric({k: v for k, v in first.metrics.items() if v is not None})
@@ -313,51 +313,3 @@ def _value_of(result, metric: str, source: str) -> float:
     if value is None:
         raise EvaluationError(f"keep-set search: the evaluation gives no {metric} ({source})")
     return float(value)
-
-
-class _Recording(PredictionSource):
-    """Passes a source through and keeps its outputs by sample name."""
-
-    def __init__(self, inner: PredictionSource) -> None:
-        self.inner, self.label, self.outputs = inner, "baseline", {}
-        self._io = inner.io()
-
-    @property
-    def backend_label(self) -> str:
-        return self.inner.backend_label
-
-    def io(self):
-        return self._io
-
-    def batch_for(self, plan, inp) -> int:
-        return self.inner.batch_for(plan, inp)
-
-    def predict(self, prepared, inp, output, batch):
-        got = self.inner.predict(prepared, inp, output, batch)
-        for p, g in zip(prepared, got):
-            self.outputs[p.name] = g
-        return got
-
-
-class _Replay(PredictionSource):
-    """Recorded outputs as a source: the shared baseline reference."""
-
-    def __init__(self, recording: _Recording) -> None:
-        self.label, self.outputs, self._io = "baseline", recording.outputs, recording.io()
-        self._backend = recording.backend_label
-
-    @property
-    def backend_label(self) -> str:
-        return self._backend
-
-    def io(self):
-        return self._io
-
-    def batch_for(self, plan, inp) -> int:
-        return 1
-
-    def predict(self, prepared, inp, output, batch):
-        missing = [p.name for p in prepared if p.name not in self.outputs]
-        if missing:
-            raise EvaluationError(f"keep-set search: no recorded baseline output for {missing[0]}")
-        return [self.outputs[p.name] for p in prepared]
