@@ -302,6 +302,31 @@ def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], threads: 
     return dict(zip(names, values))
 
 
+def expose_outputs(model: onnx.ModelProto, names: Sequence[str],
+                   value_info: Mapping[str, onnx.ValueInfoProto] | None = None) -> onnx.ModelProto:
+    """A copy of `model` whose graph outputs also list the tensors `names` (to read intermediate values),
+    typed from `value_info` (default: shape inference of the model) where it knows them, else untyped
+    (onnxruntime infers those)."""
+    if value_info is None:
+        try:
+            value_info = {vi.name: vi for vi in onnx.shape_inference.infer_shapes(model).graph.value_info}
+        except Exception:  # noqa: BLE001 - inference only types the extra outputs
+            value_info = {}
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    present = {o.name for o in exposed.graph.output}
+    for name in names:
+        if name in present:
+            continue
+        vi = value_info.get(name)
+        if vi is not None and vi.type.tensor_type.elem_type:
+            exposed.graph.output.add().CopyFrom(vi)
+        else:
+            exposed.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+        present.add(name)
+    return exposed
+
+
 @dataclass(frozen=True)
 class Comparison:
     """Result of comparing one output against its reference."""

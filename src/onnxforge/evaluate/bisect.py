@@ -282,14 +282,9 @@ def _capture(model: onnx.ModelProto, names: list[str], plan: Any, images: int) -
     import onnxruntime as ort
 
     from onnxforge.evaluate.preprocess import prepare
+    from onnxforge.numerics import expose_outputs
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    known = {v.name: v for v in list(m.graph.value_info) + list(m.graph.input)}
-    for nm in names:
-        if nm not in have:
-            m.graph.output.append(known.get(nm) or onnx.helper.make_empty_tensor_value_info(nm))
+    m = expose_outputs(model, names, {v.name: v for v in list(model.graph.value_info) + list(model.graph.input)})
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0].name
     spec = plan.spec

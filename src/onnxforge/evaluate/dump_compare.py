@@ -276,25 +276,9 @@ def _verdict(m: Mapping[str, float | None]) -> tuple[bool, str]:
 # --------------------------------------------------------------------------------------------- running
 def run_all_outputs(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
     """The values of the tensors `names` (node outputs) on `feeds`, from a copy of `model` exposing them as outputs."""
-    from onnxforge.numerics import run_model
+    from onnxforge.numerics import expose_outputs, run_model
 
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    graph_outputs = {o.name for o in exposed.graph.output}
-    try:
-        inferred = {vi.name: vi for vi in onnx.shape_inference.infer_shapes(model).graph.value_info}
-    except Exception:  # inference is only for typing the extra outputs; onnxruntime infers the rest
-        inferred = {}
-    for name in names:
-        if name not in graph_outputs:
-            vi = inferred.get(name)
-            if vi is not None and vi.type.tensor_type.elem_type:
-                out = exposed.graph.output.add()
-                out.CopyFrom(vi)
-            else:
-                exposed.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-            graph_outputs.add(name)
-    return run_model(exposed, feeds)
+    return run_model(expose_outputs(model, names), feeds)
 
 
 def compare_dump(model: onnx.ModelProto | str | Path, dump_dir: str | Path, inputs: Sequence[str | Path] = (), *,

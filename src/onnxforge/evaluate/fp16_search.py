@@ -56,7 +56,7 @@ from onnxforge.errors import ForgeError
 from onnxforge.evaluate.history import Budget
 from onnxforge.evaluate.keep_search import Group, KeepSetResult, Scorer, search_keep_set
 from onnxforge.modelio import write_text_atomic
-from onnxforge.numerics import cast_feeds, make_session
+from onnxforge.numerics import cast_feeds, expose_outputs, make_session
 from onnxforge.passes._rewrite import replace_options
 from onnxforge.passes.fp16 import FP16_MAX, Fp16
 
@@ -93,23 +93,12 @@ def fp16_range_stats(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarra
     inferred = onnx.shape_inference.infer_shapes(model)
     float_vi = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)
                 if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    present = {o.name for o in probe.graph.output}
-    producer: dict[str, str] = {}
-    for node in model.graph.node:
-        for out in node.output:
-            if out and out in float_vi and node.name:
-                producer[out] = node.name
-                if out not in present:
-                    vi = onnx.ValueInfoProto()
-                    vi.name = out
-                    vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
-                    probe.graph.output.append(vi)
-                    present.add(out)
+    producer = {out: node.name for node in model.graph.node for out in node.output if out and out in float_vi and node.name}
     stats = {name: RangeStats() for name in dict.fromkeys(producer.values())}
     if not producer:
         return stats
+    untyped_shape = {n: onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in producer}
+    probe = expose_outputs(model, list(producer), untyped_shape)  # float, no shape: the feeds' sizes decide
     session = make_session(probe, threads=threads)
     served = {o.name for o in session.get_outputs()}
     names = [n for n in producer if n in served]
